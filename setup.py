@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="kd_tf",
+    version="0.1.0",
+    description="Knowledge distillation toolkit on TensorFlow 2 / Keras 3",
+    packages=find_packages(include=["kd_tf", "kd_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.18",
+        "tensorflow-datasets>=4.9",
+        "keras-tuner>=1.4",
+        "absl-py>=2.1",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)
