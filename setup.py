@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.18",
+        "tensorboard",
         "tensorflow-datasets>=4.9",
         "keras-tuner>=1.4",
         "absl-py>=2.1",

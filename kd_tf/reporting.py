@@ -1,0 +1,114 @@
+"""Run reports: report.json, learning-curve figures and summary tables.
+
+Usage:
+
+```python
+reporting.write_json(report, "report.json")
+reporting.plot_curves(report["epochs"], "curves.png", title="teacher")
+```
+"""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def write_json(obj, path):
+    """Writes `obj` as indented JSON to `path`."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def read_json(path):
+    """Reads a JSON file."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot_curves(epochs, path, title):
+    """Loss and accuracy per epoch, training and validation, as a PNG.
+
+    Args:
+        epochs: the report's `epochs` list (dicts with `loss`, `accuracy`,
+            `val_loss`, `val_accuracy`).
+        path: where to write the PNG.
+        title: figure title.
+    """
+    numbers = range(1, len(epochs) + 1)
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        loss_axes.plot(numbers, [e[key] for e in epochs], marker="o", label=label)
+    for key, label in (("accuracy", "train"), ("val_accuracy", "validation")):
+        accuracy_axes.plot(numbers, [e[key] for e in epochs], marker="o", label=label)
+    loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_comparison(runs, path):
+    """Test accuracy and test loss per epoch of several runs, as a PNG.
+
+    Args:
+        runs: mapping from a run's name to its report's `epochs` list, whose
+            entries carry `test_accuracy` and `test_loss`.
+        path: where to write the PNG.
+    """
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, epochs in runs.items():
+        numbers = range(1, len(epochs) + 1)
+        accuracy_axes.plot(numbers, [100 * e["test_accuracy"] for e in epochs], label=name)
+        loss_axes.plot(numbers, [e["test_loss"] for e in epochs], label=name)
+    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    loss_axes.set(xlabel="epoch", ylabel="test cross-entropy", title="test loss")
+    for axes in (accuracy_axes, loss_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def summary_rows(reports):
+    """One row per run report: name, model, parameters, epochs, best epoch,
+    test accuracy, test loss, training seconds."""
+    return [
+        {
+            "run": name,
+            "model": report["model"],
+            "params": report["params"],
+            "epochs": len(report["epochs"]),
+            "best_epoch": report["best_epoch"],
+            "test_accuracy": report["test_accuracy"],
+            "test_loss": report["test_loss"],
+            "train_seconds": round(sum(e["train_seconds"] for e in report["epochs"]), 1),
+        }
+        for name, report in reports.items()
+    ]
+
+
+def markdown_table(rows):
+    """Renders a list of same-keyed dicts as a Markdown table; accuracies as
+    percentages."""
+    keys = list(rows[0])
+
+    def cell(key, value):
+        if key.endswith("accuracy"):
+            return f"{100 * value:.2f} %"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(k, row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
