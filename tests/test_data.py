@@ -498,13 +498,11 @@ class TfdsTest(tf.test.TestCase):
 class OfflineAutoTest(tf.test.TestCase):
     def test_auto_without_network_says_how_to_get_the_data(self):
         unshare = shutil.which("unshare")
-        if (
-            unshare is None
-            or subprocess.run(
-                [unshare, "-n", "true"], capture_output=True
-            ).returncode
-        ):
-            self.skipTest("needs `unshare -n` (an empty network namespace)")
+        self.assertIsNotNone(unshare, "this test needs unshare (util-linux)")
+        probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
+        self.assertEqual(
+            probe.returncode, 0, "this test needs `unshare -n` (run as root)"
+        )
         script = textwrap.dedent(
             """
             import sys
