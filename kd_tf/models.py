@@ -13,7 +13,7 @@ model = models.build_model("compact_cnn", image_shape=(28, 28, 1), num_classes=1
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers
@@ -118,9 +118,7 @@ MODELS = {
     "seed_mlp": ModelSpec(
         seed_mlp, "student", "the reference student (MLP 128, 64), the default student"
     ),
-    "compact_cnn": ModelSpec(
-        compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)"
-    ),
+    "compact_cnn": ModelSpec(compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)"),
 }
 DEFAULT_TEACHER = "lenet_bn"
 DEFAULT_STUDENT = "seed_mlp"
@@ -144,6 +142,4 @@ def build_model(name, image_shape, num_classes):
 
 def describe_models():
     """One line per registered model, for `--helpfull` and the README."""
-    return "\n".join(
-        f"  {name} ({spec.role}): {spec.description}" for name, spec in MODELS.items()
-    )
+    return "\n".join(f"  {name} ({spec.role}): {spec.description}" for name, spec in MODELS.items())

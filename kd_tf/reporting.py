@@ -13,7 +13,7 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 
 def write_json(obj, path):
@@ -111,4 +111,3 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(k, row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
-

@@ -75,7 +75,10 @@ def _test_monitor(settings, model, splits):
     if not settings.monitor_test:
         return None
     test = splits.test
-    return lambda: (model.predict(test.images, batch_size=settings.eval_batch_size, verbose=0), test.labels)
+    return lambda: (
+        model.predict(test.images, batch_size=settings.eval_batch_size, verbose=0),
+        test.labels,
+    )
 
 
 def _log_dir(settings, stage, export_dir):
@@ -93,7 +96,9 @@ def _export_with_report(settings, stage, model, splits, export_dir, report):
         assets = export.assets_extra_dir(staging_dir)
         reporting.write_json(report, os.path.join(assets, "report.json"))
         reporting.plot_curves(
-            report["epochs"], os.path.join(assets, "curves.png"), title=f"{stage}: {report['model']}"
+            report["epochs"],
+            os.path.join(assets, "curves.png"),
+            title=f"{stage}: {report['model']}",
         )
 
     export.export_model(
@@ -200,7 +205,9 @@ def distill_student(settings):
     """
     started = time.perf_counter()
     model_name = settings.model or models.DEFAULT_STUDENT
-    export_dir = export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, "student")
+    export_dir = export.resolve_export_dir(
+        settings.export_dir, settings.saved_models_dir, "student"
+    )
     keras.utils.set_random_seed(settings.seed)
     splits = _load_data(settings)
     teacher = _load_teacher(settings, splits)
@@ -252,7 +259,9 @@ def distill_student(settings):
         log_dir=_log_dir(settings, "student", export_dir),
         test_logits=_test_monitor(settings, student, splits),
     )
-    report = _base_report(settings, "student", model_name, student, splits, epochs, best_epoch, started)
+    report = _base_report(
+        settings, "student", model_name, student, splits, epochs, best_epoch, started
+    )
     report.update(
         teacher_dir=settings.teacher_dir,
         teacher_logits=mode,
@@ -275,7 +284,9 @@ def compare(settings):
     Returns:
         The comparison report.
     """
-    export_dir = export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, "compare")
+    export_dir = export.resolve_export_dir(
+        settings.export_dir, settings.saved_models_dir, "compare"
+    )
     shared = config.explicit_arguments(
         settings, exclude={"stage", "export_dir", "teacher_dir", *config.COMPARE_FLAGFILES.values()}
     )

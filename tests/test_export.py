@@ -101,13 +101,9 @@ class ExportTest(tf.test.TestCase):
             atol=1e-6,
         )
         self.assertEqual(outputs["classes"].dtype, tf.int64)
-        self.assertAllEqual(
-            outputs["classes"], np.argmax(outputs["logits"], axis=-1)
-        )
+        self.assertAllEqual(outputs["classes"], np.argmax(outputs["logits"], axis=-1))
 
-        signature = tf.saved_model.load(self.export_dir).signatures[
-            "serving_default"
-        ]
+        signature = tf.saved_model.load(self.export_dir).signatures["serving_default"]
         args, kwargs = signature.structured_input_signature
         self.assertEqual(args, ())
         self.assertEqual(list(kwargs), ["images"])
@@ -167,9 +163,7 @@ class ExportTest(tf.test.TestCase):
     def test_export_never_overwrites(self):
         before = _snapshot(self.export_dir)
         with self.assertRaisesRegex(UserError, "already holds an export"):
-            export.export_model(
-                _tiny_model(), self.export_dir, check_images=self.images
-            )
+            export.export_model(_tiny_model(), self.export_dir, check_images=self.images)
         self.assertEqual(_snapshot(self.export_dir), before)
         self.assertEqual(os.listdir(os.path.dirname(self.export_dir)), ["1"])
 
@@ -188,9 +182,7 @@ class ExportTest(tf.test.TestCase):
             os.path.join(root, "student", "1"),
         )
         fresh = os.path.join(root, "fresh")
-        self.assertEqual(
-            export.resolve_export_dir(fresh, root, "student"), fresh
-        )
+        self.assertEqual(export.resolve_export_dir(fresh, root, "student"), fresh)
         with self.assertRaisesRegex(UserError, "--export_dir"):
             export.resolve_export_dir(self.export_dir, root, "student")
 
@@ -208,12 +200,8 @@ class ExportTest(tf.test.TestCase):
             with open(path, "w") as f:
                 json.dump(metrics, f)
 
-        export.export_model(
-            self.model, target, check_images=self.images, finalize=finalize
-        )
-        self.assertEqual(
-            os.path.dirname(seen["tmp_dir"]), os.path.dirname(target)
-        )
+        export.export_model(self.model, target, check_images=self.images, finalize=finalize)
+        self.assertEqual(os.path.dirname(seen["tmp_dir"]), os.path.dirname(target))
         self.assertStartsWith(os.path.basename(seen["tmp_dir"]), ".1.tmp-")
         self.assertFalse(os.path.exists(seen["tmp_dir"]))
         with open(os.path.join(target, "assets.extra", "report.json")) as f:
@@ -231,9 +219,7 @@ class ExportTest(tf.test.TestCase):
             raise ValueError("evaluation failed")
 
         with self.assertRaisesRegex(ValueError, "evaluation failed"):
-            export.export_model(
-                self.model, target, check_images=self.images, finalize=finalize
-            )
+            export.export_model(self.model, target, check_images=self.images, finalize=finalize)
         self.assertFalse(os.path.exists(target))
         self.assertEqual(os.listdir(parent), [])
 
@@ -245,9 +231,7 @@ class ExportTest(tf.test.TestCase):
         model = keras.Model(inputs, outputs)
         parent = self._tmp()
         with self.assertRaisesRegex(RuntimeError, "differ from the model"):
-            export.export_model(
-                model, os.path.join(parent, "1"), check_images=self.images
-            )
+            export.export_model(model, os.path.join(parent, "1"), check_images=self.images)
         self.assertEqual(os.listdir(parent), [])
 
     def test_load_errors(self):
@@ -273,9 +257,7 @@ class ExportTest(tf.test.TestCase):
 
         truncated = os.path.join(root, "truncated")
         shutil.copytree(self.export_dir, truncated)
-        (data,) = glob.glob(
-            os.path.join(truncated, "variables", "variables.data-*")
-        )
+        (data,) = glob.glob(os.path.join(truncated, "variables", "variables.data-*"))
         with open(data, "r+b") as f:
             f.truncate(os.path.getsize(data) // 2)
         with self.assertRaisesRegex(UserError, "could not load.*re-export"):
@@ -285,9 +267,7 @@ class ExportTest(tf.test.TestCase):
         module = tf.Module()
         module.fn = tf.function(fn, input_signature=[signature])
         path = os.path.join(self._tmp(), name)
-        tf.saved_model.save(
-            module, path, signatures={"serving_default": module.fn}
-        )
+        tf.saved_model.save(module, path, signatures={"serving_default": module.fn})
         return path
 
     def test_load_rejects_contract_violations(self):
@@ -350,17 +330,13 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual(served.image_shape, IMAGE_SHAPE)
         self.assertEqual(served.num_classes, NUM_CLASSES)
         expected = self.model(self.images, training=False)
-        self.assertAllClose(
-            served.predict_logits(self.images, batch_size=7), expected
-        )
+        self.assertAllClose(served.predict_logits(self.images, batch_size=7), expected)
         outputs = served.outputs(self.images)
         self.assertAllEqual(outputs["classes"], np.argmax(expected, axis=-1))
         self.assertEqual(outputs["classes"].dtype, tf.int64)
 
         inputs = keras.Input(IMAGE_SHAPE, dtype="float32")
-        float_model = keras.Model(
-            inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))
-        )
+        float_model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
         float_path = os.path.join(self._tmp(), "float.keras")
         float_model.save(float_path)
         with self.assertRaisesRegex(UserError, "uint8"):
@@ -378,9 +354,7 @@ class ExportTest(tf.test.TestCase):
         expected = self.model(self.images, training=False)
         for path in (self.export_dir, keras_path):
             teacher_logits = tf.function(export.load_serving_model(path).logits)
-            self.assertAllClose(
-                teacher_logits(tf.constant(self.images)), expected, atol=1e-5
-            )
+            self.assertAllClose(teacher_logits(tf.constant(self.images)), expected, atol=1e-5)
 
     def test_logits_rejects_float_images(self):
         served = export.load_serving_model(self.export_dir)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 from absl import flags
 
@@ -100,7 +99,10 @@ class StagesTest(tf.test.TestCase):
         self.assertGreater(report["test_accuracy"], 0.5)
 
     def test_student_cached_and_online(self):
-        for extra, mode in ((("--augment", "--augment_views=2"), "cached"), (("--augment",), "online")):
+        for extra, mode in (
+            (("--augment", "--augment_views=2"), "cached"),
+            (("--augment",), "online"),
+        ):
             report = stages.run(
                 self.settings(
                     "--stage=student", f"--teacher_dir={self.teacher['export_dir']}", *extra
@@ -130,22 +132,31 @@ class StagesTest(tf.test.TestCase):
                 *(f"--{stage}_flagfile={path}" for stage, path in flagfiles.items()),
             )
         )
-        self.assertEqual([row["run"] for row in report["summary"]], ["teacher", "student", "scratch"])
+        self.assertEqual(
+            [row["run"] for row in report["summary"]], ["teacher", "student", "scratch"]
+        )
         for run_dir in report["runs"].values():
             sub = reporting.read_json(os.path.join(run_dir, "assets.extra", "report.json"))
             self.assertLen(sub["epochs"], 2, "flags given to compare override the flag files")
             self.assertIn("test_accuracy", sub["epochs"][0])
-        student = reporting.read_json(os.path.join(report["runs"]["student"], "assets.extra", "report.json"))
+        student = reporting.read_json(
+            os.path.join(report["runs"]["student"], "assets.extra", "report.json")
+        )
         self.assertEqual(student["teacher_dir"], report["runs"]["teacher"])
         for name in ("comparison.png", "report.json", "summary.md"):
             self.assertTrue(os.path.isfile(os.path.join(report["export_dir"], name)))
 
     def test_versioned_exports_are_not_overwritten(self):
         first = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]
-        before = open(os.path.join(first, "saved_model.pb"), "rb").read()
+        before = _read_bytes(os.path.join(first, "saved_model.pb"))
         second = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]
         self.assertEqual(int(os.path.basename(second)), int(os.path.basename(first)) + 1)
-        self.assertEqual(open(os.path.join(first, "saved_model.pb"), "rb").read(), before)
+        self.assertEqual(_read_bytes(os.path.join(first, "saved_model.pb")), before)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _cli(*argv):
@@ -155,6 +166,7 @@ def _cli(*argv):
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
 
 
