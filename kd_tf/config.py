@@ -53,6 +53,13 @@ def define_flags(flag_values):
         "Batch size for validation, test and teacher logits.",
         flag_values=fv,
     )
+    flags.DEFINE_integer(
+        "steps_per_execution",
+        1,
+        "Training steps run per call into the compiled step function; more cuts the "
+        "per-step Python overhead of small models.",
+        flag_values=fv,
+    )
     flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimiser.", flag_values=fv)
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", flag_values=fv)
     flags.DEFINE_enum(
@@ -155,6 +162,12 @@ def define_flags(flag_values):
     )
     flags.register_validator(
         "eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be >= 1", flag_values=fv
+    )
+    flags.register_validator(
+        "steps_per_execution",
+        lambda v: v >= 1,
+        "--steps_per_execution must be >= 1",
+        flag_values=fv,
     )
     flags.register_validator(
         "learning_rate", lambda v: v > 0, "--learning_rate must be > 0", flag_values=fv

@@ -56,6 +56,7 @@ def _compile_supervised(model, settings, steps_per_epoch):
         optimizer=_optimizer(settings, steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=settings.steps_per_execution,
     )
 
 
@@ -237,7 +238,9 @@ def distill_student(settings):
         alpha=settings.alpha,
         teacher=teacher.logits if mode == "online" else None,
     )
-    distiller.compile(optimizer=_optimizer(settings, steps))
+    distiller.compile(
+        optimizer=_optimizer(settings, steps), steps_per_execution=settings.steps_per_execution
+    )
     epochs, best_epoch = training.fit_and_restore_best(
         distiller,
         pipelines.training_dataset(

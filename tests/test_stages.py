@@ -179,6 +179,7 @@ class CommandLineTest(tf.test.TestCase):
             "--alpha=-0.1": "--alpha must be in [0, 1]",
             "--epochs=0": "--epochs must be >= 1",
             "--batch_size=0": "--batch_size must be >= 1",
+            "--steps_per_execution=0": "--steps_per_execution must be >= 1",
             "--model=resnet9000": "--model",
             "--stage=deploy": "--stage",
         }
