@@ -28,6 +28,22 @@ COMPARE_FLAGFILES = {
 }
 
 
+_VALIDATORS = (
+    ("epochs", lambda v: v >= 1, "--epochs must be >= 1"),
+    ("batch_size", lambda v: v >= 1, "--batch_size must be >= 1"),
+    ("eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be >= 1"),
+    ("steps_per_execution", lambda v: v >= 1, "--steps_per_execution must be >= 1"),
+    ("learning_rate", lambda v: v > 0, "--learning_rate must be > 0"),
+    ("warmup_epochs", lambda v: v >= 0, "--warmup_epochs must be >= 0"),
+    ("weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0"),
+    ("temperature", lambda v: v > 0, "--temperature must be > 0 (e.g. 4)"),
+    ("alpha", lambda v: 0.0 <= v <= 1.0, "--alpha must be in [0, 1]"),
+    ("augment_views", lambda v: v >= 0, "--augment_views must be >= 0"),
+    ("validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1"),
+    ("train_examples", lambda v: v is None or v >= 1, "--train_examples must be >= 1"),
+)
+
+
 def define_flags(flag_values):
     """Defines all kd_tf flags and validators on `flag_values`."""
     fv = flag_values
@@ -156,49 +172,8 @@ def define_flags(flag_values):
             flag_values=fv,
         )
 
-    flags.register_validator("epochs", lambda v: v >= 1, "--epochs must be >= 1", flag_values=fv)
-    flags.register_validator(
-        "batch_size", lambda v: v >= 1, "--batch_size must be >= 1", flag_values=fv
-    )
-    flags.register_validator(
-        "eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be >= 1", flag_values=fv
-    )
-    flags.register_validator(
-        "steps_per_execution",
-        lambda v: v >= 1,
-        "--steps_per_execution must be >= 1",
-        flag_values=fv,
-    )
-    flags.register_validator(
-        "learning_rate", lambda v: v > 0, "--learning_rate must be > 0", flag_values=fv
-    )
-    flags.register_validator(
-        "warmup_epochs", lambda v: v >= 0, "--warmup_epochs must be >= 0", flag_values=fv
-    )
-    flags.register_validator(
-        "weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0", flag_values=fv
-    )
-    flags.register_validator(
-        "temperature", lambda v: v > 0, "--temperature must be > 0 (e.g. 4)", flag_values=fv
-    )
-    flags.register_validator(
-        "alpha", lambda v: 0.0 <= v <= 1.0, "--alpha must be in [0, 1]", flag_values=fv
-    )
-    flags.register_validator(
-        "augment_views", lambda v: v >= 0, "--augment_views must be >= 0", flag_values=fv
-    )
-    flags.register_validator(
-        "validation_examples",
-        lambda v: v >= 1,
-        "--validation_examples must be >= 1",
-        flag_values=fv,
-    )
-    flags.register_validator(
-        "train_examples",
-        lambda v: v is None or v >= 1,
-        "--train_examples must be >= 1",
-        flag_values=fv,
-    )
+    for name, check, message in _VALIDATORS:
+        flags.register_validator(name, check, message, flag_values=fv)
     flags.mark_flag_as_required("stage", flag_values=fv)
 
 
