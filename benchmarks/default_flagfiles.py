@@ -54,7 +54,7 @@ def main(argv):
         key=lambda path: int(os.path.basename(path)),
     )
     runs = reporting.read_json(os.path.join(compare_dir, "report.json"))["runs"]
-    reports = {name: _report(path) for name, path in runs.items()}
+    reports = {name: _report(runs[name]) for name in ("teacher", "student", "scratch")}
     compact_seconds = _run(
         [
             "--flagfile=flags/student.cfg",
