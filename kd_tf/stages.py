@@ -332,7 +332,7 @@ def compare(settings):
 
 def run(settings):
     """Runs the stage named by `settings.stage` and returns its report."""
-    if settings.stage == "teacher" or settings.stage == "scratch":
+    if settings.stage in ("teacher", "scratch"):
         return train_supervised(settings, settings.stage)
     if settings.stage == "student":
         return distill_student(settings)
