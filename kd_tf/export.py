@@ -247,13 +247,9 @@ class ServingModel:
             float32 array `[N, classes]`.
         """
         images = np.asarray(images)
-        batches = [
-            self.logits(images[start : start + batch_size]).numpy()
-            for start in range(0, len(images), batch_size)
-        ]
-        if not batches:
+        if not len(images):
             return np.zeros((0, self.num_classes), np.float32)
-        return np.concatenate(batches)
+        return _batched_outputs(self.logits, images, batch_size)
 
 
 def load_serving_model(path):

@@ -11,7 +11,7 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kd_tf import config, export, reporting, stages, training
+from kd_tf import config, data, export, reporting, stages, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_KEYS = {
@@ -34,6 +34,7 @@ class StagesTest(tf.test.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.root = tempfile.mkdtemp()
+        cls.test_split = data.read_packaged_mnist()[1]
         cls.teacher = stages.run(cls.settings("--stage=teacher", "--model=seed_cnn", "--augment"))
 
     @classmethod
@@ -74,24 +75,11 @@ class StagesTest(tf.test.TestCase):
         self.assertTrue(glob.glob(f"{self.root}/logs/{stage}/*/train/events.out.tfevents.*"))
 
         served = export.load_serving_model(export_dir)
-        test = served.predict_logits(self._test_images())
-        measured = training.evaluate_logits(test, self._test_labels())
+        test = served.predict_logits(self.test_split.images)
+        measured = training.evaluate_logits(test, self.test_split.labels)
         self.assertAllClose(measured["accuracy"], on_disk["test_accuracy"])
         self.assertAllClose(measured["loss"], on_disk["test_loss"], rtol=1e-5)
         return on_disk
-
-    def _test_split(self):
-        if not hasattr(StagesTest, "_test"):
-            from kd_tf import data
-
-            StagesTest._test = data.read_packaged_mnist()[1]
-        return StagesTest._test
-
-    def _test_images(self):
-        return self._test_split().images
-
-    def _test_labels(self):
-        return self._test_split().labels
 
     def test_teacher(self):
         report = self._check_export(self.teacher, "teacher")
