@@ -43,7 +43,7 @@ _VALIDATORS = (
     ("train_examples", lambda v: v is None or v >= 1, "--train_examples must be >= 1"),
     (
         "test_index",
-        lambda v: v is None or all(i.isdigit() for i in v),
+        lambda v: v is None or (bool(v) and all(i.isdigit() for i in v)),
         "--test_index must be a comma-separated list of integers >= 0",
     ),
 )

@@ -160,8 +160,12 @@ class PredictTest(tf.test.TestCase):
                 self._predict(*argv)
         with self.assertRaisesRegex(UserError, "--model_dir"):
             stages.run(config.parse(["--stage=predict", "--test_index=1"]))
-        with self.assertRaisesRegex(flags.Error, "--test_index must be"):
-            config.parse(["--stage=predict", "--test_index=-1"])
+        for value in ("-1", "", "1,x"):
+            with (
+                self.subTest(test_index=value),
+                self.assertRaisesRegex(flags.Error, "--test_index must be"),
+            ):
+                config.parse(["--stage=predict", f"--test_index={value}"])
 
 
 if __name__ == "__main__":
