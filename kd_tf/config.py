@@ -14,9 +14,9 @@ settings.epochs  # 1
 
 from absl import flags
 
-from kd_tf import data, distillation, models
+from kd_tf import data, distillation, lite, models
 
-STAGES = ("teacher", "student", "scratch", "compare")
+STAGES = ("teacher", "student", "scratch", "compare", "predict", "tflite")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
 SCHEDULES = ("cosine", "constant")
 # The flags that name the sub-runs of --stage=compare; every other flag given
@@ -41,6 +41,11 @@ _VALIDATORS = (
     ("augment_views", lambda v: v >= 0, "--augment_views must be >= 0"),
     ("validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1"),
     ("train_examples", lambda v: v is None or v >= 1, "--train_examples must be >= 1"),
+    (
+        "test_index",
+        lambda v: v is None or (bool(v) and all(i.isdigit() for i in v)),
+        "--test_index must be a comma-separated list of integers >= 0",
+    ),
 )
 
 
@@ -162,6 +167,53 @@ def define_flags(flag_values):
         False,
         "Also measure the test split after every epoch, for plots only (model selection "
         "uses the validation split); --stage=compare turns it on.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "--stage=predict|tflite: the model, a SavedModel following the serving contract "
+        "(e.g. saved_models/student/1); predict also takes a .keras file.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "images",
+        None,
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
+        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
+        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
+        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
+        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
+        "black padding, and rounded to uint8.",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "test_index",
+        None,
+        "--stage=predict: indices of test-split images to predict instead of --images "
+        "(e.g. 0,1,2); their true labels are shown.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "output_image",
+        None,
+        "--stage=predict: also save a PNG grid of the images as the model sees them, with "
+        "predicted (and true) labels.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "tflite_path",
+        None,
+        "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "
+        "to <tflite_path>.json.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "quantize",
+        "none",
+        lite.QUANTIZATIONS,
+        "--stage=tflite: none (float32), dynamic (int8 weights) or int8 (int8 weights and "
+        f"activations, calibrated on {lite.REPRESENTATIVE_EXAMPLES} training images).",
         flag_values=fv,
     )
     for stage, name in COMPARE_FLAGFILES.items():

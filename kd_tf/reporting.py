@@ -111,3 +111,36 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(k, row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plot_predictions(images, captions, path, title, wrong=()):
+    """A grid of images, each with its caption (as the reference's inference
+    picture), as a PNG.
+
+    Args:
+        images: uint8 array `[N, H, W, C]`, C 1 or 3.
+        captions: N strings, e.g. `"7 (0.998)\\ntrue 7"`.
+        path: where to write the PNG.
+        title: figure title.
+        wrong: indices of the images whose caption is drawn in red.
+    """
+    columns = min(len(images), 8)
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(1.6 * columns, 2.0 * rows + 0.4),
+        squeeze=False,
+        layout="constrained",
+    )
+    for index, cell in enumerate(axes.flat):
+        cell.axis("off")
+        if index < len(images):
+            image = images[index]
+            cell.imshow(
+                image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255
+            )
+            cell.set_title(captions[index], fontsize=9, color="red" if index in wrong else "black")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

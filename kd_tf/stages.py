@@ -4,6 +4,8 @@
 - `student`: distillation of a teacher (`--teacher_dir`) into the student.
 - `scratch`: the student's architecture on hard labels only, the baseline.
 - `compare`: teacher, student and scratch in one command, then a comparison.
+- `predict`: classifies image files or test images with an export.
+- `tflite`: converts an export to TFLite and measures it against the export.
 
 Each training stage restores its best epoch on the validation split, exports
 a SavedModel (see `kd_tf.export`), measures the test split once through the
@@ -25,7 +27,18 @@ import keras
 import numpy as np
 from absl import logging
 
-from kd_tf import config, data, distillation, export, models, pipelines, reporting, training
+from kd_tf import (
+    config,
+    data,
+    distillation,
+    export,
+    inference,
+    lite,
+    models,
+    pipelines,
+    reporting,
+    training,
+)
 from kd_tf.errors import UserError
 
 CHECK_EXAMPLES = 256
@@ -175,24 +188,30 @@ def train_supervised(settings, stage):
     return _export_with_report(settings, stage, model, splits, export_dir, report)
 
 
+def _load_matching_model(path, what, splits):
+    """Loads the model at `path` and checks that it fits the data set;
+    `what` names it in messages (e.g. "teacher")."""
+    model = export.load_serving_model(path)
+    if tuple(model.image_shape) != tuple(splits.image_shape):
+        raise UserError(
+            f"{what} {path} takes images of shape {tuple(model.image_shape)} "
+            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
+        )
+    if model.num_classes != splits.num_classes:
+        raise UserError(
+            f"{what} {path} predicts {model.num_classes} classes but "
+            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
+        )
+    return model
+
+
 def _load_teacher(settings, splits):
     if not settings.teacher_dir:
         raise UserError(
             "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
             "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)"
         )
-    teacher = export.load_serving_model(settings.teacher_dir)
-    if tuple(teacher.image_shape) != tuple(splits.image_shape):
-        raise UserError(
-            f"teacher {settings.teacher_dir} takes images of shape {tuple(teacher.image_shape)} "
-            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a teacher trained on this data"
-        )
-    if teacher.num_classes != splits.num_classes:
-        raise UserError(
-            f"teacher {settings.teacher_dir} predicts {teacher.num_classes} classes but "
-            f"{splits.dataset} has {splits.num_classes}: use a teacher trained on this data"
-        )
-    return teacher
+    return _load_matching_model(settings.teacher_dir, "teacher", splits)
 
 
 def distill_student(settings):
@@ -330,10 +349,95 @@ def compare(settings):
     return summary
 
 
+def _require_model_dir(settings):
+    if not settings.model_dir:
+        raise UserError(
+            f"--stage={settings.stage} needs --model_dir=DIR: an export such as "
+            "saved_models/student/1"
+        )
+
+
+def predict(settings):
+    """`predict`: classifies the `--images` files, or the `--test_index`
+    test images, with `--model_dir`; prints one line per image (see
+    `kd_tf.inference.format_prediction`) and, with `--output_image`, saves
+    a grid of the images with their predictions.
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`).
+
+    Returns:
+        `{"names": [...], "predictions": [kd_tf.inference.Prediction, ...]}`.
+    """
+    _require_model_dir(settings)
+    if (settings.images is None) == (settings.test_index is None):
+        raise UserError(
+            "--stage=predict needs either --images=FILES (files, directories or globs) "
+            "or --test_index=I[,J...]"
+        )
+    if settings.images is not None:
+        paths = inference.find_images(settings.images)
+        served = export.load_serving_model(settings.model_dir)
+        images = inference.load_images(paths, served.image_shape)
+        names, labels = paths, None
+        grid_names = [os.path.basename(path) for path in paths]
+    else:
+        splits = _load_data(settings)
+        served = _load_matching_model(settings.model_dir, "model", splits)
+        indices = [int(i) for i in settings.test_index]
+        if max(indices) >= len(splits.test):
+            raise UserError(
+                f"--test_index={max(indices)} is out of range: the {splits.dataset} test "
+                f"split has {len(splits.test)} images (0 to {len(splits.test) - 1})"
+            )
+        images, labels = splits.test.images[indices], splits.test.labels[indices]
+        names = [f"{splits.dataset}_test[{i}]" for i in indices]
+        grid_names = [f"test[{i}]" for i in indices]
+    predictions = inference.predict(served, images, labels, settings.eval_batch_size)
+    for name, prediction in zip(names, predictions):
+        print(inference.format_prediction(name, prediction), flush=True)
+    if settings.output_image:
+        inference.save_grid(
+            images, grid_names, predictions, settings.output_image, title=settings.model_dir
+        )
+        logging.info("predictions drawn in %s", settings.output_image)
+    return {"names": names, "predictions": predictions}
+
+
+def convert_tflite(settings):
+    """`tflite`: converts `--model_dir` to `--tflite_path` with `--quantize`
+    and compares test accuracy and size with the SavedModel (see
+    `kd_tf.lite.export_tflite`).
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`).
+
+    Returns:
+        The report, also written to `<tflite_path>.json`.
+    """
+    _require_model_dir(settings)
+    if not settings.tflite_path:
+        raise UserError("--stage=tflite needs --tflite_path=FILE: where to write the .tflite")
+    splits = _load_data(settings)
+    served = _load_matching_model(settings.model_dir, "model", splits)
+    return lite.export_tflite(
+        served,
+        settings.tflite_path,
+        settings.quantize,
+        splits,
+        seed=settings.seed,
+        batch_size=settings.eval_batch_size,
+    )
+
+
 def run(settings):
     """Runs the stage named by `settings.stage` and returns its report."""
     if settings.stage in ("teacher", "scratch"):
         return train_supervised(settings, settings.stage)
     if settings.stage == "student":
         return distill_student(settings)
+    if settings.stage == "predict":
+        return predict(settings)
+    if settings.stage == "tflite":
+        return convert_tflite(settings)
     return compare(settings)

@@ -139,6 +139,37 @@ class ExportTest(tf.test.TestCase):
         ):
             self.assertIn(word, result.stdout)
 
+    def test_saved_model_cli_run_gives_the_same_classes(self):
+        cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+        work = self._tmp()
+        inputs = os.path.join(work, "images.npy")
+        np.save(inputs, self.images)
+        outdir = os.path.join(work, "out")
+        subprocess.run(
+            [
+                cli,
+                "run",
+                "--dir",
+                self.export_dir,
+                "--tag_set",
+                "serve",
+                "--signature_def",
+                "serving_default",
+                "--inputs",
+                f"images={inputs}",
+                "--outdir",
+                outdir,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        expected = self.model(self.images, training=False)
+        classes = np.load(os.path.join(outdir, "classes.npy"))
+        self.assertEqual(classes.dtype, np.int64)
+        self.assertAllEqual(classes, np.argmax(expected, axis=-1))
+        self.assertAllClose(np.load(os.path.join(outdir, "logits.npy")), expected, atol=1e-5)
+
     def test_next_version_dir(self):
         root = self._tmp()
         first = export.next_version_dir(root, "teacher")

@@ -1,0 +1,225 @@
+"""TFLite: converting an export and measuring it against the SavedModel.
+
+`convert` turns a SavedModel that follows the serving contract into a
+`.tflite` flat buffer whose `serving_default` signature keeps the uint8
+`images` input and the `logits`, `probabilities` and `classes` outputs.
+`tflite_logits` runs it in the TFLite interpreter, and `export_tflite`
+writes the file and a report comparing test accuracy and size with the
+SavedModel's.
+
+Quantisation (`QUANTIZATIONS`):
+
+- `none`: float32 weights and activations.
+- `dynamic`: int8 weights, float activations (dynamic-range quantisation).
+- `int8`: int8 weights and activations, calibrated on a representative
+  data set of `REPRESENTATIVE_EXAMPLES` training images; the uint8 input and
+  the float outputs stay as they are, and an op without an int8 kernel
+  falls back to float.
+
+Usage:
+
+```python
+content = lite.convert("saved_models/student/1", "int8", splits.train.images[:500])
+logits = lite.tflite_logits(content, splits.test.images)
+```
+"""
+
+import os
+import secrets
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from kd_tf import export, reporting, training
+from kd_tf.errors import UserError
+
+QUANTIZATIONS = ("none", "dynamic", "int8")
+_DESCRIPTIONS = {"none": "float32", "dynamic": "dynamic-range int8", "int8": "int8"}
+# Largest accuracy drop, in points, that each conversion is meant to stay within.
+PARITY_POINTS = {"none": 0.1, "dynamic": 0.5, "int8": 0.5}
+REPRESENTATIVE_EXAMPLES = 500
+_EXTRA_ASSETS = "assets.extra"
+
+
+def convert(model_dir, quantize="none", representative_images=None):
+    """Convert a SavedModel's `serving_default` signature to TFLite.
+
+    Args:
+        model_dir: SavedModel directory following the serving contract.
+        quantize: One of `QUANTIZATIONS`.
+        representative_images: uint8 array `[N, H, W, C]`, required for
+            `int8`: the images the activation ranges are calibrated on.
+
+    Returns:
+        The `.tflite` flat buffer, as bytes.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, received {quantize!r}")
+    if quantize == "int8" and (representative_images is None or not len(representative_images)):
+        raise ValueError("quantize='int8' needs representative_images")
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        model_dir, signature_keys=[export.SIGNATURE_KEY]
+    )
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+
+        def representative_dataset():
+            for image in representative_images:
+                yield {export.INPUT_NAME: image[np.newaxis]}
+
+        converter.representative_dataset = representative_dataset
+    return converter.convert()
+
+
+def tflite_logits(model_content, images, batch_size=1024):
+    """Run a converted model in the TFLite interpreter.
+
+    Args:
+        model_content: `.tflite` flat buffer, as from `convert`.
+        images: uint8 array `[N, H, W, C]`, N > 0.
+        batch_size: Images per interpreter call.
+
+    Returns:
+        float32 array `[N, classes]` of logits.
+    """
+    with warnings.catch_warnings():
+        # TF 2.21 still ships tf.lite.Interpreter but warns that it moves to
+        # the ai_edge_litert package (which runs the same .tflite files).
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        interpreter = tf.lite.Interpreter(model_content=model_content)
+    runner = interpreter.get_signature_runner(export.SIGNATURE_KEY)
+    return np.concatenate(
+        [
+            runner(**{export.INPUT_NAME: images[start : start + batch_size]})["logits"]
+            for start in range(0, len(images), batch_size)
+        ]
+    ).astype(np.float32)
+
+
+def saved_model_bytes(model_dir):
+    """Size of a SavedModel on disk: every file except `assets.extra/`
+    (kd_tf's report and figures, which serving does not read)."""
+    total = 0
+    for root, dirs, names in os.walk(model_dir):
+        if root == model_dir and _EXTRA_ASSETS in dirs:
+            dirs.remove(_EXTRA_ASSETS)
+        total += sum(os.path.getsize(os.path.join(root, name)) for name in names)
+    return total
+
+
+def _human_size(size):
+    return f"{size / 2**20:.2f} MB" if size >= 2**20 else f"{size / 2**10:.1f} KB"
+
+
+def _write_atomically(path, content):
+    """Write bytes to a temporary sibling of `path`, then rename it there."""
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)),
+        f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(8)}",
+    )
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def report_path(tflite_path):
+    """Where `export_tflite` writes its report: `<tflite_path>.json`."""
+    return tflite_path + ".json"
+
+
+def pick_representative_images(train, seed=0):
+    """`REPRESENTATIVE_EXAMPLES` training images drawn without replacement
+    (all of them if there are fewer), for int8 calibration."""
+    count = min(REPRESENTATIVE_EXAMPLES, len(train))
+    picked = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
+    return train.images[np.sort(picked)]
+
+
+def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1024):
+    """Convert, measure on the test split and write `.tflite` and its report.
+
+    Args:
+        served: `kd_tf.export.ServingModel` of a SavedModel directory.
+        tflite_path: Where to write the `.tflite` file (must not exist yet);
+            the report goes to `report_path(tflite_path)`.
+        quantize: One of `QUANTIZATIONS`.
+        splits: `kd_tf.data.DataSplits`; the test split is measured through
+            both models, int8 calibrates on `pick_representative_images(train)`.
+        seed: Seed of the choice of the representative images.
+        batch_size: Images per call of either model.
+
+    Returns:
+        The report: `model_dir`, `tflite_path`, `quantize`, `test_examples`,
+        `saved_model` and `tflite` (each `bytes` and `test_accuracy`),
+        `accuracy_drop_points`, `parity_points`, `within_parity`,
+        `same_class_fraction` and `representative_examples`.
+
+    Raises:
+        UserError: `served` is not a SavedModel directory, or `tflite_path`
+            or its report exists already.
+    """
+    for path in (tflite_path, report_path(tflite_path)):
+        if os.path.lexists(path):
+            raise UserError(f"{path} already exists: pass another --tflite_path or remove it")
+    if not os.path.isdir(served.path):
+        raise UserError(
+            f"--stage=tflite converts SavedModel directories, not {served.path}: "
+            "pass the directory of an export"
+        )
+    test = splits.test
+    representative = pick_representative_images(splits.train, seed) if quantize == "int8" else None
+    content = convert(served.path, quantize, representative)
+    saved_logits = served.predict_logits(test.images, batch_size=batch_size)
+    lite_logits = tflite_logits(content, test.images, batch_size=batch_size)
+    saved_accuracy = training.evaluate_logits(saved_logits, test.labels)["accuracy"]
+    lite_accuracy = training.evaluate_logits(lite_logits, test.labels)["accuracy"]
+    drop = 100 * (saved_accuracy - lite_accuracy)
+    report = {
+        "model_dir": served.path,
+        "tflite_path": tflite_path,
+        "quantize": quantize,
+        "test_examples": len(test),
+        "saved_model": {"bytes": saved_model_bytes(served.path), "test_accuracy": saved_accuracy},
+        "tflite": {"bytes": len(content), "test_accuracy": lite_accuracy},
+        "accuracy_drop_points": round(drop, 4),
+        "parity_points": PARITY_POINTS[quantize],
+        "within_parity": drop <= PARITY_POINTS[quantize],
+        "same_class_fraction": float(
+            np.mean(np.argmax(saved_logits, 1) == np.argmax(lite_logits, 1))
+        ),
+        "representative_examples": 0 if representative is None else len(representative),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(tflite_path)), exist_ok=True)
+    _write_atomically(tflite_path, content)
+    reporting.write_json(report, report_path(tflite_path))
+    table = reporting.markdown_table(
+        [
+            {
+                "model": "SavedModel",
+                "size": _human_size(report["saved_model"]["bytes"]),
+                "test_accuracy": saved_accuracy,
+            },
+            {
+                "model": f"TFLite {_DESCRIPTIONS[quantize]}",
+                "size": _human_size(len(content)),
+                "test_accuracy": lite_accuracy,
+            },
+        ]
+    )
+    logging.info("%s written (report %s)\n%s", tflite_path, report_path(tflite_path), table)
+    if not report["within_parity"]:
+        logging.warning(
+            "TFLite (%s) is %.2f points below the SavedModel, more than the %.1f targeted",
+            quantize,
+            drop,
+            PARITY_POINTS[quantize],
+        )
+    return report
