@@ -14,7 +14,7 @@ settings.epochs  # 1
 
 from absl import flags
 
-from kd_tf import data, distillation, models
+from kd_tf import data, distillation, distribution, models
 
 STAGES = ("teacher", "student", "scratch", "compare")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
@@ -41,6 +41,7 @@ _VALIDATORS = (
     ("augment_views", lambda v: v >= 0, "--augment_views must be >= 0"),
     ("validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1"),
     ("train_examples", lambda v: v is None or v >= 1, "--train_examples must be >= 1"),
+    ("cpu_devices", lambda v: v >= 0, "--cpu_devices must be >= 0"),
 )
 
 
@@ -61,7 +62,11 @@ def define_flags(flag_values):
     )
     flags.DEFINE_integer("epochs", 10, "Passes over the training split.", flag_values=fv)
     flags.DEFINE_integer(
-        "batch_size", 128, "Global batch size (split across replicas).", flag_values=fv
+        "batch_size",
+        128,
+        "Global batch size: split evenly across all replicas of all workers (a multiple of "
+        "their number); the per-device batch is batch_size / replicas.",
+        flag_values=fv,
     )
     flags.DEFINE_integer(
         "eval_batch_size",
@@ -162,6 +167,30 @@ def define_flags(flag_values):
         False,
         "Also measure the test split after every epoch, for plots only (model selection "
         "uses the validation split); --stage=compare turns it on.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        distribution.STRATEGIES,
+        "auto: mirrored with more than one GPU, else default; default: one device; "
+        "mirrored: MirroredStrategy over all GPUs (or the --cpu_devices logical CPUs); "
+        "multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "cpu_devices",
+        0,
+        "Split the CPU into N logical devices (for --strategy=mirrored without GPUs); "
+        "0 leaves it as one device.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "backup_dir",
+        None,
+        "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
+        "the same command after a crash resumes from the last finished epoch. Removed "
+        "once the export is in place.",
         flag_values=fv,
     )
     for stage, name in COMPARE_FLAGFILES.items():
