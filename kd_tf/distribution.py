@@ -105,13 +105,44 @@ def _cluster_from_tf_config():
     return tf_config
 
 
+# The dtypes collective all-reduce ops take.
+_COLLECTIVE_DTYPES = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+
+
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`MultiWorkerMirroredStrategy` whose `reduce` works for what Keras 3's
+    `fit` asks of it (tensorflow/tensorflow#72388).
+
+    Keras reduces one batch of the training data (`(images, labels)` with
+    uint8 images) across replicas before training, to build the model, and
+    reduces each step's scalar metrics with `axis=0`. The stock multi-worker
+    `reduce` takes neither a nested structure, nor uint8, nor `axis=0` on a
+    scalar. Here each leaf is reduced on its own, through float32 where the
+    collective ops have no kernel for its dtype, and a scalar is reduced
+    across replicas only (`axis=None`), as `MirroredStrategy` does.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        parent = super()
+
+        def reduce_leaf(leaf):
+            local = self.experimental_local_results(leaf)[0]
+            leaf_axis = None if local.shape.rank == 0 else axis
+            if local.dtype in _COLLECTIVE_DTYPES:
+                return parent.reduce(reduce_op, leaf, leaf_axis)
+            as_float = self.run(tf.cast, args=(leaf, tf.float32))
+            return tf.cast(parent.reduce(reduce_op, as_float, leaf_axis), local.dtype)
+
+        return tf.nest.map_structure(reduce_leaf, value)
+
+
 @functools.cache
 def _make_strategy(name, cpu_devices):
     """Builds the strategy once per process (a `MultiWorkerMirroredStrategy`
     can only configure the collective ops once)."""
     if name == "multi_worker":
         _cluster_from_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerMirroredStrategy()
     configure_cpu_devices(cpu_devices)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):
