@@ -1,0 +1,280 @@
+"""Strategies, replica equivalence, multi-worker training and resuming after a kill.
+
+The in-process tests use the 2 logical CPU devices that tests/conftest.py
+configures; the multi-worker and kill tests start real `python -m kd_tf.main`
+processes on a small slice of real MNIST.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import config, distribution, export, reporting, stages
+from kd_tf.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLICE = ["--train_examples=256", "--validation_examples=128", "--batch_size=64"]
+PROCESS_TIMEOUT = 180
+
+
+def _settings(*argv):
+    return config.parse(list(argv))
+
+
+def _exported_weights(export_dir):
+    return [v.numpy() for v in tf.saved_model.load(export_dir).variables]
+
+
+def _report(export_dir):
+    return reporting.read_json(os.path.join(export_dir, export.ASSETS_EXTRA, "report.json"))
+
+
+class StrategyTest(tf.test.TestCase):
+    def test_default_mirrored_and_auto(self):
+        default = distribution.strategy_from_settings(
+            _settings("--stage=teacher", "--strategy=default")
+        )
+        self.assertEqual(distribution.strategy_name(default), "default")
+        self.assertEqual(distribution.replicas(default), 1)
+        mirrored = distribution.strategy_from_settings(
+            _settings("--stage=teacher", "--strategy=mirrored", "--cpu_devices=2")
+        )
+        self.assertIsInstance(mirrored, tf.distribute.MirroredStrategy)
+        self.assertEqual(distribution.replicas(mirrored), 2)
+        # No GPU here: auto is the default strategy.
+        auto = distribution.strategy_from_settings(_settings("--stage=teacher"))
+        self.assertEqual(distribution.strategy_name(auto), "default")
+        for strategy in (default, mirrored, auto):
+            self.assertEqual(distribution.workers(strategy), 1)
+            self.assertTrue(distribution.is_chief(strategy))
+            self.assertEqual(distribution.worker_dir(strategy, "/x/y"), "/x/y")
+
+    def test_user_errors(self):
+        tf.config.list_logical_devices()  # TensorFlow has set up its devices.
+        cases = {
+            ("--strategy=mirrored", "--cpu_devices=2", "--batch_size=65"): "multiple of 2",
+            ("--strategy=mirrored", "--cpu_devices=3"): "too late",
+            ("--strategy=multi_worker",): "needs TF_CONFIG",
+        }
+        environ = dict(os.environ)
+        os.environ.pop("TF_CONFIG", None)
+        try:
+            for argv, message in cases.items():
+                with self.subTest(argv=argv), self.assertRaisesRegex(UserError, message):
+                    distribution.strategy_from_settings(_settings("--stage=teacher", *argv))
+            for tf_config, message in (
+                ("{not json", "not a valid cluster"),
+                (
+                    '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+                    "not in",
+                ),
+            ):
+                os.environ["TF_CONFIG"] = tf_config
+                with self.subTest(tf_config=tf_config), self.assertRaisesRegex(UserError, message):
+                    distribution.strategy_from_settings(
+                        _settings("--stage=teacher", "--strategy=multi_worker")
+                    )
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+
+
+class ReplicaEquivalenceTest(tf.test.TestCase):
+    """1 replica and 2 replicas (2 logical CPUs), same seed and global batch:
+    the same weights after one epoch of 4 steps, in every training stage.
+
+    Models without dropout (per-replica masks would differ): the teacher is
+    `compact_cnn` (synchronized batch norm), scratch and student `seed_mlp`.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root)
+        super().tearDownClass()
+
+    def _assert_same_weights(self, name, *argv):
+        weights = {}
+        for strategy, replicas in (("default", 1), ("mirrored", 2)):
+            export_dir = os.path.join(self.root, f"{name}-{strategy}")
+            stages.run(
+                _settings(
+                    *SLICE,
+                    "--epochs=1",
+                    f"--strategy={strategy}",
+                    "--cpu_devices=2",
+                    f"--export_dir={export_dir}",
+                    f"--log_dir={self.root}/logs",
+                    *argv,
+                )
+            )
+            report = _report(export_dir)
+            self.assertEqual(report["replicas"], replicas)
+            self.assertEqual(report["strategy"], strategy)
+            self.assertEqual(report["workers"], 1)
+            weights[strategy] = _exported_weights(export_dir)
+        self.assertLen(weights["mirrored"], len(weights["default"]))
+        for one, two in zip(weights["default"], weights["mirrored"]):
+            self.assertAllClose(one, two, atol=1e-5, rtol=0)
+        return os.path.join(self.root, f"{name}-default")
+
+    def test_every_stage(self):
+        teacher = self._assert_same_weights("teacher", "--stage=teacher", "--model=compact_cnn")
+        self._assert_same_weights("scratch", "--stage=scratch")
+        for mode in ("cached", "online"):
+            with self.subTest(teacher_logits=mode):
+                self._assert_same_weights(
+                    f"student-{mode}",
+                    "--stage=student",
+                    f"--teacher_dir={teacher}",
+                    f"--teacher_logits={mode}",
+                )
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(argv, env=None, log=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "kd_tf.main", *argv],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_all(processes, timeout):
+    """Exit codes of `processes`; kills them all if one exceeds `timeout`."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(1, deadline - time.monotonic())) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+            p.wait()
+        raise
+
+
+class MultiWorkerTest(tf.test.TestCase):
+    def test_two_workers_export_once(self):
+        root = self.create_tempdir().full_path
+        worker_tmp = os.path.join(root, "tmp")
+        os.makedirs(worker_tmp)
+        cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+        export_dir = os.path.join(root, "saved_models", "scratch", "1")
+        argv = [
+            "--stage=scratch",
+            "--strategy=multi_worker",
+            "--epochs=1",
+            *SLICE,
+            f"--export_dir={export_dir}",
+            f"--log_dir={root}/logs",
+        ]
+        logs = [open(os.path.join(root, f"worker{i}.log"), "w") for i in range(2)]
+        workers = [
+            _start(
+                argv,
+                env={
+                    "TF_CONFIG": json.dumps(
+                        {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                    ),
+                    "TMPDIR": worker_tmp,
+                },
+                log=logs[i],
+            )
+            for i in range(2)
+        ]
+        codes = _wait_all(workers, PROCESS_TIMEOUT)
+        for log in logs:
+            log.close()
+        with open(os.path.join(root, "worker1.log")) as f:
+            self.assertEqual(codes, [0, 0], f.read()[-3000:])
+
+        self.assertEqual(os.listdir(os.path.dirname(export_dir)), ["1"])
+        report = _report(export_dir)
+        self.assertEqual(report["workers"], 2)
+        self.assertEqual(report["replicas"], 2)
+        self.assertEqual(report["strategy"], "multi_worker")
+        served = export.load_serving_model(export_dir)
+        self.assertEqual(served.num_classes, 10)
+        self.assertEqual(os.listdir(os.path.join(root, "logs", "scratch")), ["1"])
+        self.assertEqual(os.listdir(worker_tmp), [], "the non-chief's temporary dirs are removed")
+
+
+class BackupResumeTest(tf.test.TestCase):
+    """A run SIGKILLed during epoch 2 and started again resumes after epoch 1
+    and ends as an uninterrupted run does (`compact_cnn`, no dropout)."""
+
+    def test_killed_run_resumes(self):
+        root = self.create_tempdir().full_path
+        backup_dir = os.path.join(root, "backup")
+        export_dir = os.path.join(root, "export")
+        argv = [
+            "--stage=scratch",
+            "--model=compact_cnn",
+            "--strategy=default",
+            "--epochs=3",
+            "--train_examples=1536",
+            "--validation_examples=256",
+            "--batch_size=32",
+            f"--log_dir={root}/logs",
+            f"--backup_dir={backup_dir}",
+        ]
+        metadata = os.path.join(backup_dir, "scratch", "training_metadata.json")
+        with open(os.path.join(root, "killed.log"), "w") as log:
+            process = _start([*argv, f"--export_dir={export_dir}"], log=log)
+            deadline = time.monotonic() + PROCESS_TIMEOUT
+            while not os.path.exists(metadata) and process.poll() is None:
+                self.assertLess(time.monotonic(), deadline, "no epoch finished in time")
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        with open(metadata) as f:
+            finished = json.load(f)["epoch"]
+        self.assertIn(finished, (1, 2), "killed during epoch 2 or 3, not after the run")
+        self.assertFalse(os.path.exists(export_dir), "no export from a killed run")
+        self.assertEqual(os.listdir(root).count("export"), 0)
+
+        resumed = subprocess.run(
+            [sys.executable, "-m", "kd_tf.main", *argv, f"--export_dir={export_dir}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+            check=False,
+        )
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        report = _report(export_dir)
+        self.assertEqual(report["resumed_from_epoch"], finished)
+        self.assertFalse(os.path.exists(os.path.join(backup_dir, "scratch")))
+
+        reference_dir = os.path.join(root, "reference")
+        reference = stages.run(_settings(*argv, f"--export_dir={reference_dir}"))
+        self.assertEqual(reference["resumed_from_epoch"], 0)
+        self.assertLen(report["epochs"], 3)
+        self.assertEqual(report["best_epoch"], reference["best_epoch"])
+        for got, want in zip(report["epochs"], reference["epochs"]):
+            self.assertEqual(got["epoch"], want["epoch"])
+            self.assertAllClose(got["val_accuracy"], want["val_accuracy"], atol=1e-6)
+        self.assertAllClose(report["test_accuracy"], reference["test_accuracy"], atol=0.002)
+
+
+if __name__ == "__main__":
+    tf.test.main()
