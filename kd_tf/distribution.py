@@ -142,13 +142,23 @@ def _make_strategy(name, cpu_devices):
     can only configure the collective ops once)."""
     if name == "multi_worker":
         _cluster_from_tf_config()
-        return _MultiWorkerMirroredStrategy()
-    configure_cpu_devices(cpu_devices)
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "default" or (name == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy()
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([device.name for device in devices])
+        strategy = _MultiWorkerMirroredStrategy()
+    else:
+        configure_cpu_devices(cpu_devices)
+        gpus = tf.config.list_logical_devices("GPU")
+        if name == "default" or (name == "auto" and len(gpus) < 2):
+            strategy = tf.distribute.get_strategy()
+        else:
+            devices = gpus or tf.config.list_logical_devices("CPU")
+            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    logging.info(
+        "--strategy=%s: %s, %d replica(s) on %d worker(s)",
+        name,
+        strategy_name(strategy),
+        replicas(strategy),
+        workers(strategy),
+    )
+    return strategy
 
 
 def strategy_from_settings(settings):
@@ -190,12 +200,6 @@ def strategy_from_settings(settings):
             f"--batch_size={settings.batch_size} (the global batch) does not split evenly "
             f"across {count} replicas: pass a multiple of {count}"
         )
-    logging.info(
-        "strategy %s: %d replica(s) on %d worker(s)",
-        type(strategy).__name__,
-        count,
-        workers(strategy),
-    )
     return strategy
 
 

@@ -8,7 +8,9 @@
 Each training stage restores its best epoch on the validation split, exports
 a SavedModel (see `kd_tf.export`), measures the test split once through the
 export reloaded from disk, and writes `assets.extra/report.json` and
-`assets.extra/curves.png` into it.
+`assets.extra/curves.png` into it. Every stage trains under the strategy of
+`--strategy` (see `kd_tf.distribution`); on a multi-worker cluster only the
+chief's export, report and logs are kept.
 
 Usage:
 

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kd_tf import distribution  # noqa: E402
+from kd_tf import distribution
 
 # Logical devices can only be configured before TensorFlow initialises its
 # devices, i.e. before the first test runs an op; two CPU devices let

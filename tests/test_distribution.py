@@ -15,10 +15,21 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+import keras
 import tensorflow as tf
 
-from kd_tf import config, distribution, export, reporting, stages
+from kd_tf import (
+    backup,
+    config,
+    data,
+    distribution,
+    export,
+    models,
+    pipelines,
+    reporting,
+    stages,
+    training,
+)
 from kd_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,23 +199,24 @@ class MultiWorkerTest(tf.test.TestCase):
             f"--export_dir={export_dir}",
             f"--log_dir={root}/logs",
         ]
-        logs = [open(os.path.join(root, f"worker{i}.log"), "w") for i in range(2)]
-        workers = [
-            _start(
-                argv,
-                env={
-                    "TF_CONFIG": json.dumps(
-                        {"cluster": cluster, "task": {"type": "worker", "index": i}}
-                    ),
-                    "TMPDIR": worker_tmp,
-                },
-                log=logs[i],
-            )
-            for i in range(2)
-        ]
-        codes = _wait_all(workers, PROCESS_TIMEOUT)
-        for log in logs:
-            log.close()
+        with (
+            open(os.path.join(root, "worker0.log"), "w") as log0,
+            open(os.path.join(root, "worker1.log"), "w") as log1,
+        ):
+            workers = [
+                _start(
+                    argv,
+                    env={
+                        "TF_CONFIG": json.dumps(
+                            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                        ),
+                        "TMPDIR": worker_tmp,
+                    },
+                    log=log,
+                )
+                for index, log in enumerate((log0, log1))
+            ]
+            codes = _wait_all(workers, PROCESS_TIMEOUT)
         with open(os.path.join(root, "worker1.log")) as f:
             self.assertEqual(codes, [0, 0], f.read()[-3000:])
 
@@ -222,6 +234,47 @@ class MultiWorkerTest(tf.test.TestCase):
 
 
 class BackupResumeTest(tf.test.TestCase):
+    def test_resume_after_the_last_epoch(self):
+        """A run killed after its last epoch (during the export) restores
+        the records, the best epoch and its weights without training."""
+        backup_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, backup_dir)
+        splits = data.load_splits(
+            "mnist",
+            "packaged",
+            validation_examples=64,
+            train_examples=128,
+            tfds_data_dir=None,
+            idx_dir=None,
+        )
+        results = []
+        for _ in range(2):
+            keras.utils.set_random_seed(0)
+            model = models.build_model("seed_mlp", splits.image_shape, splits.num_classes)
+            model.compile(
+                optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+            epochs, best_epoch = training.fit_and_restore_best(
+                model,
+                pipelines.training_dataset(splits.train.images, splits.train.labels, 64, seed=0),
+                pipelines.evaluation_dataset(
+                    splits.validation.images, splits.validation.labels, 64
+                ),
+                epochs=2,
+                steps_per_epoch=2,
+                log_dir=os.path.join(backup_dir, "logs"),
+                backup_dir=os.path.join(backup_dir, "run"),
+            )
+            results.append((epochs, best_epoch, model.get_weights()))
+        self.assertEqual(backup.resumed_epoch(os.path.join(backup_dir, "run")), 2)
+        (first, first_best, first_weights), (second, second_best, second_weights) = results
+        self.assertEqual(second, first)
+        self.assertEqual(second_best, first_best)
+        for one, two in zip(first_weights, second_weights):
+            self.assertAllEqual(one, two)
+
     """A run SIGKILLed during epoch 2 and started again resumes after epoch 1
     and ends as an uninterrupted run does (`compact_cnn`, no dropout)."""
 
@@ -253,8 +306,9 @@ class BackupResumeTest(tf.test.TestCase):
         with open(metadata) as f:
             finished = json.load(f)["epoch"]
         self.assertIn(finished, (1, 2), "killed during epoch 2 or 3, not after the run")
-        self.assertFalse(os.path.exists(export_dir), "no export from a killed run")
-        self.assertEqual(os.listdir(root).count("export"), 0)
+        self.assertEqual(
+            sorted(os.listdir(root)), ["backup", "killed.log", "logs"], "no export, no debris"
+        )
 
         resumed = subprocess.run(
             [sys.executable, "-m", "kd_tf.main", *argv, f"--export_dir={export_dir}"],
