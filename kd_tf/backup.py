@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from kd_tf import distribution
+from kd_tf.errors import UserError
 
 KERAS_METADATA = "training_metadata.json"
 _STATE = "kd_tf_state.{}.json"
@@ -117,7 +118,14 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         epoch = resumed_epoch(self.backup_dir)
         if not epoch:
             return
-        with open(os.path.join(self.backup_dir, _STATE.format(epoch))) as f:
+        state_path = os.path.join(self.backup_dir, _STATE.format(epoch))
+        if not os.path.isfile(state_path):
+            raise UserError(
+                f"{self.backup_dir} holds a Keras backup of epoch {epoch} without kd_tf's "
+                f"{os.path.basename(state_path)}: remove it to start over, or pass another "
+                "--backup_dir"
+            )
+        with open(state_path) as f:
             state = json.load(f)
         self.recorder.epochs = state["epochs"][:epoch]
         self.best.best = state["best"]
