@@ -14,7 +14,7 @@ settings.epochs  # 1
 
 from absl import flags
 
-from kd_tf import data, distillation, lite, models
+from kd_tf import data, distillation, distribution, lite, models
 
 STAGES = ("teacher", "student", "scratch", "compare", "predict", "tflite")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
@@ -46,6 +46,7 @@ _VALIDATORS = (
         lambda v: v is None or (bool(v) and all(i.isdigit() for i in v)),
         "--test_index must be a comma-separated list of integers >= 0",
     ),
+    ("cpu_devices", lambda v: v >= 0, "--cpu_devices must be >= 0"),
 )
 
 
@@ -66,7 +67,11 @@ def define_flags(flag_values):
     )
     flags.DEFINE_integer("epochs", 10, "Passes over the training split.", flag_values=fv)
     flags.DEFINE_integer(
-        "batch_size", 128, "Global batch size (split across replicas).", flag_values=fv
+        "batch_size",
+        128,
+        "Global batch size: split evenly across all replicas of all workers (a multiple of "
+        "their number); the per-device batch is batch_size / replicas.",
+        flag_values=fv,
     )
     flags.DEFINE_integer(
         "eval_batch_size",
@@ -214,6 +219,30 @@ def define_flags(flag_values):
         lite.QUANTIZATIONS,
         "--stage=tflite: none (float32), dynamic (int8 weights) or int8 (int8 weights and "
         f"activations, calibrated on {lite.REPRESENTATIVE_EXAMPLES} training images).",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        distribution.STRATEGIES,
+        "auto: mirrored with more than one GPU, else default; default: one device; "
+        "mirrored: MirroredStrategy over all GPUs (or the --cpu_devices logical CPUs); "
+        "multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "cpu_devices",
+        0,
+        "Split the CPU into N logical devices (for --strategy=mirrored without GPUs); "
+        "0 leaves it as one device.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "backup_dir",
+        None,
+        "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
+        "the same command after a crash resumes from the last finished epoch. Removed "
+        "once the export is in place.",
         flag_values=fv,
     )
     for stage, name in COMPARE_FLAGFILES.items():

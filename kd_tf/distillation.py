@@ -83,7 +83,10 @@ class Distiller(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_metric]
 
-    def call(self, images, training=False):
+    def call(self, inputs, training=False):
+        # Under a tf.distribute strategy, fit first calls the model on the
+        # features of one batch, which carry the cached teacher logits.
+        images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.student(images, training=training)
 
     def _unpack(self, data):

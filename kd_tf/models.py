@@ -24,15 +24,17 @@ def _scaled_input(image_shape, name):
     return images, layers.Rescaling(1.0 / 255.0, name=f"{name}_rescale")(images)
 
 
+# Batch norm statistics are taken over the global batch (`synchronized=True`),
+# so that N replicas train exactly like one device.
 def _conv_bn_relu(x, filters, kernel_size, name):
     x = layers.Conv2D(filters, kernel_size, use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _dense_bn_relu(x, units, name):
     x = layers.Dense(units, use_bias=False, name=f"{name}_dense")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

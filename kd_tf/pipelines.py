@@ -92,6 +92,13 @@ def training_dataset(images, labels, batch_size, *, seed, teacher_logits=None, a
     when `teacher_logits` is given (cached teacher logits travel in the same
     element as their images). Pass `steps_per_epoch` to `fit`.
 
+    The stream is a function of `seed` alone: epoch e visits the examples in
+    the order of a permutation drawn from `(seed, e)`, and batch b's
+    distortions are drawn from `(seed, b)`. Every iterator over the dataset
+    therefore yields the same batches (Keras opens an extra iterator under a
+    `tf.distribute` strategy, and the workers of a cluster each open their
+    own), and `skip(n)` continues exactly where batch n left off.
+
     Args:
         images: uint8 array `[N, H, W, C]`.
         labels: int array `[N]`.
@@ -108,17 +115,29 @@ def training_dataset(images, labels, batch_size, *, seed, teacher_logits=None, a
     if augment and teacher_logits is not None:
         raise ValueError("random augmentation needs an online teacher, not cached logits")
     features = images if teacher_logits is None else (images, teacher_logits)
+    examples = tf.nest.map_structure(tf.constant, (features, labels))
+    num_examples = len(labels)
+
+    def epoch_order(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(num_examples, dtype=tf.int64),
+            seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+        )
+        return tf.data.Dataset.from_tensor_slices(order)
+
     dataset = (
-        tf.data.Dataset.from_tensor_slices((features, labels))
-        .cache()
-        .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
+        tf.data.Dataset.counter()
+        .flat_map(epoch_order)
         .batch(batch_size)
+        .map(lambda indices: tf.nest.map_structure(lambda t: tf.gather(t, indices), examples))
     )
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, pair: (augment_images(batch[0], pair), batch[1]),
+        steps = tf.data.Dataset.counter()
+        dataset = tf.data.Dataset.zip((dataset, steps)).map(
+            lambda batch, step: (
+                augment_images(batch[0], tf.stack([tf.constant(seed, tf.int64), step])),
+                batch[1],
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

@@ -10,7 +10,9 @@
 Each training stage restores its best epoch on the validation split, exports
 a SavedModel (see `kd_tf.export`), measures the test split once through the
 export reloaded from disk, and writes `assets.extra/report.json` and
-`assets.extra/curves.png` into it.
+`assets.extra/curves.png` into it. Every stage trains under the strategy of
+`--strategy` (see `kd_tf.distribution`); on a multi-worker cluster only the
+chief's export, report and logs are kept.
 
 Usage:
 
@@ -28,9 +30,11 @@ import numpy as np
 from absl import logging
 
 from kd_tf import (
+    backup,
     config,
     data,
     distillation,
+    distribution,
     export,
     inference,
     lite,
@@ -95,8 +99,9 @@ def _test_monitor(settings, model, splits):
     )
 
 
-def _log_dir(settings, stage, export_dir):
-    return os.path.join(settings.log_dir, stage, os.path.basename(os.path.normpath(export_dir)))
+def _log_dir(settings, stage, export_dir, strategy):
+    path = os.path.join(settings.log_dir, stage, os.path.basename(os.path.normpath(export_dir)))
+    return distribution.worker_dir(strategy, path)
 
 
 def _export_with_report(settings, stage, model, splits, export_dir, report):
@@ -134,6 +139,7 @@ def _export_with_report(settings, stage, model, splits, export_dir, report):
 
 
 def _base_report(settings, stage, model_name, model, splits, epochs, best_epoch, started):
+    strategy = distribution.strategy_from_settings(settings)
     return {
         "stage": stage,
         "flags": config.to_dict(settings),
@@ -146,6 +152,9 @@ def _base_report(settings, stage, model_name, model, splits, epochs, best_epoch,
         "params": int(model.count_params()),
         "epochs": epochs,
         "best_epoch": best_epoch,
+        "strategy": distribution.strategy_name(strategy),
+        "replicas": distribution.replicas(strategy),
+        "workers": distribution.workers(strategy),
         "stage_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -161,16 +170,20 @@ def train_supervised(settings, stage):
         The run report (also written into the export).
     """
     started = time.perf_counter()
+    strategy = distribution.strategy_from_settings(settings)
     model_name = settings.model or (
         models.DEFAULT_TEACHER if stage == "teacher" else models.DEFAULT_STUDENT
     )
-    export_dir = export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, stage)
+    export_dir = _export_dir(settings, stage, strategy)
+    backup_dir = backup.stage_backup_dir(settings.backup_dir, stage, strategy)
+    resumed = backup.resumed_epoch(backup_dir)
     keras.utils.set_random_seed(settings.seed)
     splits = _load_data(settings)
     images, labels, random_augment = _training_examples(settings, splits.train)
     steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
-    model = models.build_model(model_name, splits.image_shape, splits.num_classes)
-    _compile_supervised(model, settings, steps)
+    with strategy.scope():
+        model = models.build_model(model_name, splits.image_shape, splits.num_classes)
+        _compile_supervised(model, settings, steps)
     epochs, best_epoch = training.fit_and_restore_best(
         model,
         pipelines.training_dataset(
@@ -181,11 +194,22 @@ def train_supervised(settings, stage):
         ),
         epochs=settings.epochs,
         steps_per_epoch=steps,
-        log_dir=_log_dir(settings, stage, export_dir),
+        log_dir=_log_dir(settings, stage, export_dir, strategy),
         test_logits=_test_monitor(settings, model, splits),
+        backup_dir=backup_dir,
     )
     report = _base_report(settings, stage, model_name, model, splits, epochs, best_epoch, started)
-    return _export_with_report(settings, stage, model, splits, export_dir, report)
+    report["resumed_from_epoch"] = resumed
+    report = _export_with_report(settings, stage, model, splits, export_dir, report)
+    backup.remove(backup_dir)
+    return report
+
+
+def _export_dir(settings, stage, strategy):
+    """The export directory of this worker (see `distribution.worker_dir`)."""
+    if not distribution.is_chief(strategy):
+        return distribution.worker_dir(strategy, stage)
+    return export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, stage)
 
 
 def _load_matching_model(path, what, splits):
@@ -211,7 +235,10 @@ def _load_teacher(settings, splits):
             "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
             "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)"
         )
-    return _load_matching_model(settings.teacher_dir, "teacher", splits)
+    # Under the strategy's scope the teacher's variables are mirrored onto
+    # every replica's device, so the online mode reads them locally.
+    with distribution.strategy_from_settings(settings).scope():
+        return _load_matching_model(settings.teacher_dir, "teacher", splits)
 
 
 def distill_student(settings):
@@ -224,10 +251,11 @@ def distill_student(settings):
         The run report (also written into the export).
     """
     started = time.perf_counter()
+    strategy = distribution.strategy_from_settings(settings)
     model_name = settings.model or models.DEFAULT_STUDENT
-    export_dir = export.resolve_export_dir(
-        settings.export_dir, settings.saved_models_dir, "student"
-    )
+    export_dir = _export_dir(settings, "student", strategy)
+    backup_dir = backup.stage_backup_dir(settings.backup_dir, "student", strategy)
+    resumed = backup.resumed_epoch(backup_dir)
     keras.utils.set_random_seed(settings.seed)
     splits = _load_data(settings)
     teacher = _load_teacher(settings, splits)
@@ -250,16 +278,18 @@ def distill_student(settings):
     teacher_logits_seconds = time.perf_counter() - logits_started
 
     steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
-    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
-    distiller = distillation.Distiller(
-        student,
-        temperature=settings.temperature,
-        alpha=settings.alpha,
-        teacher=teacher.logits if mode == "online" else None,
-    )
-    distiller.compile(
-        optimizer=_optimizer(settings, steps), steps_per_execution=settings.steps_per_execution
-    )
+    with strategy.scope():
+        student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+        distiller = distillation.Distiller(
+            student,
+            temperature=settings.temperature,
+            alpha=settings.alpha,
+            teacher=teacher.logits if mode == "online" else None,
+        )
+        distiller.compile(
+            optimizer=_optimizer(settings, steps),
+            steps_per_execution=settings.steps_per_execution,
+        )
     epochs, best_epoch = training.fit_and_restore_best(
         distiller,
         pipelines.training_dataset(
@@ -278,8 +308,9 @@ def distill_student(settings):
         ),
         epochs=settings.epochs,
         steps_per_epoch=steps,
-        log_dir=_log_dir(settings, "student", export_dir),
+        log_dir=_log_dir(settings, "student", export_dir, strategy),
         test_logits=_test_monitor(settings, student, splits),
+        backup_dir=backup_dir,
     )
     report = _base_report(
         settings, "student", model_name, student, splits, epochs, best_epoch, started
@@ -290,8 +321,11 @@ def distill_student(settings):
         teacher_logits_seconds=round(teacher_logits_seconds, 2),
         temperature=settings.temperature,
         alpha=settings.alpha,
+        resumed_from_epoch=resumed,
     )
-    return _export_with_report(settings, "student", student, splits, export_dir, report)
+    report = _export_with_report(settings, "student", student, splits, export_dir, report)
+    backup.remove(backup_dir)
+    return report
 
 
 def compare(settings):
@@ -306,9 +340,8 @@ def compare(settings):
     Returns:
         The comparison report.
     """
-    export_dir = export.resolve_export_dir(
-        settings.export_dir, settings.saved_models_dir, "compare"
-    )
+    strategy = distribution.strategy_from_settings(settings)
+    export_dir = _export_dir(settings, "compare", strategy)
     shared = config.explicit_arguments(
         settings, exclude={"stage", "export_dir", "teacher_dir", *config.COMPARE_FLAGFILES.values()}
     )
@@ -322,7 +355,7 @@ def compare(settings):
         sub_settings = config.parse(
             [f"--flagfile={flagfile}", *shared, f"--stage={stage}", "--monitor_test", *extra]
         )
-        return run(sub_settings)
+        return _run_stage(sub_settings)
 
     reports = {"teacher": sub_run("teacher")}
     reports["student"] = sub_run("student", f"--teacher_dir={reports['teacher']['export_dir']}")
@@ -431,7 +464,18 @@ def convert_tflite(settings):
 
 
 def run(settings):
-    """Runs the stage named by `settings.stage` and returns its report."""
+    """Runs the stage named by `settings.stage` and returns its report.
+
+    On a multi-worker cluster, the workers other than the chief write into
+    temporary directories, removed at the end (see `kd_tf.distribution`).
+    """
+    try:
+        return _run_stage(settings)
+    finally:
+        distribution.remove_worker_dirs()
+
+
+def _run_stage(settings):
     if settings.stage in ("teacher", "scratch"):
         return train_supervised(settings, settings.stage)
     if settings.stage == "student":

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from absl import logging
 
+from kd_tf import backup, distribution
+
 
 def make_optimizer(
     name, learning_rate, schedule, *, steps_per_epoch, epochs, warmup_epochs=0.5, weight_decay=0.0
@@ -135,10 +137,23 @@ def evaluate_logits(logits, labels):
 
 
 def fit_and_restore_best(
-    trainer, train, validation, *, epochs, steps_per_epoch, log_dir, test_logits=None
+    trainer,
+    train,
+    validation,
+    *,
+    epochs,
+    steps_per_epoch,
+    log_dir,
+    test_logits=None,
+    backup_dir=None,
 ):
     """Trains and restores the weights of the epoch with the best validation
     accuracy (the first such epoch on ties).
+
+    With `backup_dir`, every finished epoch is backed up there
+    (`backup.TrainingBackup`) and a run that finds a backup resumes after its
+    last finished epoch, with the training stream advanced to where that
+    epoch ended, so it ends as the uninterrupted run would.
 
     Args:
         trainer: a compiled `keras.Model` reporting `val_accuracy`.
@@ -148,6 +163,7 @@ def fit_and_restore_best(
         steps_per_epoch: steps in one epoch.
         log_dir: TensorBoard log directory.
         test_logits: optional, see `EpochRecorder`.
+        backup_dir: optional directory for `backup.TrainingBackup`.
 
     Returns:
         `(epoch_records, best_epoch)`, with epochs numbered from 1.
@@ -156,13 +172,17 @@ def fit_and_restore_best(
     best = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
+    callbacks = [recorder, best, keras.callbacks.TensorBoard(log_dir)]
+    if backup_dir:
+        callbacks.append(backup.TrainingBackup(backup_dir, recorder, best))
+        train = train.skip(backup.resumed_epoch(backup_dir) * steps_per_epoch)
     trainer.fit(
-        train,
+        distribution.distributable(train),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        validation_data=validation,
+        validation_data=distribution.distributable(validation),
         shuffle=False,
-        callbacks=[recorder, best, keras.callbacks.TensorBoard(log_dir)],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return recorder.epochs, best.best_epoch + 1
