@@ -25,7 +25,18 @@ import keras
 import numpy as np
 from absl import logging
 
-from kd_tf import config, data, distillation, export, models, pipelines, reporting, training
+from kd_tf import (
+    config,
+    data,
+    determinism,
+    distillation,
+    export,
+    models,
+    pipelines,
+    publish,
+    reporting,
+    training,
+)
 from kd_tf.errors import UserError
 
 CHECK_EXAMPLES = 256
@@ -107,6 +118,7 @@ def _export_with_report(settings, stage, model, splits, export_dir, report):
         export_dir,
         check_images=splits.validation.images[:CHECK_EXAMPLES],
         finalize=finalize,
+        overwrite=settings.overwrite,
     )
     report["export_dir"] = export_dir
     logging.info(
@@ -151,8 +163,10 @@ def train_supervised(settings, stage):
     model_name = settings.model or (
         models.DEFAULT_TEACHER if stage == "teacher" else models.DEFAULT_STUDENT
     )
-    export_dir = export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, stage)
-    keras.utils.set_random_seed(settings.seed)
+    export_dir = export.resolve_export_dir(
+        settings.export_dir, settings.saved_models_dir, stage, settings.overwrite
+    )
+    determinism.make_reproducible(settings.seed, deterministic=settings.deterministic)
     splits = _load_data(settings)
     images, labels, random_augment = _training_examples(settings, splits.train)
     steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
@@ -175,13 +189,16 @@ def train_supervised(settings, stage):
     return _export_with_report(settings, stage, model, splits, export_dir, report)
 
 
-def _load_teacher(settings, splits):
+def _load_teacher(settings):
     if not settings.teacher_dir:
         raise UserError(
             "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
             "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)"
         )
-    teacher = export.load_serving_model(settings.teacher_dir)
+    return export.load_serving_model(settings.teacher_dir)
+
+
+def _check_teacher_fits(settings, teacher, splits):
     if tuple(teacher.image_shape) != tuple(splits.image_shape):
         raise UserError(
             f"teacher {settings.teacher_dir} takes images of shape {tuple(teacher.image_shape)} "
@@ -192,7 +209,6 @@ def _load_teacher(settings, splits):
             f"teacher {settings.teacher_dir} predicts {teacher.num_classes} classes but "
             f"{splits.dataset} has {splits.num_classes}: use a teacher trained on this data"
         )
-    return teacher
 
 
 def distill_student(settings):
@@ -207,11 +223,12 @@ def distill_student(settings):
     started = time.perf_counter()
     model_name = settings.model or models.DEFAULT_STUDENT
     export_dir = export.resolve_export_dir(
-        settings.export_dir, settings.saved_models_dir, "student"
+        settings.export_dir, settings.saved_models_dir, "student", settings.overwrite
     )
-    keras.utils.set_random_seed(settings.seed)
+    teacher = _load_teacher(settings)
+    determinism.make_reproducible(settings.seed, deterministic=settings.deterministic)
     splits = _load_data(settings)
-    teacher = _load_teacher(settings, splits)
+    _check_teacher_fits(settings, teacher, splits)
     images, labels, random_augment = _training_examples(settings, splits.train)
     if settings.teacher_logits == "cached" and random_augment:
         raise UserError(
@@ -288,7 +305,7 @@ def compare(settings):
         The comparison report.
     """
     export_dir = export.resolve_export_dir(
-        settings.export_dir, settings.saved_models_dir, "compare"
+        settings.export_dir, settings.saved_models_dir, "compare", settings.overwrite
     )
     shared = config.explicit_arguments(
         settings, exclude={"stage", "export_dir", "teacher_dir", *config.COMPARE_FLAGFILES.values()}
@@ -311,20 +328,20 @@ def compare(settings):
 
     rows = reporting.summary_rows(reports)
     table = reporting.markdown_table(rows)
-    os.makedirs(export_dir)
-    reporting.plot_comparison(
-        {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
-        os.path.join(export_dir, "comparison.png"),
-    )
     summary = {
         "stage": "compare",
         "flags": config.to_dict(settings),
         "runs": {name: r["export_dir"] for name, r in reports.items()},
         "summary": rows,
     }
-    reporting.write_json(summary, os.path.join(export_dir, "report.json"))
-    with open(os.path.join(export_dir, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    with publish.staged(export_dir, overwrite=settings.overwrite) as staging:
+        reporting.plot_comparison(
+            {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
+            os.path.join(staging, "comparison.png"),
+        )
+        reporting.write_json(summary, os.path.join(staging, "report.json"))
+        with open(os.path.join(staging, "summary.md"), "w") as f:
+            f.write(table + "\n")
     logging.info("comparison written to %s\n%s", export_dir, table)
     summary["export_dir"] = export_dir
     return summary

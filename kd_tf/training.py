@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from absl import logging
 
+from kd_tf import divergence
+
 
 def make_optimizer(
     name, learning_rate, schedule, *, steps_per_epoch, epochs, warmup_epochs=0.5, weight_decay=0.0
@@ -138,7 +140,8 @@ def fit_and_restore_best(
     trainer, train, validation, *, epochs, steps_per_epoch, log_dir, test_logits=None
 ):
     """Trains and restores the weights of the epoch with the best validation
-    accuracy (the first such epoch on ties).
+    accuracy (the first such epoch on ties); stops at the first NaN or
+    infinite training loss.
 
     Args:
         trainer: a compiled `keras.Model` reporting `val_accuracy`.
@@ -151,18 +154,24 @@ def fit_and_restore_best(
 
     Returns:
         `(epoch_records, best_epoch)`, with epochs numbered from 1.
+
+    Raises:
+        UserError: Training diverged (see `kd_tf.divergence`).
     """
     recorder = EpochRecorder(test_logits)
     best = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
+    monitor = divergence.DivergenceMonitor()
+    logging.info("training: %d epochs of %d steps", epochs, steps_per_epoch)
     trainer.fit(
         train,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=validation,
         shuffle=False,
-        callbacks=[recorder, best, keras.callbacks.TensorBoard(log_dir)],
+        callbacks=[monitor, recorder, best, keras.callbacks.TensorBoard(log_dir)],
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    monitor.raise_if_diverged()
     return recorder.epochs, best.best_epoch + 1
