@@ -130,7 +130,8 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
 
     Raises:
         UserError: `export_dir` already exists and is not an empty
-            directory, unless `overwrite` is on and it holds an export.
+            directory, unless `overwrite` is on and it holds an export; or
+            the disk is full or not writable.
         RuntimeError: The reloaded export does not reproduce the model.
         ValueError: `model` does not take a single uint8 input
             `[batch, H, W, C]`, or `check_images` is not a non-empty uint8
@@ -145,7 +146,10 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
             f"shape={check_images.shape}."
         )
     with publish.staged(export_dir, overwrite=overwrite) as tmp_dir:
-        _write_saved_model(model, image_shape, tmp_dir)
+        try:
+            _write_saved_model(model, image_shape, tmp_dir)
+        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+            raise publish.storage_error(export_dir, _short_reason(e)) from e
         try:
             served = load_serving_model(tmp_dir)
         except UserError as e:

@@ -52,6 +52,8 @@ OUTPUT_MARKERS = ("saved_model.pb", "report.json")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# Failures to write that the user can fix: reported as a `UserError`.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def is_occupied(path):
@@ -104,34 +106,45 @@ def staged(path, *, overwrite):
         write the output into.
 
     Raises:
-        UserError: `path` may not take the output (see `check_target`),
-            checked again before the move.
-        Whatever the body raises: the staging directory is removed and
-            `path` is left untouched.
+        UserError: `path` may not take the output (see `check_target`,
+            checked again before the move), or the disk is full or not
+            writable (an `OSError` listed in `STORAGE_ERRNOS`).
+        Whatever else the body raises. In every case the staging directory
+            is removed and `path` is left untouched.
     """
     check_target(path, overwrite=overwrite)
     staging = _sibling(path, "tmp")
-    os.mkdir(staging)
     replaced = None
     try:
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        os.mkdir(staging)
         yield staging
         check_target(path, overwrite=overwrite)
         if overwrite and is_output(path):
             replaced = _replace(staging, path)
         else:
             _rename_into_place(staging, path)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            raise storage_error(path, error.strerror) from error
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
 
 
+def storage_error(path, reason):
+    """The `UserError` for an output that could not be written to `path`."""
+    return UserError(
+        f"could not write {path} ({reason}): free some space or fix the permissions, or "
+        "pass another --export_dir; nothing was changed there"
+    )
+
+
 def _sibling(path, kind):
-    """`.<name>.<kind>-<pid>-<random>` next to `path`, creating the parent."""
+    """`.<name>.<kind>-<pid>-<random>` next to `path`."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
     name = f".{os.path.basename(path)}.{kind}-{os.getpid()}-{secrets.token_hex(8)}"
     return os.path.join(parent, name)
 

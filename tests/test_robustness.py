@@ -6,10 +6,12 @@ only a real process shows (exit status, no traceback, SIGINT).
 """
 
 import contextlib
+import errno
 import glob
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf import data, export, main, publish, reporting
+from kd_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (28, 28, 1)
@@ -71,6 +74,17 @@ def _flip_bytes(path, every=4096):
             raw[i] ^= 0xFF
         f.seek(0)
         f.write(raw)
+
+
+def _write_then(error):
+    """A stand-in for `export._write_saved_model` that fails after writing."""
+    write = export._write_saved_model
+
+    def write_then_fail(*args):
+        write(*args)
+        raise error
+
+    return write_then_fail
 
 
 def _variables(export_dir):
@@ -321,8 +335,17 @@ class TrainingFailureTest(_InProcess):
         target = export.export_model(
             _tiny_model(), os.path.join(self.root, "replaced", "1"), check_images=_check_images()
         )
+        before = _snapshot(target)
         self.assert_refused(("--stage=scratch", f"--export_dir={target}"), 2, "--overwrite")
-        self.assertFalse(os.path.exists(os.path.join(target, "assets.extra")))
+        full_disk = _write_then(OSError(errno.ENOSPC, "No space left on device"))
+        with mock.patch.object(export, "_write_saved_model", side_effect=full_disk):
+            self.assert_refused(
+                ("--stage=scratch", f"--export_dir={target}", "--overwrite"),
+                2,
+                f"could not write {re.escape(target)} \\(No space left on device\\): free",
+            )
+        self.assertEqual(_snapshot(target), before)
+        self.assertEqual(os.listdir(os.path.dirname(target)), ["1"], "no debris")
         status, _, _ = self.run_command("--stage=scratch", f"--export_dir={target}", "--overwrite")
         self.assertEqual(status, 0)
         report = reporting.read_json(os.path.join(target, "assets.extra", "report.json"))
@@ -332,31 +355,17 @@ class TrainingFailureTest(_InProcess):
         self.assertEqual(os.listdir(os.path.dirname(target)), ["1"], "no debris")
 
     def test_same_seed_gives_bitwise_identical_weights(self):
+        # lenet_bn has dropout and batch norm, and --augment draws distortions
+        # every step: every seeded random source takes part.
         argv = ("--stage=teacher", "--model=lenet_bn", "--augment", "--epochs=2", "--seed=3")
-        first = os.path.join(self.root, "reproduced", "1")
-        self.assertEqual(self.run_command(*argv, f"--export_dir={first}")[0], 0)
-        second = os.path.join(self.root, "reproduced", "2")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kd_tf.main",
-                *SMALL_RUN,
-                *argv,
-                f"--export_dir={second}",
-                f"--log_dir={self.root}/logs",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
-        first_variables, second_variables = _variables(first), _variables(second)
-        self.assertGreater(len(first_variables), 4)
-        self.assertEqual([n for n, _ in first_variables], [n for n, _ in second_variables])
-        for (name, a), (_, b) in zip(first_variables, second_variables):
+        exports = [os.path.join(self.root, "reproduced", str(n)) for n in (1, 2)]
+        for export_dir in exports:
+            self.assertEqual(self.run_command(*argv, f"--export_dir={export_dir}")[0], 0)
+        first, second = (_variables(export_dir) for export_dir in exports)
+        self.assertGreater(len(first), 10)
+        # Names may differ by a uniquifying suffix (seed_generator_1) in one process.
+        self.assertLen(second, len(first))
+        for (name, a), (_, b) in zip(first, second):
             self.assertTrue(np.array_equal(a, b), name)
 
 
@@ -400,19 +409,20 @@ class ExportFailureTest(tf.test.TestCase):
                     self._overwrite(finalize)
                 self._assert_untouched()
 
-    def test_failure_while_writing_keeps_the_old_export(self):
-        write = export._write_saved_model
-
-        def write_then_fail(*args):
-            write(*args)
-            raise OSError("No space left on device")
-
-        with (
-            mock.patch.object(export, "_write_saved_model", side_effect=write_then_fail),
-            self.assertRaisesRegex(OSError, "No space left"),
+    def test_full_disk_while_writing_keeps_the_old_export(self):
+        for error in (
+            OSError(errno.ENOSPC, "No space left on device"),
+            tf.errors.ResourceExhaustedError(None, None, "No space left on device"),
         ):
-            self._overwrite()
-        self._assert_untouched()
+            with (
+                self.subTest(error=type(error).__name__),
+                mock.patch.object(export, "_write_saved_model", side_effect=_write_then(error)),
+                self.assertRaisesRegex(
+                    UserError, "could not write .*No space left on device.*nothing was changed"
+                ),
+            ):
+                self._overwrite()
+            self._assert_untouched()
 
     def test_overwrite_swaps_atomically(self):
         exchanged = []
@@ -488,29 +498,23 @@ class CommandLineTest(tf.test.TestCase):
         _, stderr = process.communicate(timeout=60)
         return process.returncode, stderr, time.perf_counter() - started
 
-    def test_bad_input_is_one_line_without_traceback(self):
+    def test_corrupt_teacher_is_one_line_without_traceback(self):
         root = self.get_temp_dir()
         truncated = os.path.join(root, "teacher")
         export.export_model(_tiny_model(), truncated, check_images=_check_images())
         with open(os.path.join(truncated, "saved_model.pb"), "r+b") as f:
             f.truncate(100)
-        cases = (
-            (("--stage=student", f"--teacher_dir={truncated}"), 2, "kd_tf: error: could not load"),
-            (("--stage=student", "--alpha=2"), 1, "kd_tf: error: flag --alpha=2.0: --alpha must"),
+        process = _cli(
+            "--stage=student", f"--teacher_dir={truncated}", f"--saved_models_dir={root}/models"
         )
-        processes = [
-            (_cli(*argv, f"--saved_models_dir={root}/saved_models"), status, message)
-            for argv, status, message in cases
-        ]
-        for process, status, message in processes:
-            with self.subTest(argv=process.args[3:]):
-                returncode, stderr, _ = self._finish(process)
-                self.assertEqual(returncode, status, stderr[-2000:])
-                self.assertNotIn("Traceback", stderr)
-                lines = [line for line in stderr.splitlines() if line.startswith("kd_tf:")]
-                self.assertLen(lines, 1)
-                self.assertStartsWith(lines[0], message)
-        self.assertFalse(os.path.exists(os.path.join(root, "saved_models")))
+        returncode, stderr, seconds = self._finish(process)
+        self.assertEqual(returncode, 2, stderr[-2000:])
+        self.assertLess(seconds, 30)
+        self.assertNotIn("Traceback", stderr)
+        lines = [line for line in stderr.splitlines() if line.startswith("kd_tf:")]
+        self.assertLen(lines, 1)
+        self.assertStartsWith(lines[0], f"kd_tf: error: could not load {truncated} (")
+        self.assertFalse(os.path.exists(os.path.join(root, "models")))
 
     def test_ctrl_c_during_training(self):
         root = self.get_temp_dir()
