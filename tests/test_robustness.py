@@ -481,14 +481,13 @@ class ExportFailureTest(tf.test.TestCase):
         self.assertEqual(os.listdir(self.parent), ["1"])
 
 
-def _cli(*argv, **kwargs):
+def _cli(*argv):
     return subprocess.Popen(
         [sys.executable, "-m", "kd_tf.main", *argv],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,
     )
 
 
@@ -528,6 +527,7 @@ class CommandLineTest(tf.test.TestCase):
             f"--export_dir={parent}/1",
             f"--log_dir={root}/logs",
         )
+        self.addCleanup(process.kill)
         started = time.perf_counter()
         for line in process.stderr:
             if "training: 100 epochs" in line:
@@ -539,7 +539,8 @@ class CommandLineTest(tf.test.TestCase):
         self.assertEqual(returncode, 130, stderr[-2000:])
         self.assertLess(seconds, 30)
         self.assertNotIn("Traceback", stderr)
-        self.assertIn("kd_tf: interrupted: no partial export was written", stderr)
+        lines = [line for line in stderr.splitlines() if line.startswith("kd_tf:")]
+        self.assertEqual(lines, ["kd_tf: interrupted: no partial export was written"])
         self.assertFalse(os.path.exists(parent) and os.listdir(parent))
 
 
