@@ -101,6 +101,13 @@ def define_flags(flag_values):
     flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.", flag_values=fv)
     flags.DEFINE_bool(
+        "deterministic",
+        True,
+        "Turn on TensorFlow's op determinism, so that two runs with the same flags give "
+        "bitwise-identical weights; --nodeterministic may be faster on GPUs.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
         "augment",
         False,
         "Random affine distortions of the training images (rotation, scale, shift).",
@@ -156,7 +163,15 @@ def define_flags(flag_values):
     flags.DEFINE_string(
         "export_dir",
         None,
-        "Export exactly here (must not exist yet); default: <saved_models_dir>/<stage>/<next N>.",
+        "Export exactly here (must not hold an export yet, unless --overwrite); default: "
+        "<saved_models_dir>/<stage>/<next N>.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace the export already in --export_dir, atomically: it stays in place until "
+        "the new export is complete.",
         flag_values=fv,
     )
     flags.DEFINE_string(

@@ -8,21 +8,20 @@ Such a directory can be served by TF Serving, inspected with
 `saved_model_cli` and converted to TFLite.
 
 Exports are versioned the way TF Serving expects
-(`<saved_models_dir>/<stage>/<N>`), written atomically (into a temporary
-sibling directory that is renamed into place only once the reloaded export
-has been verified) and never overwrite an existing export.
+(`<saved_models_dir>/<stage>/<N>`) and written atomically (into a temporary
+sibling directory that is moved into place only once the reloaded export
+has been verified, see `kd_tf.publish`); an existing export is replaced only
+when asked to (`overwrite=True`), and then atomically too.
 """
 
-import errno
 import os
 import re
-import secrets
-import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf import publish
 from kd_tf.errors import UserError
 
 SIGNATURE_KEY = "serving_default"
@@ -30,6 +29,7 @@ INPUT_NAME = "images"
 ASSETS_EXTRA = "assets.extra"
 
 _VERSION_PATTERN = re.compile(r"[0-9]+")
+_TF_NODE_PREFIX = re.compile(r"\{\{[^}]*\}\}")
 
 
 def next_version_dir(saved_models_dir, stage):
@@ -53,7 +53,7 @@ def next_version_dir(saved_models_dir, stage):
     return os.path.join(stage_dir, str(max(versions, default=0) + 1))
 
 
-def resolve_export_dir(export_dir, saved_models_dir, stage):
+def resolve_export_dir(export_dir, saved_models_dir, stage, overwrite=False):
     """Pick the directory an export will be written to.
 
     Call it before training, so that an unusable `export_dir` is reported
@@ -64,6 +64,8 @@ def resolve_export_dir(export_dir, saved_models_dir, stage):
             next version directory of `stage`.
         saved_models_dir: Root directory of all exports.
         stage: Name of the stage, see `next_version_dir()`.
+        overwrite: Whether an earlier export at `export_dir` may be
+            replaced.
 
     Returns:
         `export_dir` if given, else `next_version_dir(saved_models_dir,
@@ -71,12 +73,11 @@ def resolve_export_dir(export_dir, saved_models_dir, stage):
 
     Raises:
         UserError: `export_dir` already exists and is not an empty
-            directory.
+            directory, unless `overwrite` is on and it holds an export.
     """
     if export_dir is None:
         return next_version_dir(saved_models_dir, stage)
-    if _is_occupied(export_dir):
-        raise _occupied_error(export_dir)
+    publish.check_target(export_dir, overwrite=overwrite)
     return export_dir
 
 
@@ -97,15 +98,15 @@ def assets_extra_dir(export_dir):
     return path
 
 
-def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
+def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, overwrite=False):
     """Write `model` as a verified SavedModel, atomically.
 
     The SavedModel is written into a temporary sibling of `export_dir`
     (`.<basename>.tmp-<pid>-<random>`), reloaded from disk and compared with
     the in-memory model on `check_images`, handed to `finalize`, and only
-    then renamed to `export_dir`. On any failure the temporary directory is
-    removed and the exception is re-raised, so no partial export is left
-    behind.
+    then moved to `export_dir` (see `kd_tf.publish`). On any failure the
+    temporary directory is removed and the exception is re-raised, so no
+    partial export is left behind and an earlier export stays as it was.
 
     Args:
         model: Keras model taking uint8 images `[batch, H, W, C]` and
@@ -121,13 +122,16 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
             `ServingModel` (its `path` is `tmp_dir`).
         atol: Largest absolute difference allowed between the logits of the
             reloaded export and those of `model`.
+        overwrite: Whether to replace an earlier export at `export_dir`;
+            it stays in place until the new export is complete.
 
     Returns:
         `export_dir`.
 
     Raises:
         UserError: `export_dir` already exists and is not an empty
-            directory.
+            directory, unless `overwrite` is on and it holds an export; or
+            the disk is full or not writable.
         RuntimeError: The reloaded export does not reproduce the model.
         ValueError: `model` does not take a single uint8 input
             `[batch, H, W, C]`, or `check_images` is not a non-empty uint8
@@ -141,19 +145,11 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
             f"Received dtype={check_images.dtype}, "
             f"shape={check_images.shape}."
         )
-    if _is_occupied(export_dir):
-        raise _occupied_error(export_dir)
-
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = os.path.join(
-        parent,
-        f".{os.path.basename(os.path.abspath(export_dir))}"
-        f".tmp-{os.getpid()}-{secrets.token_hex(8)}",
-    )
-    os.mkdir(tmp_dir)
-    try:
-        _write_saved_model(model, image_shape, tmp_dir)
+    with publish.staged(export_dir, overwrite=overwrite) as tmp_dir:
+        try:
+            _write_saved_model(model, image_shape, tmp_dir)
+        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+            raise publish.storage_error(export_dir, _short_reason(e)) from e
         try:
             served = load_serving_model(tmp_dir)
         except UserError as e:
@@ -161,17 +157,6 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5):
         _check_export(model, served, check_images, atol)
         if finalize is not None:
             finalize(tmp_dir, served)
-        if _is_occupied(export_dir):
-            raise _occupied_error(export_dir)
-        try:
-            os.rename(tmp_dir, export_dir)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise _occupied_error(export_dir) from e
-            raise
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return export_dir
 
 
@@ -320,23 +305,12 @@ def load_serving_model(path):
     return ServingModel(path, serving_fn, image_shape, num_classes, loaded)
 
 
-def _is_occupied(path):
-    """Whether `path` exists and is not an empty directory."""
-    if not os.path.lexists(path):
-        return False
-    return not os.path.isdir(path) or bool(os.listdir(path))
-
-
-def _occupied_error(export_dir):
-    return UserError(
-        f"{export_dir} already holds an export; pass another --export_dir or remove it"
-    )
-
-
 def _short_reason(error):
-    """One line naming an exception, for a `UserError` message."""
+    """One line naming an exception, for a `UserError` message (without
+    TensorFlow's `{{function_node ...}}` prefixes)."""
     reason = type(error).__name__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = _TF_NODE_PREFIX.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if lines:
         reason = f"{reason}: {lines[0]}"
     if len(reason) > 200:
@@ -402,7 +376,8 @@ def _load_keras_file(path):
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as e:
         raise UserError(
-            f"could not load {path} ({_short_reason(e)}): re-save it or pass another model"
+            f"could not load {path} with safe_mode=True ({_short_reason(e)}): re-save it "
+            "without Lambda layers or custom objects, or pass another model"
         ) from e
     try:
         image_shape = _model_image_shape(model, path)

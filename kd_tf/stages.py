@@ -33,6 +33,7 @@ from kd_tf import (
     backup,
     config,
     data,
+    determinism,
     distillation,
     distribution,
     export,
@@ -40,6 +41,7 @@ from kd_tf import (
     lite,
     models,
     pipelines,
+    publish,
     reporting,
     training,
 )
@@ -125,6 +127,7 @@ def _export_with_report(settings, stage, model, splits, export_dir, report):
         export_dir,
         check_images=splits.validation.images[:CHECK_EXAMPLES],
         finalize=finalize,
+        overwrite=settings.overwrite,
     )
     report["export_dir"] = export_dir
     logging.info(
@@ -177,7 +180,7 @@ def train_supervised(settings, stage):
     export_dir = _export_dir(settings, stage, strategy)
     backup_dir = backup.stage_backup_dir(settings.backup_dir, stage, strategy)
     resumed = backup.resumed_epoch(backup_dir)
-    keras.utils.set_random_seed(settings.seed)
+    determinism.make_reproducible(settings.seed, deterministic=settings.deterministic)
     splits = _load_data(settings)
     images, labels, random_augment = _training_examples(settings, splits.train)
     steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
@@ -209,13 +212,22 @@ def _export_dir(settings, stage, strategy):
     """The export directory of this worker (see `distribution.worker_dir`)."""
     if not distribution.is_chief(strategy):
         return distribution.worker_dir(strategy, stage)
-    return export.resolve_export_dir(settings.export_dir, settings.saved_models_dir, stage)
+    return export.resolve_export_dir(
+        settings.export_dir, settings.saved_models_dir, stage, settings.overwrite
+    )
 
 
 def _load_matching_model(path, what, splits):
     """Loads the model at `path` and checks that it fits the data set;
     `what` names it in messages (e.g. "teacher")."""
     model = export.load_serving_model(path)
+    _check_fits(model, path, what, splits)
+    return model
+
+
+def _check_fits(model, path, what, splits):
+    """Checks that `model`, loaded from `path`, takes the data set's images and
+    predicts its classes; `what` names it in messages (e.g. "teacher")."""
     if tuple(model.image_shape) != tuple(splits.image_shape):
         raise UserError(
             f"{what} {path} takes images of shape {tuple(model.image_shape)} "
@@ -226,10 +238,9 @@ def _load_matching_model(path, what, splits):
             f"{what} {path} predicts {model.num_classes} classes but "
             f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
         )
-    return model
 
 
-def _load_teacher(settings, splits):
+def _load_teacher(settings):
     if not settings.teacher_dir:
         raise UserError(
             "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
@@ -238,7 +249,7 @@ def _load_teacher(settings, splits):
     # Under the strategy's scope the teacher's variables are mirrored onto
     # every replica's device, so the online mode reads them locally.
     with distribution.strategy_from_settings(settings).scope():
-        return _load_matching_model(settings.teacher_dir, "teacher", splits)
+        return export.load_serving_model(settings.teacher_dir)
 
 
 def distill_student(settings):
@@ -256,9 +267,10 @@ def distill_student(settings):
     export_dir = _export_dir(settings, "student", strategy)
     backup_dir = backup.stage_backup_dir(settings.backup_dir, "student", strategy)
     resumed = backup.resumed_epoch(backup_dir)
-    keras.utils.set_random_seed(settings.seed)
+    teacher = _load_teacher(settings)
+    determinism.make_reproducible(settings.seed, deterministic=settings.deterministic)
     splits = _load_data(settings)
-    teacher = _load_teacher(settings, splits)
+    _check_fits(teacher, settings.teacher_dir, "teacher", splits)
     images, labels, random_augment = _training_examples(settings, splits.train)
     if settings.teacher_logits == "cached" and random_augment:
         raise UserError(
@@ -363,20 +375,20 @@ def compare(settings):
 
     rows = reporting.summary_rows(reports)
     table = reporting.markdown_table(rows)
-    os.makedirs(export_dir)
-    reporting.plot_comparison(
-        {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
-        os.path.join(export_dir, "comparison.png"),
-    )
     summary = {
         "stage": "compare",
         "flags": config.to_dict(settings),
         "runs": {name: r["export_dir"] for name, r in reports.items()},
         "summary": rows,
     }
-    reporting.write_json(summary, os.path.join(export_dir, "report.json"))
-    with open(os.path.join(export_dir, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    with publish.staged(export_dir, overwrite=settings.overwrite) as staging:
+        reporting.plot_comparison(
+            {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
+            os.path.join(staging, "comparison.png"),
+        )
+        reporting.write_json(summary, os.path.join(staging, "report.json"))
+        with open(os.path.join(staging, "summary.md"), "w") as f:
+            f.write(table + "\n")
     logging.info("comparison written to %s\n%s", export_dir, table)
     summary["export_dir"] = export_dir
     return summary

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kd_tf import backup, distribution
+from kd_tf import backup, distribution, divergence
 
 
 def make_optimizer(
@@ -148,7 +148,8 @@ def fit_and_restore_best(
     backup_dir=None,
 ):
     """Trains and restores the weights of the epoch with the best validation
-    accuracy (the first such epoch on ties).
+    accuracy (the first such epoch on ties); stops at the first NaN or
+    infinite training loss.
 
     With `backup_dir`, every finished epoch is backed up there
     (`backup.TrainingBackup`) and a run that finds a backup resumes after its
@@ -167,15 +168,20 @@ def fit_and_restore_best(
 
     Returns:
         `(epoch_records, best_epoch)`, with epochs numbered from 1.
+
+    Raises:
+        UserError: Training diverged (see `kd_tf.divergence`).
     """
     recorder = EpochRecorder(test_logits)
     best = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
-    callbacks = [recorder, best, keras.callbacks.TensorBoard(log_dir)]
+    monitor = divergence.DivergenceMonitor()
+    callbacks = [monitor, recorder, best, keras.callbacks.TensorBoard(log_dir)]
     if backup_dir:
         callbacks.append(backup.TrainingBackup(backup_dir, recorder, best))
         train = train.skip(backup.resumed_epoch(backup_dir) * steps_per_epoch)
+    logging.info("training: %d epochs of %d steps", epochs, steps_per_epoch)
     trainer.fit(
         distribution.distributable(train),
         epochs=epochs,
@@ -185,4 +191,5 @@ def fit_and_restore_best(
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    monitor.raise_if_diverged()
     return recorder.epochs, best.best_epoch + 1

@@ -1,0 +1,58 @@
+"""Stop a diverging run and say so.
+
+`DivergenceMonitor` is Keras's `TerminateOnNaN` (training stops at the first
+batch whose loss is NaN or infinite, and every callback still runs its
+`on_train_end`), remembering where that happened so that the caller can
+refuse to export the model with a message the user can act on.
+
+Usage:
+
+```python
+monitor = divergence.DivergenceMonitor()
+model.fit(train, epochs=10, callbacks=[monitor])
+monitor.raise_if_diverged()
+```
+"""
+
+import math
+
+import keras
+
+from kd_tf.errors import UserError
+
+
+class DivergenceMonitor(keras.callbacks.TerminateOnNaN):
+    """`TerminateOnNaN` that records the epoch and step where the loss broke.
+
+    Attributes:
+        diverged_at: `None`, or `(epoch, step, loss)` of the first non-finite
+            training loss, epoch and step numbered from 1.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.diverged_at is None and loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at = (self._epoch + 1, batch + 1, float(loss))
+        super().on_batch_end(batch, logs)
+
+    def raise_if_diverged(self):
+        """Raise `UserError` if training diverged.
+
+        Raises:
+            UserError: The training loss became NaN or infinite.
+        """
+        if self.diverged_at is None:
+            return
+        epoch, step, loss = self.diverged_at
+        raise UserError(
+            f"training diverged at epoch {epoch} (loss {loss} at step {step}): lower "
+            "--learning_rate, e.g. 10 times; nothing was exported"
+        )

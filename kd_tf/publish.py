@@ -1,0 +1,199 @@
+"""Put a finished output directory in place atomically, optionally replacing an earlier one.
+
+An output (an export, a comparison) is written into a hidden staging sibling
+of its final path, `.<name>.tmp-<pid>-<random>`, and moved into place only
+when it is complete, so the final path never holds a partial output.
+
+Without `overwrite`, the final path must be absent or an empty directory and
+the staging directory is renamed onto it (`rename(2)` is atomic and refuses a
+non-empty target, so a concurrent run cannot be overwritten either).
+
+With `overwrite`, an earlier output at the final path (a directory holding
+`saved_model.pb` or `report.json`) is replaced. The sequence is:
+
+1. the new output is complete in the staging directory;
+2. `renameat2(staging, final, RENAME_EXCHANGE)` swaps the two directories in
+   one atomic step: the final path now holds the new output, the staging path
+   the old one;
+3. the staging path (the old output) is deleted.
+
+At every instant the final path holds a complete output, old or new; a crash
+between 2 and 3 leaves the old output in the hidden staging directory, which
+can be deleted. Where the file system or the OS has no `RENAME_EXCHANGE`
+(not Linux, or e.g. NFS), the fallback is: rename the old output to a hidden
+`.<name>.old-<pid>-<random>` sibling, rename the staging directory into
+place (renaming the old one back if that fails), delete the old one. A crash
+between those two renames leaves the final path empty and the complete old
+output in the `.old-` sibling, from where it can be renamed back.
+
+Usage:
+
+```python
+publish.check_target(path, overwrite=False)  # before a long run
+with publish.staged(path, overwrite=False) as staging:
+    write_everything_into(staging)
+# `path` now holds what was written; on an exception nothing changed.
+```
+"""
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+
+from kd_tf.errors import UserError
+
+# Files by which an earlier kd_tf output is recognised: an export (a
+# SavedModel) or the summary of --stage=compare.
+OUTPUT_MARKERS = ("saved_model.pb", "report.json")
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# Failures to write that the user can fix: reported as a `UserError`.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_occupied(path):
+    """Whether `path` exists and is not an empty directory."""
+    if not os.path.lexists(path):
+        return False
+    return not os.path.isdir(path) or bool(os.listdir(path))
+
+
+def is_output(path):
+    """Whether `path` is a directory holding an earlier output (see `OUTPUT_MARKERS`)."""
+    return os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in OUTPUT_MARKERS
+    )
+
+
+def check_target(path, *, overwrite):
+    """Refuse a final path that the output may not take.
+
+    Args:
+        path: Final path of the output.
+        overwrite: Whether an earlier output at `path` may be replaced.
+
+    Raises:
+        UserError: `path` holds something and `overwrite` is off, or
+            `path` holds something that is not an earlier output.
+    """
+    if not is_occupied(path):
+        return
+    if not overwrite:
+        raise _occupied_error(path)
+    if not is_output(path):
+        raise UserError(
+            f"{path} is not an export (it holds no {' or '.join(OUTPUT_MARKERS)}), so "
+            "--overwrite will not replace it: pass another --export_dir"
+        )
+
+
+@contextlib.contextmanager
+def staged(path, *, overwrite):
+    """Stage an output next to `path` and move it into place when complete.
+
+    Args:
+        path: Final path of the output; its parents are created.
+        overwrite: Whether an earlier output at `path` may be replaced (see
+            the module docstring for the exact sequence).
+
+    Yields:
+        The staging directory (a new, empty, hidden sibling of `path`) to
+        write the output into.
+
+    Raises:
+        UserError: `path` may not take the output (see `check_target`,
+            checked again before the move), or the disk is full or not
+            writable (an `OSError` listed in `STORAGE_ERRNOS`).
+        Whatever else the body raises. In every case the staging directory
+            is removed and `path` is left untouched.
+    """
+    check_target(path, overwrite=overwrite)
+    staging = _sibling(path, "tmp")
+    replaced = None
+    try:
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        os.mkdir(staging)
+        yield staging
+        check_target(path, overwrite=overwrite)
+        if overwrite and is_output(path):
+            replaced = _replace(staging, path)
+        else:
+            _rename_into_place(staging, path)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            raise storage_error(path, error.strerror) from error
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def storage_error(path, reason):
+    """The `UserError` for an output that could not be written to `path`."""
+    return UserError(
+        f"could not write {path} ({reason}): free some space or fix the permissions, or "
+        "pass another --export_dir; nothing was changed there"
+    )
+
+
+def _sibling(path, kind):
+    """`.<name>.<kind>-<pid>-<random>` next to `path`."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    name = f".{os.path.basename(path)}.{kind}-{os.getpid()}-{secrets.token_hex(8)}"
+    return os.path.join(parent, name)
+
+
+def _rename_into_place(staging, path):
+    try:
+        os.rename(staging, path)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise _occupied_error(path) from e
+        raise
+
+
+def _occupied_error(path):
+    return UserError(
+        f"{path} already holds an export: pass another --export_dir, or --overwrite to replace it"
+    )
+
+
+def _replace(staging, path):
+    """Move the output in `staging` to `path` in place of the one there.
+
+    Returns:
+        The hidden directory now holding the old output, to delete.
+    """
+    if _exchange(staging, path):
+        return staging
+    old = _sibling(path, "old")
+    os.rename(path, old)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    return old
+
+
+def _exchange(a, b):
+    """Atomically swap two paths with `renameat2(RENAME_EXCHANGE)`.
+
+    Returns:
+        True when swapped; False when the OS or the file system cannot.
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), b)
