@@ -111,3 +111,33 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(k, row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plot_search(trials, path):
+    """Validation accuracy of each trial against its temperature (log axis),
+    points coloured by alpha, as a PNG.
+
+    Args:
+        trials: dicts with `temperature`, `alpha` and `val_accuracy`.
+        path: where to write the PNG.
+    """
+    figure, axes = plt.subplots(figsize=(6, 4))
+    points = axes.scatter(
+        [t["temperature"] for t in trials],
+        [100 * t["val_accuracy"] for t in trials],
+        c=[t["alpha"] for t in trials],
+        cmap="viridis",
+        edgecolors="black",
+        s=60,
+    )
+    figure.colorbar(points, ax=axes, label="alpha")
+    axes.set_xscale("log")
+    axes.set(
+        xlabel="temperature",
+        ylabel="validation accuracy (%)",
+        title=f"distillation search: {len(trials)} trials",
+    )
+    axes.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

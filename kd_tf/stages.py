@@ -4,6 +4,7 @@
 - `student`: distillation of a teacher (`--teacher_dir`) into the student.
 - `scratch`: the student's architecture on hard labels only, the baseline.
 - `compare`: teacher, student and scratch in one command, then a comparison.
+- `tune`: keras-tuner search over the student's temperature and alpha.
 
 Each training stage restores its best epoch on the validation split, exports
 a SavedModel (see `kd_tf.export`), measures the test split once through the
@@ -20,12 +21,14 @@ report = stages.run(settings)
 
 import os
 import time
+from typing import NamedTuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
-from kd_tf import config, data, distillation, export, models, pipelines, reporting, training
+from kd_tf import config, data, distillation, export, models, pipelines, reporting, training, tuning
 from kd_tf.errors import UserError
 
 CHECK_EXAMPLES = 256
@@ -178,7 +181,7 @@ def train_supervised(settings, stage):
 def _load_teacher(settings, splits):
     if not settings.teacher_dir:
         raise UserError(
-            "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
+            f"--stage={settings.stage} needs a teacher: pass --teacher_dir=DIR (an export of "
             "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)"
         )
     teacher = export.load_serving_model(settings.teacher_dir)
@@ -195,20 +198,38 @@ def _load_teacher(settings, splits):
     return teacher
 
 
-def distill_student(settings):
-    """`student`: distils the teacher from `--teacher_dir` into the student.
+class DistillationInputs(NamedTuple):
+    """What every distillation run shares: the data, the teacher, how its
+    logits reach the `Distiller`, and the datasets built from them."""
+
+    splits: data.DataSplits
+    teacher: export.ServingModel
+    mode: str
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_epoch: int
+    teacher_logits_seconds: float
+
+
+def prepare_distillation(settings):
+    """Loads the data and the teacher from `--teacher_dir`, computes the
+    teacher's logits once when they can be cached, and builds the training
+    and validation datasets; `--stage=student` and `--stage=tune` both start
+    here.
 
     Args:
         settings: parsed flags (see `kd_tf.config`).
 
     Returns:
-        The run report (also written into the export).
+        A `DistillationInputs`.
+
+    Usage:
+
+    ```python
+    inputs = stages.prepare_distillation(settings)
+    distiller = stages.build_distiller(settings, inputs, "seed_mlp", temperature=4, alpha=0.9)
+    ```
     """
-    started = time.perf_counter()
-    model_name = settings.model or models.DEFAULT_STUDENT
-    export_dir = export.resolve_export_dir(
-        settings.export_dir, settings.saved_models_dir, "student"
-    )
     keras.utils.set_random_seed(settings.seed)
     splits = _load_data(settings)
     teacher = _load_teacher(settings, splits)
@@ -229,21 +250,11 @@ def distill_student(settings):
     else:
         train_logits = validation_logits = None
     teacher_logits_seconds = time.perf_counter() - logits_started
-
-    steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
-    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
-    distiller = distillation.Distiller(
-        student,
-        temperature=settings.temperature,
-        alpha=settings.alpha,
-        teacher=teacher.logits if mode == "online" else None,
-    )
-    distiller.compile(
-        optimizer=_optimizer(settings, steps), steps_per_execution=settings.steps_per_execution
-    )
-    epochs, best_epoch = training.fit_and_restore_best(
-        distiller,
-        pipelines.training_dataset(
+    return DistillationInputs(
+        splits=splits,
+        teacher=teacher,
+        mode=mode,
+        train=pipelines.training_dataset(
             images,
             labels,
             settings.batch_size,
@@ -251,14 +262,71 @@ def distill_student(settings):
             teacher_logits=train_logits,
             augment=random_augment,
         ),
-        pipelines.evaluation_dataset(
+        validation=pipelines.evaluation_dataset(
             validation.images,
             validation.labels,
             settings.eval_batch_size,
             teacher_logits=validation_logits,
         ),
+        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), settings.batch_size),
+        teacher_logits_seconds=teacher_logits_seconds,
+    )
+
+
+def build_distiller(settings, inputs, model_name, temperature, alpha):
+    """A fresh student `model_name` in a compiled `Distiller`.
+
+    Args:
+        settings: parsed flags (optimiser, schedule, epochs).
+        inputs: the `DistillationInputs` it will train on.
+        model_name: a key of `models.MODELS`.
+        temperature: T > 0.
+        alpha: weight of the soft term, in [0, 1].
+
+    Returns:
+        The compiled `distillation.Distiller`; its `.student` is the model.
+    """
+    splits = inputs.splits
+    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+    distiller = distillation.Distiller(
+        student,
+        temperature=temperature,
+        alpha=alpha,
+        teacher=inputs.teacher.logits if inputs.mode == "online" else None,
+    )
+    # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
+    distiller.build((None, *splits.image_shape))
+    distiller.compile(
+        optimizer=_optimizer(settings, inputs.steps_per_epoch),
+        steps_per_execution=settings.steps_per_execution,
+    )
+    return distiller
+
+
+def distill_student(settings):
+    """`student`: distils the teacher from `--teacher_dir` into the student.
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`).
+
+    Returns:
+        The run report (also written into the export).
+    """
+    started = time.perf_counter()
+    model_name = settings.model or models.DEFAULT_STUDENT
+    export_dir = export.resolve_export_dir(
+        settings.export_dir, settings.saved_models_dir, "student"
+    )
+    inputs = prepare_distillation(settings)
+    splits = inputs.splits
+    distiller = build_distiller(settings, inputs, model_name, settings.temperature, settings.alpha)
+    student = distiller.student
+    epochs, best_epoch = training.fit_and_restore_best(
+        distiller,
+        inputs.train,
+        inputs.validation,
         epochs=settings.epochs,
-        steps_per_epoch=steps,
+        steps_per_epoch=inputs.steps_per_epoch,
         log_dir=_log_dir(settings, "student", export_dir),
         test_logits=_test_monitor(settings, student, splits),
     )
@@ -267,12 +335,54 @@ def distill_student(settings):
     )
     report.update(
         teacher_dir=settings.teacher_dir,
-        teacher_logits=mode,
-        teacher_logits_seconds=round(teacher_logits_seconds, 2),
+        teacher_logits=inputs.mode,
+        teacher_logits_seconds=round(inputs.teacher_logits_seconds, 2),
         temperature=settings.temperature,
         alpha=settings.alpha,
     )
     return _export_with_report(settings, "student", student, splits, export_dir, report)
+
+
+def tune(settings, strategy):
+    """`tune`: keras-tuner search over the temperature and alpha of the
+    student's distillation; the teacher's logits and the datasets are
+    prepared once for all trials (see `kd_tf.tuning`).
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`).
+        strategy: the `tf.distribute.Strategy` every trial trains under.
+
+    Returns:
+        The search report (also written to `<tune_dir>/report.json`).
+    """
+    started = time.perf_counter()
+    model_name = settings.model or models.DEFAULT_STUDENT
+    tuning.check_tune_dir(settings.tune_dir)
+    inputs = prepare_distillation(settings)
+
+    def build(temperature, alpha):
+        return build_distiller(settings, inputs, model_name, temperature, alpha)
+
+    trials = tuning.search(
+        settings, build, inputs.train, inputs.validation, inputs.steps_per_epoch, strategy
+    )
+    report = {
+        "stage": "tune",
+        "flags": config.to_dict(settings),
+        "data": {
+            **inputs.splits.summary(),
+            "augment": settings.augment,
+            "augment_views": settings.augment_views,
+        },
+        "model": model_name,
+        "tuner": settings.tuner,
+        "objective": tuning.OBJECTIVE,
+        "teacher_dir": settings.teacher_dir,
+        "teacher_logits": inputs.mode,
+        "teacher_logits_seconds": round(inputs.teacher_logits_seconds, 2),
+        "stage_seconds": round(time.perf_counter() - started, 1),
+    }
+    return tuning.write_results(trials, settings.tune_dir, report)
 
 
 def compare(settings):
@@ -336,4 +446,6 @@ def run(settings):
         return train_supervised(settings, settings.stage)
     if settings.stage == "student":
         return distill_student(settings)
+    if settings.stage == "tune":
+        return tune(settings, tf.distribute.get_strategy())
     return compare(settings)
