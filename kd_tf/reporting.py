@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 
 def write_json(obj, path):
@@ -132,6 +133,8 @@ def plot_search(trials, path):
     )
     figure.colorbar(points, ax=axes, label="alpha")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     axes.set(
         xlabel="temperature",
         ylabel="validation accuracy (%)",
