@@ -129,7 +129,8 @@ def define_flags(flag_values):
     flags.DEFINE_string(
         "teacher_dir",
         None,
-        "Teacher for --stage=student and tune: a SavedModel following the serving contract, or a .keras file.",
+        "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
+        "or a .keras file.",
         flag_values=fv,
     )
     flags.DEFINE_enum(
