@@ -10,7 +10,7 @@ setup(
         "tensorflow>=2.18",
         "tensorboard",
         "tensorflow-datasets>=4.9",
-        "keras-tuner>=1.4",
+        "keras-tuner[bayesian]>=1.4",  # scipy + scikit-learn for --tuner=bayesian
         "absl-py>=2.1",
         "matplotlib>=3.8",
     ],

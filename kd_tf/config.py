@@ -14,9 +14,9 @@ settings.epochs  # 1
 
 from absl import flags
 
-from kd_tf import data, distillation, distribution, lite, models
+from kd_tf import data, distillation, distribution, lite, models, tuning
 
-STAGES = ("teacher", "student", "scratch", "compare", "predict", "tflite")
+STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
 SCHEDULES = ("cosine", "constant")
 # The flags that name the sub-runs of --stage=compare; every other flag given
@@ -47,6 +47,24 @@ _VALIDATORS = (
         "--test_index must be a comma-separated list of integers >= 0",
     ),
     ("cpu_devices", lambda v: v >= 0, "--cpu_devices must be >= 0"),
+    ("max_trials", lambda v: v >= 1, "--max_trials must be >= 1"),
+    ("executions_per_trial", lambda v: v >= 1, "--executions_per_trial must be >= 1"),
+    ("temperature_min", lambda v: v > 0, "--temperature_min must be > 0 (e.g. 1)"),
+    ("alpha_min", lambda v: 0.0 <= v <= 1.0, "--alpha_min must be in [0, 1]"),
+    ("alpha_max", lambda v: 0.0 <= v <= 1.0, "--alpha_max must be in [0, 1]"),
+)
+# Validators of flag pairs: (flags, check on their values, message).
+_PAIR_VALIDATORS = (
+    (
+        ("temperature_min", "temperature_max"),
+        lambda v: v["temperature_min"] < v["temperature_max"],
+        "--temperature_min must be < --temperature_max",
+    ),
+    (
+        ("alpha_min", "alpha_max"),
+        lambda v: v["alpha_min"] < v["alpha_max"],
+        "--alpha_min must be < --alpha_max",
+    ),
 )
 
 
@@ -128,7 +146,8 @@ def define_flags(flag_values):
     flags.DEFINE_string(
         "teacher_dir",
         None,
-        "Teacher for --stage=student: a SavedModel following the serving contract, or a .keras file.",
+        "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
+        "or a .keras file.",
         flag_values=fv,
     )
     flags.DEFINE_enum(
@@ -260,6 +279,41 @@ def define_flags(flag_values):
         "once the export is in place.",
         flag_values=fv,
     )
+    flags.DEFINE_enum(
+        "tuner",
+        "bayesian",
+        tuning.TUNERS,
+        "--stage=tune: keras-tuner search algorithm (hyperband ignores --max_trials and "
+        "gives trials up to --epochs).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "max_trials",
+        12,
+        "--stage=tune: trials in the search, finished ones included.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "executions_per_trial",
+        1,
+        "--stage=tune: trainings per trial (seeds --seed, --seed + 1, ...), objective averaged.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "tune_dir",
+        "tune",
+        "--stage=tune: directory of the search (rerun to resume it), best.cfg, report.json "
+        "and temperature.png.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "temperature_min", 1.0, "--stage=tune: lowest temperature (log-uniform).", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "temperature_max", 20.0, "--stage=tune: highest temperature.", flag_values=fv
+    )
+    flags.DEFINE_float("alpha_min", 0.1, "--stage=tune: lowest alpha (uniform).", flag_values=fv)
+    flags.DEFINE_float("alpha_max", 0.9, "--stage=tune: highest alpha.", flag_values=fv)
     for stage, name in COMPARE_FLAGFILES.items():
         flags.DEFINE_string(
             name,
@@ -270,6 +324,8 @@ def define_flags(flag_values):
 
     for name, check, message in _VALIDATORS:
         flags.register_validator(name, check, message, flag_values=fv)
+    for names, check, message in _PAIR_VALIDATORS:
+        flags.register_multi_flags_validator(names, check, message, flag_values=fv)
     flags.mark_flag_as_required("stage", flag_values=fv)
 
 

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 
 def write_json(obj, path):
@@ -142,5 +143,37 @@ def plot_predictions(images, captions, path, title, wrong=()):
             )
             cell.set_title(captions[index], fontsize=9, color="red" if index in wrong else "black")
     figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_search(trials, path):
+    """Validation accuracy of each trial against its temperature (log axis),
+    points coloured by alpha, as a PNG.
+
+    Args:
+        trials: dicts with `temperature`, `alpha` and `val_accuracy`.
+        path: where to write the PNG.
+    """
+    figure, axes = plt.subplots(figsize=(6, 4))
+    points = axes.scatter(
+        [t["temperature"] for t in trials],
+        [100 * t["val_accuracy"] for t in trials],
+        c=[t["alpha"] for t in trials],
+        cmap="viridis",
+        edgecolors="black",
+        s=60,
+    )
+    figure.colorbar(points, ax=axes, label="alpha")
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes.set(
+        xlabel="temperature",
+        ylabel="validation accuracy (%)",
+        title=f"distillation search: {len(trials)} trials",
+    )
+    axes.grid(alpha=0.3, which="both")
+    figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,6 +6,7 @@
 - `compare`: teacher, student and scratch in one command, then a comparison.
 - `predict`: classifies image files or test images with an export.
 - `tflite`: converts an export to TFLite and measures it against the export.
+- `tune`: keras-tuner search over the student's temperature and alpha.
 
 Each training stage restores its best epoch on the validation split, exports
 a SavedModel (see `kd_tf.export`), measures the test split once through the
@@ -24,9 +25,11 @@ report = stages.run(settings)
 
 import os
 import time
+from typing import NamedTuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from kd_tf import (
@@ -44,6 +47,7 @@ from kd_tf import (
     publish,
     reporting,
     training,
+    tuning,
 )
 from kd_tf.errors import UserError
 
@@ -243,7 +247,7 @@ def _check_fits(model, path, what, splits):
 def _load_teacher(settings):
     if not settings.teacher_dir:
         raise UserError(
-            "--stage=student needs a teacher: pass --teacher_dir=DIR (an export of "
+            f"--stage={settings.stage} needs a teacher: pass --teacher_dir=DIR (an export of "
             "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)"
         )
     # Under the strategy's scope the teacher's variables are mirrored onto
@@ -252,21 +256,38 @@ def _load_teacher(settings):
         return export.load_serving_model(settings.teacher_dir)
 
 
-def distill_student(settings):
-    """`student`: distils the teacher from `--teacher_dir` into the student.
+class DistillationInputs(NamedTuple):
+    """What every distillation run shares: the data, the teacher, how its
+    logits reach the `Distiller`, and the datasets built from them."""
+
+    splits: data.DataSplits
+    teacher: export.ServingModel
+    mode: str
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_epoch: int
+    teacher_logits_seconds: float
+
+
+def prepare_distillation(settings):
+    """Loads the data and the teacher from `--teacher_dir`, computes the
+    teacher's logits once when they can be cached, and builds the training
+    and validation datasets; `--stage=student` and `--stage=tune` both start
+    here.
 
     Args:
         settings: parsed flags (see `kd_tf.config`).
 
     Returns:
-        The run report (also written into the export).
+        A `DistillationInputs`.
+
+    Usage:
+
+    ```python
+    inputs = stages.prepare_distillation(settings)
+    distiller = stages.build_distiller(settings, inputs, "seed_mlp", temperature=4, alpha=0.9)
+    ```
     """
-    started = time.perf_counter()
-    strategy = distribution.strategy_from_settings(settings)
-    model_name = settings.model or models.DEFAULT_STUDENT
-    export_dir = _export_dir(settings, "student", strategy)
-    backup_dir = backup.stage_backup_dir(settings.backup_dir, "student", strategy)
-    resumed = backup.resumed_epoch(backup_dir)
     teacher = _load_teacher(settings)
     determinism.make_reproducible(settings.seed, deterministic=settings.deterministic)
     splits = _load_data(settings)
@@ -288,23 +309,11 @@ def distill_student(settings):
     else:
         train_logits = validation_logits = None
     teacher_logits_seconds = time.perf_counter() - logits_started
-
-    steps = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
-    with strategy.scope():
-        student = models.build_model(model_name, splits.image_shape, splits.num_classes)
-        distiller = distillation.Distiller(
-            student,
-            temperature=settings.temperature,
-            alpha=settings.alpha,
-            teacher=teacher.logits if mode == "online" else None,
-        )
-        distiller.compile(
-            optimizer=_optimizer(settings, steps),
-            steps_per_execution=settings.steps_per_execution,
-        )
-    epochs, best_epoch = training.fit_and_restore_best(
-        distiller,
-        pipelines.training_dataset(
+    return DistillationInputs(
+        splits=splits,
+        teacher=teacher,
+        mode=mode,
+        train=pipelines.training_dataset(
             images,
             labels,
             settings.batch_size,
@@ -312,14 +321,75 @@ def distill_student(settings):
             teacher_logits=train_logits,
             augment=random_augment,
         ),
-        pipelines.evaluation_dataset(
+        validation=pipelines.evaluation_dataset(
             validation.images,
             validation.labels,
             settings.eval_batch_size,
             teacher_logits=validation_logits,
         ),
+        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), settings.batch_size),
+        teacher_logits_seconds=teacher_logits_seconds,
+    )
+
+
+def build_distiller(settings, inputs, model_name, temperature, alpha):
+    """A fresh student `model_name` in a compiled `Distiller`.
+
+    Args:
+        settings: parsed flags (optimiser, schedule, epochs).
+        inputs: the `DistillationInputs` it will train on.
+        model_name: a key of `models.MODELS`.
+        temperature: T > 0.
+        alpha: weight of the soft term, in [0, 1].
+
+    Returns:
+        The compiled `distillation.Distiller`; its `.student` is the model.
+    """
+    splits = inputs.splits
+    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+    distiller = distillation.Distiller(
+        student,
+        temperature=temperature,
+        alpha=alpha,
+        teacher=inputs.teacher.logits if inputs.mode == "online" else None,
+    )
+    # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
+    distiller.build((None, *splits.image_shape))
+    distiller.compile(
+        optimizer=_optimizer(settings, inputs.steps_per_epoch),
+        steps_per_execution=settings.steps_per_execution,
+    )
+    return distiller
+
+
+def distill_student(settings):
+    """`student`: distils the teacher from `--teacher_dir` into the student.
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`).
+
+    Returns:
+        The run report (also written into the export).
+    """
+    started = time.perf_counter()
+    model_name = settings.model or models.DEFAULT_STUDENT
+    strategy = distribution.strategy_from_settings(settings)
+    export_dir = _export_dir(settings, "student", strategy)
+    backup_dir = backup.stage_backup_dir(settings.backup_dir, "student", strategy)
+    resumed = backup.resumed_epoch(backup_dir)
+    inputs = prepare_distillation(settings)
+    splits = inputs.splits
+    with strategy.scope():
+        distiller = build_distiller(
+            settings, inputs, model_name, settings.temperature, settings.alpha
+        )
+    student = distiller.student
+    epochs, best_epoch = training.fit_and_restore_best(
+        distiller,
+        inputs.train,
+        inputs.validation,
         epochs=settings.epochs,
-        steps_per_epoch=steps,
+        steps_per_epoch=inputs.steps_per_epoch,
         log_dir=_log_dir(settings, "student", export_dir, strategy),
         test_logits=_test_monitor(settings, student, splits),
         backup_dir=backup_dir,
@@ -329,8 +399,8 @@ def distill_student(settings):
     )
     report.update(
         teacher_dir=settings.teacher_dir,
-        teacher_logits=mode,
-        teacher_logits_seconds=round(teacher_logits_seconds, 2),
+        teacher_logits=inputs.mode,
+        teacher_logits_seconds=round(inputs.teacher_logits_seconds, 2),
         temperature=settings.temperature,
         alpha=settings.alpha,
         resumed_from_epoch=resumed,
@@ -338,6 +408,49 @@ def distill_student(settings):
     report = _export_with_report(settings, "student", student, splits, export_dir, report)
     backup.remove(backup_dir)
     return report
+
+
+def tune(settings):
+    """`tune`: keras-tuner search over the temperature and alpha of the
+    student's distillation; the teacher's logits and the datasets are
+    prepared once for all trials (see `kd_tf.tuning`).
+
+    Args:
+        settings: parsed flags (see `kd_tf.config`); every trial trains under
+            the `--strategy` (see `kd_tf.distribution`).
+
+    Returns:
+        The search report (also written to `<tune_dir>/report.json`).
+    """
+    started = time.perf_counter()
+    model_name = settings.model or models.DEFAULT_STUDENT
+    tuning.check_tune_dir(settings.tune_dir)
+    inputs = prepare_distillation(settings)
+    strategy = distribution.strategy_from_settings(settings)
+
+    def build(temperature, alpha):
+        return build_distiller(settings, inputs, model_name, temperature, alpha)
+
+    trials = tuning.search(
+        settings, build, inputs.train, inputs.validation, inputs.steps_per_epoch, strategy
+    )
+    report = {
+        "stage": "tune",
+        "flags": config.to_dict(settings),
+        "data": {
+            **inputs.splits.summary(),
+            "augment": settings.augment,
+            "augment_views": settings.augment_views,
+        },
+        "model": model_name,
+        "tuner": settings.tuner,
+        "objective": tuning.OBJECTIVE,
+        "teacher_dir": settings.teacher_dir,
+        "teacher_logits": inputs.mode,
+        "teacher_logits_seconds": round(inputs.teacher_logits_seconds, 2),
+        "stage_seconds": round(time.perf_counter() - started, 1),
+    }
+    return tuning.write_results(trials, settings.tune_dir, report)
 
 
 def compare(settings):
@@ -496,4 +609,6 @@ def _run_stage(settings):
         return predict(settings)
     if settings.stage == "tflite":
         return convert_tflite(settings)
+    if settings.stage == "tune":
+        return tune(settings)
     return compare(settings)

@@ -1,0 +1,254 @@
+"""`--stage=tune`: a keras-tuner search over the distillation temperature and
+alpha.
+
+`DistillationHyperModel` turns a trial's `temperature` (log-uniform) and
+`alpha` (uniform) into a compiled `Distiller`; `search` runs the tuner
+(`--tuner`, `--max_trials`, `--executions_per_trial`) on datasets built once,
+so the teacher's cached logits serve every trial. The objective is the best
+epoch's `val_accuracy` on the validation split; the test split is never seen.
+
+The search lives in `<tune_dir>/search` (keras-tuner's project, reloaded with
+`overwrite=False`): rerunning the same command skips finished trials, and a
+trial left RUNNING by an interrupted process is queued for retry by
+keras-tuner's `Oracle.reload` and run again first. `write_results` then
+writes `best.cfg` (a flag file for `--stage=student`), `report.json` and
+`temperature.png` into `--tune_dir` and logs the trials as a table.
+
+Usage:
+
+```python
+trials = tuning.search(settings, build_distiller, train, validation, 430, strategy)
+report = tuning.write_results(trials, "tune", {"stage": "tune"})
+# python -m kd_tf.main --flagfile=flags/student.cfg --flagfile=tune/best.cfg --teacher_dir=...
+```
+"""
+
+import collections
+import os
+
+import keras
+import keras_tuner as kt
+from absl import logging
+
+from kd_tf import reporting, training
+from kd_tf.errors import UserError
+
+TUNERS = ("bayesian", "random", "hyperband")
+PROJECT_NAME = "search"
+OBJECTIVE = "val_accuracy"
+HYPERBAND_FACTOR = 3
+
+
+class DistillationHyperModel(kt.HyperModel):
+    """Builds the `Distiller` of one trial from its `temperature` and `alpha`.
+
+    Every build seeds Keras with `seed + k`, where `k` counts the earlier
+    builds with the same values, so the trials of a search start from the same
+    student weights and the executions of one trial from different ones.
+
+    Args:
+        build_distiller: callable `(temperature, alpha) -> compiled Distiller`.
+        temperature_range: `(min, max)`, sampled log-uniformly.
+        alpha_range: `(min, max)`, sampled uniformly.
+        seed: base seed of the student's initial weights.
+
+    Usage:
+
+    ```python
+    hypermodel = DistillationHyperModel(build, (1.0, 20.0), (0.1, 0.9), seed=0)
+    tuner = kt.RandomSearch(hypermodel, objective="val_accuracy", max_trials=4)
+    ```
+    """
+
+    def __init__(self, build_distiller, temperature_range, alpha_range, seed):
+        super().__init__(name="distillation")
+        self.build_distiller = build_distiller
+        self.temperature_range = temperature_range
+        self.alpha_range = alpha_range
+        self.seed = seed
+        self._builds = collections.Counter()
+
+    def declare_hyperparameters(self, hp):
+        hp.Float("temperature", *self.temperature_range, sampling="log")
+        hp.Float("alpha", *self.alpha_range)
+
+    def build(self, hp):
+        self.declare_hyperparameters(hp)
+        temperature, alpha = hp["temperature"], hp["alpha"]
+        key = (temperature, alpha)
+        keras.utils.set_random_seed(self.seed + self._builds[key])
+        self._builds[key] += 1
+        return self.build_distiller(temperature, alpha)
+
+    def fit(self, hp, model, *args, **kwargs):
+        logging.info("trial: temperature %.4g, alpha %.3f", hp["temperature"], hp["alpha"])
+        return model.fit(*args, **kwargs)
+
+
+def check_tune_dir(tune_dir):
+    """Rejects a `--tune_dir` that cannot hold a search, before any work."""
+    if os.path.exists(tune_dir) and not os.path.isdir(tune_dir):
+        raise UserError(f"--tune_dir={tune_dir} is a file: pass a directory (new or a search's)")
+
+
+def make_tuner(settings, hypermodel, strategy):
+    """The keras-tuner `Tuner` named by `--tuner`, in `<tune_dir>/search`.
+
+    Args:
+        settings: parsed flags (`tuner`, `max_trials`, `executions_per_trial`,
+            `epochs`, `seed`, `tune_dir`).
+        hypermodel: a `DistillationHyperModel`.
+        strategy: `tf.distribute.Strategy` for keras-tuner's
+            `distribution_strategy`.
+
+    Returns:
+        A `kt.Tuner`, reloaded from `--tune_dir` when a search is there.
+
+    Raises:
+        UserError: when the search in `--tune_dir` covers other ranges.
+    """
+    common = {
+        "objective": kt.Objective(OBJECTIVE, direction="max"),
+        "seed": settings.seed,
+        "executions_per_trial": settings.executions_per_trial,
+        "directory": settings.tune_dir,
+        "project_name": PROJECT_NAME,
+        "overwrite": False,
+        "distribution_strategy": strategy,
+    }
+    if settings.tuner == "bayesian":
+        tuner = kt.BayesianOptimization(hypermodel, max_trials=settings.max_trials, **common)
+    elif settings.tuner == "random":
+        tuner = kt.RandomSearch(hypermodel, max_trials=settings.max_trials, **common)
+    else:
+        tuner = kt.Hyperband(
+            hypermodel, max_epochs=settings.epochs, factor=HYPERBAND_FACTOR, **common
+        )
+    declared = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(declared)
+    searched = {hp.name: hp.get_config() for hp in tuner.oracle.get_space().space}
+    wanted = {hp.name: hp.get_config() for hp in declared.space}
+    if any(searched.get(name) != config for name, config in wanted.items()):
+        raise UserError(
+            f"--tune_dir={settings.tune_dir} holds a search over other ranges "
+            f"({searched}): pass the same ranges to resume it, or a new --tune_dir"
+        )
+    return tuner
+
+
+def search(settings, build_distiller, train, validation, steps_per_epoch, strategy):
+    """Runs (or resumes) the search and returns its trials, best first.
+
+    Args:
+        settings: parsed flags (see `make_tuner`, plus the search ranges
+            `temperature_min/max`, `alpha_min/max`).
+        build_distiller: callable `(temperature, alpha) -> compiled Distiller`.
+        train: endless training `tf.data.Dataset`, shared by all trials.
+        validation: finite validation `tf.data.Dataset` (the objective).
+        steps_per_epoch: steps in one epoch.
+        strategy: `tf.distribute.Strategy` the trials train under.
+
+    Returns:
+        The trials as `trial_rows` gives them.
+    """
+    hypermodel = DistillationHyperModel(
+        build_distiller,
+        (settings.temperature_min, settings.temperature_max),
+        (settings.alpha_min, settings.alpha_max),
+        settings.seed,
+    )
+    tuner = make_tuner(settings, hypermodel, strategy)
+    tuner.search(
+        train,
+        validation_data=validation,
+        epochs=settings.epochs,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,
+        callbacks=[training.EpochRecorder()],
+        verbose=0,
+    )
+    return trial_rows(tuner.oracle)
+
+
+def trial_rows(oracle):
+    """One dict per trial of `oracle`: completed trials by descending
+    objective, then the others.
+
+    Returns:
+        A list of `{"trial", "status", "temperature", "alpha", "val_accuracy",
+        "best_epoch"}` (`val_accuracy` and `best_epoch` are None for a trial
+        that did not complete).
+    """
+    rows = []
+    for trial in oracle.trials.values():
+        completed = trial.status == kt.engine.trial.TrialStatus.COMPLETED
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                "status": trial.status,
+                "temperature": trial.hyperparameters.get("temperature"),
+                "alpha": trial.hyperparameters.get("alpha"),
+                "val_accuracy": trial.score if completed else None,
+                "best_epoch": trial.best_step + 1 if completed else None,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0)))
+
+
+def write_best_flagfile(best, path):
+    """Writes the best trial's `--temperature` and `--alpha` as a flag file
+    that `--stage=student --flagfile=PATH` takes as it is."""
+    with open(path, "w") as f:
+        f.write(
+            f"# Best of the search in {os.path.dirname(path)}: trial {best['trial']}, "
+            f"validation accuracy {100 * best['val_accuracy']:.2f} %.\n"
+            f"--temperature={best['temperature']!r}\n--alpha={best['alpha']!r}\n"
+        )
+
+
+def write_results(trials, tune_dir, report):
+    """Logs the trial table and writes `best.cfg`, `report.json` and
+    `temperature.png` into `tune_dir`.
+
+    Args:
+        trials: `trial_rows` of the search.
+        tune_dir: the search's directory.
+        report: the stage's report; `trials`, `best` and `tune_dir` are added.
+
+    Returns:
+        The completed report.
+
+    Raises:
+        UserError: when no trial completed.
+    """
+    completed = [row for row in trials if row["val_accuracy"] is not None]
+    if not completed:
+        raise UserError(
+            f"no trial of the search in {tune_dir} completed: see the log for the failures"
+        )
+    best = completed[0]
+    report.update(trials=trials, best=best, tune_dir=tune_dir)
+    write_best_flagfile(best, os.path.join(tune_dir, "best.cfg"))
+    reporting.write_json(report, os.path.join(tune_dir, "report.json"))
+    reporting.plot_search(completed, os.path.join(tune_dir, "temperature.png"))
+    table = reporting.markdown_table(
+        [
+            {
+                key: row[key]
+                for key in ("trial", "temperature", "alpha", "val_accuracy", "best_epoch")
+            }
+            for row in completed
+        ]
+    )
+    logging.info(
+        "search in %s: %d trials completed of %d; best: temperature %.4g, alpha %.3f "
+        "(written to %s)\n%s",
+        tune_dir,
+        len(completed),
+        len(trials),
+        best["temperature"],
+        best["alpha"],
+        os.path.join(tune_dir, "best.cfg"),
+        table,
+    )
+    return report
