@@ -145,16 +145,20 @@ def _export_with_report(settings, stage, model, splits, export_dir, report):
     return report
 
 
+def _data_summary(settings, splits):
+    return {
+        **splits.summary(),
+        "augment": settings.augment,
+        "augment_views": settings.augment_views,
+    }
+
+
 def _base_report(settings, stage, model_name, model, splits, epochs, best_epoch, started):
     strategy = distribution.strategy_from_settings(settings)
     return {
         "stage": stage,
         "flags": config.to_dict(settings),
-        "data": {
-            **splits.summary(),
-            "augment": settings.augment,
-            "augment_views": settings.augment_views,
-        },
+        "data": _data_summary(settings, splits),
         "model": model_name,
         "params": int(model.count_params()),
         "epochs": epochs,
@@ -437,11 +441,7 @@ def tune(settings):
     report = {
         "stage": "tune",
         "flags": config.to_dict(settings),
-        "data": {
-            **inputs.splits.summary(),
-            "augment": settings.augment,
-            "augment_views": settings.augment_views,
-        },
+        "data": _data_summary(settings, inputs.splits),
         "model": model_name,
         "tuner": settings.tuner,
         "objective": tuning.OBJECTIVE,
