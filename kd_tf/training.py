@@ -91,13 +91,14 @@ class EpochRecorder(keras.callbacks.Callback):
             record.update({f"test_{k}": v for k, v in evaluate_logits(logits, labels).items()})
         self.epochs.append(record)
         logging.info(
-            "epoch %d: %.1f s, loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f",
+            "epoch %d: %.1f s, %s",
             record["epoch"],
             record["train_seconds"],
-            record["loss"],
-            record["accuracy"],
-            record["val_loss"],
-            record["val_accuracy"],
+            ", ".join(
+                f"{key} {value:.4f}"
+                for key, value in record.items()
+                if key not in ("epoch", "train_seconds")
+            ),
         )
 
 
