@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import data, export, logits_cache, models
+from kd_tf import config, data, export, logits_cache, models, stages
 
 
 class ResolveCacheTest(tf.test.TestCase):
@@ -101,6 +101,62 @@ class ShardsTest(tf.test.TestCase):
         again, _, _ = self._stream_arrays(stream(), 20)
         self.assertAllEqual(again, images)
 
+
+class StudentStageTest(tf.test.TestCase):
+    """The student stage with logits cached in memory, streamed from disk, or
+    computed online."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp()
+        keras.utils.set_random_seed(0)
+        teacher = models.build_model("compact_cnn", (28, 28, 1), 10)
+        cls.teacher_dir = os.path.join(cls.tmp, "teacher")
+        images = data.read_packaged_mnist()[1].images[:8]
+        export.export_model(teacher, cls.teacher_dir, check_images=images)
+
+    def _run(self, *argv):
+        return stages.run(
+            config.parse(
+                [
+                    "--stage=student",
+                    f"--teacher_dir={self.teacher_dir}",
+                    "--alpha=0.5",
+                    "--epochs=2",
+                    "--train_examples=384",
+                    "--validation_examples=256",
+                    "--batch_size=64",
+                    f"--saved_models_dir={self.tmp}/saved_models",
+                    f"--log_dir={self.tmp}/logs",
+                    *argv,
+                ]
+            )
+        )
+
+    def test_memory_disk_and_online(self):
+        cache_dir = os.path.join(self.tmp, "logits")
+        os.makedirs(cache_dir)
+        memory = self._run("--teacher_logits=cached", "--logits_cache=memory")
+        disk = self._run(
+            "--teacher_logits=cached", "--logits_cache=disk", f"--logits_cache_dir={cache_dir}"
+        )
+        online = self._run("--teacher_logits=online")
+        self.assertEqual(memory["logits_cache"], "memory")
+        self.assertEqual(disk["logits_cache"], "disk")
+        self.assertIsNone(online["logits_cache"])
+        self.assertGreater(disk["logits_cache_megabytes"], 0)
+        # The shards lived in a fresh subdirectory of --logits_cache_dir, removed at the end.
+        self.assertEqual(os.listdir(cache_dir), [])
+        # Online and cached-in-memory logits: the same examples in the same order,
+        # the same teacher logits, hence the same training.
+        for key in ("loss", "val_loss", "val_accuracy"):
+            expected = [epoch[key] for epoch in memory["epochs"]]
+            self.assertAllClose([epoch[key] for epoch in online["epochs"]], expected, rtol=1e-5)
+        self.assertAllClose(online["test_accuracy"], memory["test_accuracy"])
+        # Streamed from disk: another (seeded) order, the same objective.
+        self.assertLess(disk["epochs"][1]["loss"], disk["epochs"][0]["loss"])
+        self.assertAllClose(disk["test_accuracy"], memory["test_accuracy"], atol=0.05)
 
 if __name__ == "__main__":
     tf.test.main()
