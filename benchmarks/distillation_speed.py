@@ -37,7 +37,17 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from kd_tf import config, data, distillation, models, pipelines, reporting, stages, training
+from kd_tf import (
+    config,
+    data,
+    distillation,
+    export,
+    models,
+    pipelines,
+    reporting,
+    stages,
+    training,
+)
 
 _OUT = flags.DEFINE_string("out", "/tmp/kd_tf_speed", "Directory for exports, logs and results.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds of the alternating rows.")
@@ -50,7 +60,7 @@ _TRAIN_EXAMPLES = flags.DEFINE_integer(
     "train_examples", None, "Cap on the training split (smoke runs only)."
 )
 _LEVERS = flags.DEFINE_bool("levers", True, "Also measure the levers one at a time.")
-_LEVER_EPOCHS = flags.DEFINE_integer("lever_epochs", 4, "Epochs per lever run.")
+_LEVER_EPOCHS = flags.DEFINE_integer("lever_epochs", 3, "Epochs per lever run.")
 
 STUDENT = "seed_mlp"
 TEACHER = "seed_cnn"
@@ -260,64 +270,23 @@ def _with_ratios(medians, reference):
     return medians
 
 
-def _lever_run(
-    splits,
-    train_logits,
-    validation_logits,
-    *,
-    steps_per_execution,
-    jit_compile,
-    logits_in_element=True,
-    cache=True,
-    eval_batch_size=1024,
-):
-    """One cached-logit distillation run with one lever changed; epoch records."""
-    keras.utils.set_random_seed(SEED)
-    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
-    student = models.build_model(STUDENT, splits.image_shape, splits.num_classes)
-    distiller = distillation.Distiller(student, TEMPERATURE, ALPHA)
-    distiller.compile(
-        optimizer=_student_optimizer(steps),
-        steps_per_execution=steps_per_execution,
-        jit_compile=jit_compile,
-    )
-    train = pipelines.training_dataset(
-        splits.train.images, splits.train.labels, BATCH, seed=SEED, teacher_logits=train_logits
-    )
-    if not logits_in_element:
-        train = _logits_from_a_lookup(splits, train_logits)
-    if not cache:
-        train = (
-            tf.data.Dataset.from_tensor_slices(
-                ((splits.train.images, train_logits), splits.train.labels)
-            )
-            .shuffle(len(splits.train), seed=SEED)
-            .repeat()
-            .batch(BATCH)
-            .prefetch(tf.data.AUTOTUNE)
+def _slices_pipeline(splits, train_logits, prefetch=True):
+    """The classic in-memory pipeline: slices -> cache -> shuffle -> batch."""
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(
+            ((splits.train.images, train_logits), splits.train.labels)
         )
-    recorder = training.EpochRecorder()
-    started = time.perf_counter()
-    distiller.fit(
-        train,
-        epochs=_LEVER_EPOCHS.value,
-        steps_per_epoch=steps,
-        validation_data=pipelines.evaluation_dataset(
-            splits.validation.images,
-            splits.validation.labels,
-            eval_batch_size,
-            teacher_logits=validation_logits,
-        ),
-        callbacks=[recorder],
-        verbose=0,
+        .cache()
+        .shuffle(len(splits.train), seed=SEED)
+        .repeat()
+        .batch(BATCH)
     )
-    total = time.perf_counter() - started
-    return recorder.epochs, total
+    return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
 
-def _logits_from_a_lookup(splits, train_logits):
-    """The anti-pattern the lever avoids: examples carry an index and the step
-    looks their logits up in a separate table."""
+def _lookup_pipeline(splits, train_logits):
+    """The anti-pattern: examples carry an index, and each batch looks its
+    logits up in a separate table."""
     table = tf.constant(train_logits)
     indices = tf.range(len(splits.train), dtype=tf.int64)
     return (
@@ -331,49 +300,99 @@ def _logits_from_a_lookup(splits, train_logits):
     )
 
 
-def measure_levers(teacher_dir):
-    from kd_tf import export
+def _kd_tf_pipeline(splits, train_logits):
+    return pipelines.training_dataset(
+        splits.train.images, splits.train.labels, BATCH, seed=SEED, teacher_logits=train_logits
+    )
 
+
+def _lever_run(splits, logits, *, pipeline, steps_per_execution, jit_compile, eval_batch_size):
+    """One cached-logit distillation fit with one lever changed; returns the
+    median training seconds per epoch after the first (which traces)."""
+    keras.utils.set_random_seed(SEED)
+    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
+    student = models.build_model(STUDENT, splits.image_shape, splits.num_classes)
+    distiller = distillation.Distiller(student, TEMPERATURE, ALPHA)
+    distiller.compile(
+        optimizer=_student_optimizer(steps),
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    recorder = training.EpochRecorder()
+    distiller.fit(
+        pipeline(splits, logits["train"]),
+        epochs=_LEVER_EPOCHS.value,
+        steps_per_epoch=steps,
+        validation_data=pipelines.evaluation_dataset(
+            splits.validation.images,
+            splits.validation.labels,
+            eval_batch_size,
+            teacher_logits=logits["validation"],
+        ),
+        callbacks=[recorder],
+        verbose=0,
+    )
+    return statistics.median(e["train_seconds"] for e in recorder.epochs[1:])
+
+
+def _logits_seconds(teacher, images, batch_size):
+    started = time.perf_counter()
+    teacher.predict_logits(images, batch_size=batch_size)
+    return time.perf_counter() - started
+
+
+def measure_levers(teacher_dir):
+    """Each lever alone against kd_tf's settings, alternating over `--rounds`
+    rounds; returns rows with the median seconds."""
     splits = _load_splits()
     teacher = export.load_serving_model(teacher_dir)
-    train_logits = teacher.predict_logits(splits.train.images)
-    validation_logits = teacher.predict_logits(splits.validation.images)
+    logits = {
+        "train": teacher.predict_logits(splits.train.images),
+        "validation": teacher.predict_logits(splits.validation.images),
+    }
     spe = _STEPS_PER_EXECUTION.value
-    variants = [
-        ("baseline: steps_per_execution=1", {"steps_per_execution": 1, "jit_compile": False}),
-        (f"steps_per_execution={spe}", {"steps_per_execution": spe, "jit_compile": False}),
-        ("steps_per_execution=32", {"steps_per_execution": 32, "jit_compile": False}),
-        (
-            f"steps_per_execution={spe}, jit_compile",
-            {"steps_per_execution": spe, "jit_compile": True},
-        ),
-        (
-            f"steps_per_execution={spe}, eval batch 128",
-            {"steps_per_execution": spe, "jit_compile": False, "eval_batch_size": 128},
-        ),
-        (
-            f"steps_per_execution={spe}, no cache()",
-            {"steps_per_execution": spe, "jit_compile": False, "cache": False},
-        ),
-        (
-            f"steps_per_execution={spe}, logits looked up per step",
-            {"steps_per_execution": spe, "jit_compile": False, "logits_in_element": False},
-        ),
+    kd_tf = {
+        "pipeline": _kd_tf_pipeline,
+        "steps_per_execution": spe,
+        "jit_compile": False,
+        "eval_batch_size": 1024,
+    }
+    variants = {
+        f"kd_tf: index-gathered (images, logits, labels), steps_per_execution={spe}": {},
+        "steps_per_execution=1": {"steps_per_execution": 1},
+        "steps_per_execution=32": {"steps_per_execution": 32},
+        "jit_compile=True": {"jit_compile": True},
+        "slices -> cache -> shuffle pipeline": {"pipeline": _slices_pipeline},
+        "slices pipeline without prefetch": {
+            "pipeline": lambda s, t: _slices_pipeline(s, t, prefetch=False)
+        },
+        "logits looked up per batch in a separate table": {"pipeline": _lookup_pipeline},
+    }
+    epoch_seconds = {name: [] for name in variants}
+    logit_batches = (256, 1024, 4096)
+    logit_seconds = {batch: [] for batch in logit_batches}
+    for _ in range(_ROUNDS.value):
+        for name, change in variants.items():
+            epoch_seconds[name].append(_lever_run(splits, logits, **{**kd_tf, **change}))
+            logging.info("lever %s: %.3f s per epoch", name, epoch_seconds[name][-1])
+        for batch in logit_batches:
+            logit_seconds[batch].append(_logits_seconds(teacher, splits.train.images, batch))
+    rows = [
+        {
+            "lever": name,
+            "measure": "training seconds per epoch",
+            "seconds": round(statistics.median(times), 3),
+        }
+        for name, times in epoch_seconds.items()
     ]
-    rows = []
-    for name, kwargs in variants:
-        epochs, total = _lever_run(splits, train_logits, validation_logits, **kwargs)
-        rows.append(
-            {
-                "lever": name,
-                "epoch_seconds": round(
-                    statistics.median(e["train_seconds"] for e in epochs[1:] or epochs), 3
-                ),
-                "fit_seconds": round(total, 2),
-                "val_accuracy": round(epochs[-1]["val_accuracy"], 4),
-            }
-        )
-        logging.info("lever %s: %s", name, rows[-1])
+    rows += [
+        {
+            "lever": f"teacher logits with batch {batch}",
+            "measure": "seconds for the training split",
+            "seconds": round(statistics.median(times), 2),
+        }
+        for batch, times in logit_seconds.items()
+    ]
     return rows
 
 
