@@ -281,7 +281,7 @@ def _slices_pipeline(splits, train_logits, prefetch=True):
         .repeat()
         .batch(BATCH)
     )
-    return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
+    return pipelines.prefetched(dataset) if prefetch else dataset
 
 
 def _lookup_pipeline(splits, train_logits):
@@ -289,14 +289,13 @@ def _lookup_pipeline(splits, train_logits):
     logits up in a separate table."""
     table = tf.constant(train_logits)
     indices = tf.range(len(splits.train), dtype=tf.int64)
-    return (
+    return pipelines.prefetched(
         tf.data.Dataset.from_tensor_slices(((splits.train.images, indices), splits.train.labels))
         .cache()
         .shuffle(len(splits.train), seed=SEED)
         .repeat()
         .batch(BATCH)
         .map(lambda features, labels: ((features[0], tf.gather(table, features[1])), labels))
-        .prefetch(tf.data.AUTOTUNE)
     )
 
 

@@ -21,6 +21,8 @@ import os
 
 import tensorflow as tf
 
+from kd_tf import pipelines
+
 LOGITS_CACHES = ("auto", "memory", "disk")
 # Examples per TFRecord shard, and the shuffle buffer of the streaming pipeline.
 EXAMPLES_PER_SHARD = 16384
@@ -150,12 +152,11 @@ def training_stream(shards, batch_size, *, seed, image_shape, num_classes):
             deterministic=True,
         )
     )
-    return (
+    return pipelines.prefetched(
         _examples(records, image_shape, num_classes)
         .shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
     )
 
 
@@ -173,4 +174,4 @@ def evaluation_stream(shards, batch_size, *, image_shape, num_classes):
         A `tf.data.Dataset`, elements as `pipelines.evaluation_dataset`'s.
     """
     records = tf.data.TFRecordDataset(shards)
-    return _examples(records, image_shape, num_classes).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return pipelines.prefetched(_examples(records, image_shape, num_classes).batch(batch_size))
