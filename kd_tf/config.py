@@ -14,7 +14,7 @@ settings.epochs  # 1
 
 from absl import flags
 
-from kd_tf import data, distillation, distribution, lite, models, tuning
+from kd_tf import data, distillation, distribution, lite, logits_cache, models, tuning
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
@@ -39,6 +39,7 @@ _VALIDATORS = (
     ("temperature", lambda v: v > 0, "--temperature must be > 0 (e.g. 4)"),
     ("alpha", lambda v: 0.0 <= v <= 1.0, "--alpha must be in [0, 1]"),
     ("augment_views", lambda v: v >= 0, "--augment_views must be >= 0"),
+    ("logits_memory_mb", lambda v: v >= 0, "--logits_memory_mb must be >= 0"),
     ("validation_examples", lambda v: v >= 1, "--validation_examples must be >= 1"),
     ("train_examples", lambda v: v is None or v >= 1, "--train_examples must be >= 1"),
     (
@@ -156,6 +157,28 @@ def define_flags(flag_values):
         distillation.TEACHER_LOGITS_MODES,
         "cached: compute the teacher's logits once per data set; online: run the teacher "
         "every step; auto: cached unless augmentation is drawn afresh every step.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "logits_cache",
+        "auto",
+        logits_cache.LOGITS_CACHES,
+        "Where cached teacher logits live: memory (next to their images in the tf.data "
+        "element); disk (TFRecord shards of images, labels and logits, streamed); auto: "
+        "memory while the training logits fit in --logits_memory_mb.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "logits_memory_mb",
+        2048,
+        "With --logits_cache=auto: the largest training logits (MiB) kept in memory.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "logits_cache_dir",
+        None,
+        "Where the on-disk logit shards go (in a fresh subdirectory, removed at the end of "
+        "the stage); default: the system's temporary directory.",
         flag_values=fv,
     )
     flags.DEFINE_string(

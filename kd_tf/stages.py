@@ -24,6 +24,7 @@ report = stages.run(settings)
 """
 
 import os
+import tempfile
 import time
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ from kd_tf import (
     export,
     inference,
     lite,
+    logits_cache,
     models,
     pipelines,
     publish,
@@ -271,6 +273,24 @@ class DistillationInputs(NamedTuple):
     validation: tf.data.Dataset
     steps_per_epoch: int
     teacher_logits_seconds: float
+    logits_cache: str | None
+    logits_cache_megabytes: float
+    shards: tempfile.TemporaryDirectory | None
+
+    def release(self):
+        """Removes the on-disk logit shards, if any; call once training is over."""
+        if self.shards is not None:
+            self.shards.cleanup()
+
+    def report_fields(self):
+        """The fields the student and tune reports share."""
+        return {
+            "teacher_dir": self.teacher.path,
+            "teacher_logits": self.mode,
+            "teacher_logits_seconds": round(self.teacher_logits_seconds, 2),
+            "logits_cache": self.logits_cache,
+            "logits_cache_megabytes": round(self.logits_cache_megabytes, 3),
+        }
 
 
 def prepare_distillation(settings):
@@ -304,35 +324,80 @@ def prepare_distillation(settings):
         )
     mode = distillation.resolve_teacher_logits_mode(settings.teacher_logits, random_augment)
     validation = splits.validation
-    logits_started = time.perf_counter()
+    steps_per_epoch = pipelines.steps_per_epoch(len(splits.train), settings.batch_size)
+    cache = None
     if mode == "cached":
-        train_logits = teacher.predict_logits(images, batch_size=settings.eval_batch_size)
+        cache = logits_cache.resolve_cache(
+            settings.logits_cache, len(images), teacher.num_classes, settings.logits_memory_mb
+        )
+    logits_started = time.perf_counter()
+    shards = None
+    if cache == "disk":
+        shards = tempfile.TemporaryDirectory(prefix="kd_tf_logits_", dir=settings.logits_cache_dir)
+        train, validation_dataset = _streamed_datasets(
+            settings, teacher, images, labels, validation, shards.name
+        )
+    else:
+        train_logits = None
+        if cache == "memory":
+            train_logits = teacher.predict_logits(images, batch_size=settings.eval_batch_size)
+        # The validation split is never distorted: its logits are cached in every mode.
         validation_logits = teacher.predict_logits(
             validation.images, batch_size=settings.eval_batch_size
         )
-    else:
-        train_logits = validation_logits = None
-    teacher_logits_seconds = time.perf_counter() - logits_started
-    return DistillationInputs(
-        splits=splits,
-        teacher=teacher,
-        mode=mode,
-        train=pipelines.training_dataset(
+        train = pipelines.training_dataset(
             images,
             labels,
             settings.batch_size,
             seed=settings.seed,
             teacher_logits=train_logits,
             augment=random_augment,
-        ),
-        validation=pipelines.evaluation_dataset(
+        )
+        validation_dataset = pipelines.evaluation_dataset(
             validation.images,
             validation.labels,
             settings.eval_batch_size,
             teacher_logits=validation_logits,
+        )
+    return DistillationInputs(
+        splits=splits,
+        teacher=teacher,
+        mode=mode,
+        train=train,
+        validation=validation_dataset,
+        steps_per_epoch=steps_per_epoch,
+        teacher_logits_seconds=time.perf_counter() - logits_started,
+        logits_cache=cache,
+        logits_cache_megabytes=(
+            logits_cache.logits_megabytes(len(images), teacher.num_classes) if cache else 0.0
         ),
-        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), settings.batch_size),
-        teacher_logits_seconds=teacher_logits_seconds,
+        shards=shards,
+    )
+
+
+def _streamed_datasets(settings, teacher, images, labels, validation, directory):
+    """Training and validation datasets whose teacher logits are written to
+    TFRecord shards under `directory` and streamed from there."""
+    shape = {"image_shape": images.shape[1:], "num_classes": teacher.num_classes}
+    train_shards = logits_cache.write_shards(
+        teacher,
+        images,
+        labels,
+        os.path.join(directory, "train"),
+        batch_size=settings.eval_batch_size,
+    )
+    validation_shards = logits_cache.write_shards(
+        teacher,
+        validation.images,
+        validation.labels,
+        os.path.join(directory, "validation"),
+        batch_size=settings.eval_batch_size,
+    )
+    return (
+        logits_cache.training_stream(
+            train_shards, settings.batch_size, seed=settings.seed, **shape
+        ),
+        logits_cache.evaluation_stream(validation_shards, settings.eval_batch_size, **shape),
     )
 
 
@@ -398,13 +463,12 @@ def distill_student(settings):
         test_logits=_test_monitor(settings, student, splits),
         backup_dir=backup_dir,
     )
+    inputs.release()
     report = _base_report(
         settings, "student", model_name, student, splits, epochs, best_epoch, started
     )
     report.update(
-        teacher_dir=settings.teacher_dir,
-        teacher_logits=inputs.mode,
-        teacher_logits_seconds=round(inputs.teacher_logits_seconds, 2),
+        **inputs.report_fields(),
         temperature=settings.temperature,
         alpha=settings.alpha,
         resumed_from_epoch=resumed,
@@ -438,6 +502,7 @@ def tune(settings):
     trials = tuning.search(
         settings, build, inputs.train, inputs.validation, inputs.steps_per_epoch, strategy
     )
+    inputs.release()
     report = {
         "stage": "tune",
         "flags": config.to_dict(settings),
@@ -445,9 +510,7 @@ def tune(settings):
         "model": model_name,
         "tuner": settings.tuner,
         "objective": tuning.OBJECTIVE,
-        "teacher_dir": settings.teacher_dir,
-        "teacher_logits": inputs.mode,
-        "teacher_logits_seconds": round(inputs.teacher_logits_seconds, 2),
+        **inputs.report_fields(),
         "stage_seconds": round(time.perf_counter() - started, 1),
     }
     return tuning.write_results(trials, settings.tune_dir, report)

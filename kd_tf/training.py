@@ -60,8 +60,9 @@ def make_optimizer(
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Records, per epoch, the training seconds (validation excluded) and the
-    logged metrics; optionally also the test split's accuracy and loss.
+    """Records, per epoch, the training seconds (validation excluded), the
+    validation seconds and the logged metrics; optionally also the test split's
+    accuracy and loss.
 
     The test figures are for plots only: model selection never sees them.
 
@@ -80,24 +81,34 @@ class EpochRecorder(keras.callbacks.Callback):
         self._train_seconds = None
 
     def on_test_begin(self, logs=None):
+        self._validation_started = time.perf_counter()
         if self._train_seconds is None:
-            self._train_seconds = time.perf_counter() - self._started
+            self._train_seconds = self._validation_started - self._started
+
+    def on_test_end(self, logs=None):
+        self._validation_seconds = time.perf_counter() - self._validation_started
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, "train_seconds": round(self._train_seconds, 3)}
+        record = {
+            "epoch": epoch + 1,
+            "train_seconds": round(self._train_seconds, 3),
+            "validation_seconds": round(self._validation_seconds, 3),
+        }
         record.update({key: float(value) for key, value in (logs or {}).items()})
         if self.test_logits is not None:
             logits, labels = self.test_logits()
             record.update({f"test_{k}": v for k, v in evaluate_logits(logits, labels).items()})
         self.epochs.append(record)
         logging.info(
-            "epoch %d: %.1f s, loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f",
+            "epoch %d: %.1f s + %.1f s validation, %s",
             record["epoch"],
             record["train_seconds"],
-            record["loss"],
-            record["accuracy"],
-            record["val_loss"],
-            record["val_accuracy"],
+            record["validation_seconds"],
+            ", ".join(
+                f"{key} {value:.4f}"
+                for key, value in record.items()
+                if key not in ("epoch", "train_seconds", "validation_seconds")
+            ),
         )
 
 
