@@ -26,7 +26,7 @@ logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 from absl import app, flags
 
-from kd_tf import config, stages
+from kd_tf import config, interrupts, stages
 from kd_tf.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -48,7 +48,8 @@ def execute(settings):
         `EXIT_INTERRUPTED` after Ctrl-C, each reported as one line on stderr.
     """
     try:
-        stages.run(settings)
+        with interrupts.catching_interrupts():
+            stages.run(settings)
     except UserError as error:
         _say(f"error: {error}")
         return EXIT_USER_ERROR

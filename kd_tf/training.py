@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from kd_tf import backup, distribution, divergence
+from kd_tf import backup, distribution, divergence, interrupts
 
 
 def make_optimizer(
@@ -188,7 +188,13 @@ def fit_and_restore_best(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
     monitor = divergence.DivergenceMonitor()
-    callbacks = [monitor, recorder, best, keras.callbacks.TensorBoard(log_dir)]
+    callbacks = [
+        interrupts.InterruptCheck(),
+        monitor,
+        recorder,
+        best,
+        keras.callbacks.TensorBoard(log_dir),
+    ]
     if backup_dir:
         callbacks.append(backup.TrainingBackup(backup_dir, recorder, best))
         train = train.skip(backup.resumed_epoch(backup_dir) * steps_per_epoch)

@@ -186,8 +186,8 @@ def trial_rows(oracle):
             {
                 "trial": trial.trial_id,
                 "status": trial.status,
-                "temperature": trial.hyperparameters.get("temperature"),
-                "alpha": trial.hyperparameters.get("alpha"),
+                "temperature": float(trial.hyperparameters.get("temperature")),
+                "alpha": float(trial.hyperparameters.get("alpha")),
                 "val_accuracy": trial.score if completed else None,
                 "best_epoch": trial.best_step + 1 if completed else None,
             }
@@ -202,7 +202,7 @@ def write_best_flagfile(best, path):
         f.write(
             f"# Best of the search in {os.path.dirname(path)}: trial {best['trial']}, "
             f"validation accuracy {100 * best['val_accuracy']:.2f} %.\n"
-            f"--temperature={best['temperature']!r}\n--alpha={best['alpha']!r}\n"
+            f"--temperature={float(best['temperature'])!r}\n--alpha={float(best['alpha'])!r}\n"
         )
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 from absl import flags
 from keras_tuner.src.engine import trial as trial_module
@@ -147,6 +148,14 @@ class TuningTest(tf.test.TestCase):
             (rerun["temperature"], rerun["alpha"]), (original["temperature"], original["alpha"])
         )
         self.assertBetween(rerun["val_accuracy"], 0.0, 1.0)
+
+    def test_best_cfg_takes_numpy_values(self):
+        # Bayesian optimisation proposes numpy floats after its random start.
+        path = os.path.join(tempfile.mkdtemp(), "best.cfg")
+        best = {"trial": "06", "val_accuracy": 0.99, "temperature": np.float64(3.5)}
+        tuning.write_best_flagfile({**best, "alpha": np.float64(0.25)}, path)
+        settings = config.parse(["--stage=student", f"--flagfile={path}"])
+        self.assertEqual((settings.temperature, settings.alpha), (3.5, 0.25))
 
     def test_best_cfg_drives_the_student_stage(self):
         best_cfg = os.path.join(self.tune_dir, "best.cfg")
