@@ -128,28 +128,16 @@ def plain_teacher_fit():
     started = time.perf_counter()
     splits = _load_splits()
     keras.utils.set_random_seed(SEED)
-    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
     model = models.build_model(TEACHER, splits.image_shape, splits.num_classes)
-    model.compile(
-        optimizer=training.make_optimizer(
-            "adadelta", 1.0, "constant", steps_per_epoch=steps, epochs=_TEACHER_EPOCHS.value
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        steps_per_execution=_STEPS_PER_EXECUTION.value,
-    )
-    recorder = training.EpochRecorder()
-    model.fit(
-        pipelines.training_dataset(splits.train.images, splits.train.labels, BATCH, seed=SEED),
+    optimizer = training.make_optimizer(
+        "adadelta",
+        1.0,
+        "constant",
+        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), BATCH),
         epochs=_TEACHER_EPOCHS.value,
-        steps_per_epoch=steps,
-        validation_data=pipelines.evaluation_dataset(
-            splits.validation.images, splits.validation.labels, 1024
-        ),
-        callbacks=[recorder],
-        verbose=0,
     )
-    return _row("plain model.fit", time.perf_counter() - started, recorder.epochs)
+    epochs = _fit(model, splits, optimizer, _TEACHER_EPOCHS.value, _hard_label_compile_args())
+    return _row("plain model.fit", time.perf_counter() - started, epochs)
 
 
 def kd_tf_student(out, teacher_dir, mode, tag):
@@ -179,19 +167,17 @@ def kd_tf_student(out, teacher_dir, mode, tag):
     )
 
 
-def _fit_student(model, splits, compile_args):
-    """Compiles and fits `model` on the shared pipelines; returns the epoch records."""
-    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
+def _fit(model, splits, optimizer, epochs, compile_args):
+    """Compiles `model` with kd_tf's `steps_per_execution` and fits it on kd_tf's
+    pipelines; returns the epoch records."""
     model.compile(
-        optimizer=_student_optimizer(steps),
-        steps_per_execution=_STEPS_PER_EXECUTION.value,
-        **compile_args,
+        optimizer=optimizer, steps_per_execution=_STEPS_PER_EXECUTION.value, **compile_args
     )
     recorder = training.EpochRecorder()
     model.fit(
         pipelines.training_dataset(splits.train.images, splits.train.labels, BATCH, seed=SEED),
-        epochs=_EPOCHS.value,
-        steps_per_epoch=steps,
+        epochs=epochs,
+        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), BATCH),
         validation_data=pipelines.evaluation_dataset(
             splits.validation.images, splits.validation.labels, 1024
         ),
@@ -199,6 +185,12 @@ def _fit_student(model, splits, compile_args):
         verbose=0,
     )
     return recorder.epochs
+
+
+def _fit_student(model, splits, compile_args):
+    """`_fit` with the student's optimiser and `--epochs`."""
+    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
+    return _fit(model, splits, _student_optimizer(steps), _EPOCHS.value, compile_args)
 
 
 def _test_accuracy(student, splits):
