@@ -30,7 +30,7 @@ import keras
 import keras_tuner as kt
 from absl import logging
 
-from kd_tf import reporting, training
+from kd_tf import interrupts, reporting, training
 from kd_tf.errors import UserError
 
 TUNERS = ("bayesian", "random", "hyperband")
@@ -164,7 +164,7 @@ def search(settings, build_distiller, train, validation, steps_per_epoch, strate
         epochs=settings.epochs,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,
-        callbacks=[training.EpochRecorder()],
+        callbacks=[interrupts.InterruptCheck(), training.EpochRecorder()],
         verbose=0,
     )
     return trial_rows(tuner.oracle)
