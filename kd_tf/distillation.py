@@ -10,7 +10,8 @@ Usage:
 
 ```python
 distiller = Distiller(student, temperature=4.0, alpha=0.9, teacher=teacher_fn)
-distiller.compile(optimizer=keras.optimizers.Adam())
+distiller.compile(optimizer=keras.optimizers.Adam(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 distiller.fit(images_and_labels)            # online: the teacher runs every step
 distiller = Distiller(student, temperature=4.0, alpha=0.9)
 distiller.fit(images_logits_and_labels)     # cached: ((images, teacher_logits), labels)
@@ -53,10 +54,13 @@ class Distiller(keras.Model):
 
     Data elements are `((images, teacher_logits), labels)` when the teacher's
     logits are cached, or `(images, labels)` when `teacher` is given and called
-    on every batch (online). Both `train_step` and `test_step` compute
-    `distillation_loss`; `accuracy` is the student's. The loss is averaged over
-    the global batch across replicas, so `tf.distribute` strategies give the
-    same updates as one device.
+    on every batch (online). The model's output is the student's logits;
+    `compute_loss` is `distillation_loss` averaged over the batch, and Keras's
+    `fit` does the rest: gradients, loss scaling, the `loss` metric, and the
+    compiled metrics (compile with
+    `metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]`).
+    As with Keras's own losses, the loss is scaled by 1 / replicas, so
+    `tf.distribute` strategies give the same updates as one device.
 
     Args:
         student: `keras.Model` from images to logits; the model being trained.
@@ -76,62 +80,33 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy_metric]
 
     def call(self, inputs, training=False):
-        # Under a tf.distribute strategy, fit first calls the model on the
-        # features of one batch, which carry the cached teacher logits.
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.student(images, training=training)
 
-    def _unpack(self, data):
-        features, labels = data
+    def _teacher_logits(self, features):
         if isinstance(features, (tuple, list)):
-            images, teacher_logits = features
-        elif self.teacher is None:
+            return features[1]
+        if self.teacher is None:
             raise ValueError(
                 "this Distiller has no teacher: feed ((images, teacher_logits), labels) "
                 "or pass teacher= for the online mode"
             )
-        else:
-            images = features
-            teacher_logits = self.teacher(images)
-        return images, labels, teacher_logits
+        return self.teacher(features)
 
-    def _loss(self, labels, student_logits, teacher_logits):
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The batch's mean `distillation_loss`, plus the student's own losses
+        (e.g. regularisers), scaled for distribution."""
         per_example = distillation_loss(
-            labels, student_logits, teacher_logits, self.temperature, self.alpha
+            y, y_pred, self._teacher_logits(x), self.temperature, self.alpha
         )
-        return ops.mean(per_example)
-
-    def _update_metrics(self, loss, labels, student_logits):
-        self.loss_tracker.update_state(loss, sample_weight=ops.shape(labels)[0])
-        self.accuracy_metric.update_state(labels, student_logits)
-        return {metric.name: metric.result() for metric in self.metrics}
-
-    def train_step(self, data):
-        images, labels, teacher_logits = self._unpack(data)
+        loss = ops.mean(per_example)
+        if self.student.losses:
+            loss = loss + ops.sum(self.student.losses)
+        # As Keras scales its compiled losses (`fit` unscales the `loss` metric).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            student_logits = self.student(images, training=True)
-            loss = self._loss(labels, student_logits, teacher_logits)
-            regularization = ops.sum(self.student.losses) if self.student.losses else 0.0
-            replica_loss = (loss + regularization) / replicas
-        variables = self.student.trainable_variables
-        gradients = tape.gradient(replica_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(loss, labels, student_logits)
-
-    def test_step(self, data):
-        images, labels, teacher_logits = self._unpack(data)
-        student_logits = self.student(images, training=False)
-        loss = self._loss(labels, student_logits, teacher_logits)
-        return self._update_metrics(loss, labels, student_logits)
+        return loss if replicas == 1 else loss * (1.0 / replicas)
 
 
 def resolve_teacher_logits_mode(mode, random_augmentation):

@@ -1,9 +1,9 @@
 """Where training runs: one device, several devices of one machine, or several
 machines (`--strategy`, `--cpu_devices`).
 
-`strategy_from_settings(settings)` is what every stage calls first: it splits
-the CPU into `--cpu_devices` logical devices (before TensorFlow initialises
-its devices) and returns the `tf.distribute.Strategy` of `--strategy`. Build,
+`strategy_for(runtime, batch_size)` is what every stage calls first: it splits
+the CPU into `cpu_devices` logical devices (before TensorFlow initialises
+its devices) and returns the `tf.distribute.Strategy` of `strategy`. Build,
 compile and train the model under `strategy.scope()`; `--batch_size` is the
 global batch, split evenly across `replicas(strategy)` replicas.
 
@@ -17,7 +17,7 @@ collective ops, but only the chief into the real place);
 Usage:
 
 ```python
-strategy = distribution.strategy_from_settings(settings)
+strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
 with strategy.scope():
     model = models.build_model(...)
     model.compile(...)
@@ -35,7 +35,7 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # In-memory data sets cannot be sharded by file: every worker builds the same
@@ -75,8 +75,9 @@ def configure_cpu_devices(count):
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
         )
     except RuntimeError as error:
-        raise UserError(
-            f"--cpu_devices={count} comes too late: TensorFlow has already set up its devices "
+        raise ConfigError(
+            ("cpu_devices",),
+            f"{{0}}={count} comes too late: TensorFlow has already set up its devices "
             f"({len(configured or [None])} CPU device(s)); configure them before the first "
             "TensorFlow op (kd_tf.main does) or start a new process"
         ) from error
@@ -86,7 +87,7 @@ def _cluster_from_tf_config():
     """The parsed TF_CONFIG, validated for `multi_worker`."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise UserError(f"--strategy=multi_worker needs TF_CONFIG: {_TF_CONFIG_HELP}")
+        raise ConfigError(("strategy",), f"{{0}}=multi_worker needs TF_CONFIG: {_TF_CONFIG_HELP}")
     try:
         tf_config = json.loads(raw)
         cluster, task = tf_config["cluster"], tf_config["task"]
@@ -161,44 +162,38 @@ def _make_strategy(name, cpu_devices):
     return strategy
 
 
-def strategy_from_settings(settings):
-    """The distribution strategy of `--strategy` (and `--cpu_devices`).
+def strategy_for(runtime, batch_size):
+    """The distribution strategy of a run.
 
     Call it at the start of a stage, before any TensorFlow op.
 
     - `default`: one device (the first GPU if there is one, else the CPU).
     - `mirrored`: `MirroredStrategy` over all GPUs, or over the
-      `--cpu_devices` logical CPUs where there is no GPU.
+      `cpu_devices` logical CPUs where there is no GPU.
     - `auto`: `mirrored` when more than one GPU is visible, else `default`.
     - `multi_worker`: `MultiWorkerMirroredStrategy` over the cluster in
       `TF_CONFIG` (each worker over its own GPUs, or its CPU).
 
     Args:
-        settings: parsed flags with `strategy`, `cpu_devices` and
-            `batch_size`.
+        runtime: a `config.RuntimeConfig` (`strategy`, `cpu_devices`).
+        batch_size: the global batch size.
 
     Returns:
-        A `tf.distribute.Strategy`, the same object for the same flags
+        A `tf.distribute.Strategy`, the same object for the same settings
         within one process.
 
     Raises:
-        UserError: TF_CONFIG is missing or invalid for `multi_worker`, the
-            CPU devices cannot be configured any more, or `--batch_size`
-            does not split evenly across the replicas.
+        UserError: TF_CONFIG is missing or invalid for `multi_worker`, or the
+            CPU devices cannot be configured any more.
+        ConfigError: `batch_size` does not split evenly across the replicas.
     """
-    if settings.strategy not in STRATEGIES:
-        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}")
-    if settings.strategy == "multi_worker" and settings.cpu_devices > 1:
-        raise UserError(
-            "--cpu_devices cannot be combined with --strategy=multi_worker: each worker "
-            "trains on its GPUs or its one CPU"
-        )
-    strategy = _make_strategy(settings.strategy, settings.cpu_devices)
+    strategy = _make_strategy(runtime.strategy, runtime.cpu_devices)
     count = replicas(strategy)
-    if settings.batch_size % count:
-        raise UserError(
-            f"--batch_size={settings.batch_size} (the global batch) does not split evenly "
-            f"across {count} replicas: pass a multiple of {count}"
+    if batch_size % count:
+        raise ConfigError(
+            ("batch_size",),
+            f"{{0}}={batch_size} (the global batch) does not split evenly across {count} "
+            f"replicas: pass a multiple of {count}",
         )
     return strategy
 

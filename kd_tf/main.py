@@ -1,19 +1,14 @@
-"""Command line: `python -m kd_tf.main --stage=teacher|student|scratch|compare`.
+"""Command line: `python -m kd_tf.main --stage=STAGE [--flagfile=flags/STAGE.cfg] ...`.
 
-Parses the flags (see `kd_tf.config`, or `--helpfull`) and runs the stage.
-Every expected failure ends with one line on stderr and no traceback:
+Parses the flags into a config (`kd_tf.command_line`) and runs its stage
+(`kd_tf.stages`). Every expected failure ends with one line on stderr and no
+traceback:
 
 - a bad flag value: `kd_tf: error: ...`, exit status 1;
 - a user mistake (`kd_tf.errors.UserError`): `kd_tf: error: ...`, exit status 2;
 - Ctrl-C (SIGINT): `kd_tf: interrupted: ...`, exit status 130.
 
 Anything else is a bug and keeps its traceback.
-
-Usage (in-process, e.g. from tests):
-
-```python
-status = main.run_command(["--stage=student", "--teacher_dir=saved_models/teacher/1"])
-```
 """
 
 import logging
@@ -26,22 +21,19 @@ logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 from absl import app, flags
 
-from kd_tf import config, interrupts, stages
-from kd_tf.errors import UserError
+from kd_tf import command_line, interrupts, stages
+from kd_tf.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
-config.define_flags(FLAGS)
+command_line.define_flags(FLAGS)
 
 EXIT_BAD_FLAG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def execute(settings):
-    """Run the stage of parsed `settings` and return the exit status.
-
-    Args:
-        settings: parsed flags (see `kd_tf.config`).
+def execute(config):
+    """Runs the stage of a validated `config`; returns the exit status.
 
     Returns:
         0 on success; `EXIT_USER_ERROR` after a `UserError` and
@@ -49,9 +41,9 @@ def execute(settings):
     """
     try:
         with interrupts.catching_interrupts():
-            stages.run(settings)
+            stages.run(config)
     except UserError as error:
-        _say(f"error: {error}")
+        _say(f"error: {command_line.describe(error)}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         _say("interrupted: no partial export was written")
@@ -59,22 +51,27 @@ def execute(settings):
     return 0
 
 
+def _config_or_status(parse):
+    """`(config, None)` from `parse()`, or `(None, exit status)` after one line."""
+    try:
+        return parse(), None
+    except (flags.Error, ConfigError) as error:
+        _say_flag_error(error)
+        return None, EXIT_BAD_FLAG
+    except UserError as error:
+        _say(f"error: {error}")
+        return None, EXIT_USER_ERROR
+
+
 def run_command(argv):
-    """Parse `argv` like the command line, run the stage, return the exit status.
+    """Parses `argv` like the command line, runs the stage, returns the exit status.
 
     Args:
-        argv: kd_tf arguments without the program name.
-
-    Returns:
-        The exit status the command line would have: `EXIT_BAD_FLAG` for a
-        flag error, otherwise that of `execute()`.
+        argv: kd_tf arguments without the program name, e.g.
+            `["--stage=student", "--teacher_dir=saved_models/teacher/1"]`.
     """
-    try:
-        settings = config.parse(argv)
-    except flags.Error as error:
-        _say_flag_error(error)
-        return EXIT_BAD_FLAG
-    return execute(settings)
+    config, status = _config_or_status(lambda: command_line.parse(argv))
+    return status if config is None else execute(config)
 
 
 def parse_flags(argv):
@@ -89,7 +86,8 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    return execute(FLAGS)
+    config, status = _config_or_status(lambda: command_line.from_flag_values(FLAGS))
+    return status if config is None else execute(config)
 
 
 def _say(message):
@@ -97,7 +95,8 @@ def _say(message):
 
 
 def _say_flag_error(error):
-    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = command_line.describe(error) if isinstance(error, ConfigError) else str(error)
+    message = "; ".join(line.strip() for line in text.splitlines() if line.strip())
     _say(f"error: {message} (see --helpfull)")
 
 

@@ -92,6 +92,26 @@ def augmented_views(images, num_views, seed, batch_size=4096):
     return np.concatenate(views)
 
 
+def training_examples(split, *, augment, augment_views, seed):
+    """The images and labels a training stage trains on.
+
+    Args:
+        split: the training `data.Split`.
+        augment: whether the images are distorted.
+        augment_views: with `augment`, 0 draws distortions afresh every step;
+            K > 0 appends K fixed views of the split (see `augmented_views`).
+        seed: the views' seed.
+
+    Returns:
+        `(images, labels, random_augment)`: `random_augment` says whether the
+        pipeline must draw distortions afresh.
+    """
+    if augment and augment_views > 0:
+        images = augmented_views(split.images, augment_views, seed)
+        return images, np.tile(split.labels, augment_views), False
+    return split.images, split.labels, augment
+
+
 def training_dataset(images, labels, batch_size, *, seed, teacher_logits=None, augment=False):
     """An endless, shuffled, batched training stream.
 

@@ -59,6 +59,19 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def optimizer_for(optimization, steps_per_epoch):
+    """`make_optimizer` with the settings of a `config.OptimizationConfig`."""
+    return make_optimizer(
+        optimization.optimizer,
+        optimization.learning_rate,
+        optimization.lr_schedule,
+        steps_per_epoch=steps_per_epoch,
+        epochs=optimization.epochs,
+        warmup_epochs=optimization.warmup_epochs,
+        weight_decay=optimization.weight_decay,
+    )
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Records, per epoch, the training seconds (validation excluded), the
     validation seconds and the logged metrics; optionally also the test split's

@@ -17,7 +17,8 @@ writes `best.cfg` (a flag file for `--stage=student`), `report.json` and
 Usage:
 
 ```python
-trials = tuning.search(settings, build_distiller, train, validation, 430, strategy)
+trials = tuning.search(config.tune, build_distiller, train, validation,
+                       steps_per_epoch=430, strategy=strategy, epochs=10, seed=0)
 report = tuning.write_results(trials, "tune", {"stage": "tune"})
 # python -m kd_tf.main --flagfile=flags/student.cfg --flagfile=tune/best.cfg --teacher_dir=...
 ```
@@ -31,7 +32,7 @@ import keras_tuner as kt
 from absl import logging
 
 from kd_tf import interrupts, reporting, training
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 
 TUNERS = ("bayesian", "random", "hyperband")
 PROJECT_NAME = "search"
@@ -86,82 +87,87 @@ class DistillationHyperModel(kt.HyperModel):
 
 
 def check_tune_dir(tune_dir):
-    """Rejects a `--tune_dir` that cannot hold a search, before any work."""
+    """Rejects a `tune_dir` that cannot hold a search, before any work."""
     if os.path.exists(tune_dir) and not os.path.isdir(tune_dir):
-        raise UserError(f"--tune_dir={tune_dir} is a file: pass a directory (new or a search's)")
+        raise ConfigError(
+            ("tune_dir",), f"{{0}}={tune_dir} is a file: pass a directory (new or a search's)"
+        )
 
 
-def make_tuner(settings, hypermodel, strategy):
-    """The keras-tuner `Tuner` named by `--tuner`, in `<tune_dir>/search`.
+def make_tuner(tune, hypermodel, strategy, *, epochs, seed):
+    """The keras-tuner `Tuner` named by `tune.tuner`, in `<tune_dir>/search`.
 
     Args:
-        settings: parsed flags (`tuner`, `max_trials`, `executions_per_trial`,
-            `epochs`, `seed`, `tune_dir`).
+        tune: a `config.TuneConfig` (`tuner`, `max_trials`,
+            `executions_per_trial`, `tune_dir`).
         hypermodel: a `DistillationHyperModel`.
         strategy: `tf.distribute.Strategy` for keras-tuner's
             `distribution_strategy`.
+        epochs: epochs of a trial (hyperband's largest budget).
+        seed: the tuner's seed.
 
     Returns:
-        A `kt.Tuner`, reloaded from `--tune_dir` when a search is there.
+        A `kt.Tuner`, reloaded from `tune_dir` when a search is there.
 
     Raises:
-        UserError: when the search in `--tune_dir` covers other ranges.
+        ConfigError: when the search in `tune_dir` covers other ranges.
     """
     common = {
         "objective": kt.Objective(OBJECTIVE, direction="max"),
-        "seed": settings.seed,
-        "executions_per_trial": settings.executions_per_trial,
-        "directory": settings.tune_dir,
+        "seed": seed,
+        "executions_per_trial": tune.executions_per_trial,
+        "directory": tune.tune_dir,
         "project_name": PROJECT_NAME,
         "overwrite": False,
         "distribution_strategy": strategy,
     }
-    if settings.tuner == "bayesian":
-        tuner = kt.BayesianOptimization(hypermodel, max_trials=settings.max_trials, **common)
-    elif settings.tuner == "random":
-        tuner = kt.RandomSearch(hypermodel, max_trials=settings.max_trials, **common)
+    if tune.tuner == "bayesian":
+        tuner = kt.BayesianOptimization(hypermodel, max_trials=tune.max_trials, **common)
+    elif tune.tuner == "random":
+        tuner = kt.RandomSearch(hypermodel, max_trials=tune.max_trials, **common)
     else:
-        tuner = kt.Hyperband(
-            hypermodel, max_epochs=settings.epochs, factor=HYPERBAND_FACTOR, **common
-        )
+        tuner = kt.Hyperband(hypermodel, max_epochs=epochs, factor=HYPERBAND_FACTOR, **common)
     declared = kt.HyperParameters()
     hypermodel.declare_hyperparameters(declared)
     searched = {hp.name: hp.get_config() for hp in tuner.oracle.get_space().space}
     wanted = {hp.name: hp.get_config() for hp in declared.space}
     if any(searched.get(name) != config for name, config in wanted.items()):
-        raise UserError(
-            f"--tune_dir={settings.tune_dir} holds a search over other ranges "
-            f"({searched}): pass the same ranges to resume it, or a new --tune_dir"
+        raise ConfigError(
+            ("tune_dir", "tune_dir"),
+            f"{{0}}={tune.tune_dir} holds a search over other ranges "
+            f"({searched}): pass the same ranges to resume it, or a new {{1}}",
         )
     return tuner
 
 
-def search(settings, build_distiller, train, validation, steps_per_epoch, strategy):
+def search(tune, build_distiller, train, validation, *, steps_per_epoch, strategy, epochs, seed):
     """Runs (or resumes) the search and returns its trials, best first.
 
     Args:
-        settings: parsed flags (see `make_tuner`, plus the search ranges
+        tune: a `config.TuneConfig` (see `make_tuner`, plus the search ranges
             `temperature_min/max`, `alpha_min/max`).
         build_distiller: callable `(temperature, alpha) -> compiled Distiller`.
         train: endless training `tf.data.Dataset`, shared by all trials.
         validation: finite validation `tf.data.Dataset` (the objective).
         steps_per_epoch: steps in one epoch.
         strategy: `tf.distribute.Strategy` the trials train under.
+        epochs: epochs of a trial.
+        seed: seed of the tuner and of the students' initial weights.
 
     Returns:
         The trials as `trial_rows` gives them.
     """
     hypermodel = DistillationHyperModel(
         build_distiller,
-        (settings.temperature_min, settings.temperature_max),
-        (settings.alpha_min, settings.alpha_max),
-        settings.seed,
+        (tune.temperature_min, tune.temperature_max),
+        (tune.alpha_min, tune.alpha_max),
+        seed,
     )
-    tuner = make_tuner(settings, hypermodel, strategy)
+    tuner = make_tuner(tune, hypermodel, strategy, epochs=epochs, seed=seed)
     tuner.search(
         train,
         validation_data=validation,
-        epochs=settings.epochs,
+        epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,
         callbacks=[interrupts.InterruptCheck(), training.EpochRecorder()],

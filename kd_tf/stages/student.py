@@ -1,0 +1,115 @@
+"""`student`: distils the teacher (`teacher_dir`) into the student.
+
+`prepare_distillation` (shared with `tune`) loads the teacher and the data
+and builds the datasets that carry the teacher's logits; `build_distiller`
+puts a fresh student into a compiled `Distiller`.
+"""
+
+import contextlib
+from typing import NamedTuple
+
+import keras
+
+from kd_tf import data, determinism, distillation, models, pipelines, training
+from kd_tf import teacher as teacher_lib
+from kd_tf.stages.training_run import TrainingRun, load_data
+
+
+class DistillationInputs(NamedTuple):
+    """What a distillation run trains on (a `TrainingInputs` plus the teacher)."""
+
+    splits: data.DataSplits
+    train: object
+    validation: object
+    steps_per_epoch: int
+    teacher: teacher_lib.Teacher
+    logits: teacher_lib.TeacherLogits
+
+    def report_fields(self):
+        """The teacher's fields of the student and tune reports."""
+        return self.teacher.report_fields(self.logits)
+
+
+@contextlib.contextmanager
+def prepare_distillation(config, strategy):
+    """Loads the teacher and the data, computes the teacher's logits once where
+    they can be cached, and yields `DistillationInputs`; the logit shards are
+    removed when the block ends, however it ends.
+
+    Usage:
+
+    ```python
+    with prepare_distillation(config, strategy) as inputs:
+        distiller = build_distiller(config, inputs, "seed_mlp", temperature=4, alpha=0.9)
+    ```
+    """
+    runtime, opt = config.runtime, config.optimization
+    with teacher_lib.Teacher.load(config.distillation.teacher_dir, strategy, config.stage) as teacher:
+        determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
+        splits = load_data(config.data)
+        teacher.check_fits(splits)
+        images, labels, random_augment = pipelines.training_examples(
+            splits.train,
+            augment=config.data.augment,
+            augment_views=config.data.augment_views,
+            seed=runtime.seed,
+        )
+        logits = teacher.datasets(
+            images,
+            labels,
+            splits.validation,
+            random_augment=random_augment,
+            distillation=config.distillation,
+            batch_size=opt.batch_size,
+            eval_batch_size=opt.eval_batch_size,
+            seed=runtime.seed,
+        )
+        yield DistillationInputs(
+            splits=splits,
+            train=logits.train,
+            validation=logits.validation,
+            steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), opt.batch_size),
+            teacher=teacher,
+            logits=logits,
+        )
+
+
+def build_distiller(config, inputs, model_name, temperature, alpha):
+    """A fresh student `model_name` in a compiled `Distiller`.
+
+    Returns:
+        The compiled `distillation.Distiller`; its `.student` is the model.
+    """
+    splits = inputs.splits
+    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+    online = inputs.logits.mode == "online"
+    distiller = distillation.Distiller(
+        student,
+        temperature=temperature,
+        alpha=alpha,
+        teacher=inputs.teacher.model.logits if online else None,
+    )
+    # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
+    distiller.build((None, *splits.image_shape))
+    distiller.compile(
+        optimizer=training.optimizer_for(config.optimization, inputs.steps_per_epoch),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=config.optimization.steps_per_execution,
+    )
+    return distiller
+
+
+def student(config):
+    """`--stage=student`: returns the report (also written into the export)."""
+    run = TrainingRun(config, "student")
+    model_name = config.model.model or models.DEFAULT_STUDENT
+    distill = config.distillation
+    with prepare_distillation(config, run.strategy) as inputs:
+        with run.strategy.scope():
+            distiller = build_distiller(
+                config, inputs, model_name, distill.temperature, distill.alpha
+            )
+        epochs, best_epoch = run.fit(distiller, distiller.student, inputs)
+        fields = inputs.report_fields()
+    fields.update(temperature=distill.temperature, alpha=distill.alpha)
+    return run.finish(distiller.student, model_name, inputs.splits, epochs, best_epoch, fields)

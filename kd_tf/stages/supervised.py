@@ -1,0 +1,63 @@
+"""`teacher` and `scratch`: cross-entropy training on the hard labels.
+
+`teacher` trains the teacher (default `models.DEFAULT_TEACHER`); `scratch`
+trains the student's architecture (default `models.DEFAULT_STUDENT`) without
+a teacher, the baseline a distilled student is compared with.
+"""
+
+import keras
+
+from kd_tf import determinism, models, pipelines
+from kd_tf.stages.training_run import TrainingInputs, TrainingRun, load_data
+
+
+def _inputs(config):
+    """The training stream (fixed views appended, or distortions drawn afresh)
+    and the validation stream."""
+    splits = load_data(config.data)
+    images, labels, random_augment = pipelines.training_examples(
+        splits.train,
+        augment=config.data.augment,
+        augment_views=config.data.augment_views,
+        seed=config.runtime.seed,
+    )
+    opt = config.optimization
+    return TrainingInputs(
+        splits=splits,
+        train=pipelines.training_dataset(
+            images, labels, opt.batch_size, seed=config.runtime.seed, augment=random_augment
+        ),
+        validation=pipelines.evaluation_dataset(
+            splits.validation.images, splits.validation.labels, opt.eval_batch_size
+        ),
+        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), opt.batch_size),
+    )
+
+
+def train_supervised(config, stage, default_model):
+    """Trains `config.model.model` (or `default_model`) on the hard labels and
+    exports it; returns the report."""
+    run = TrainingRun(config, stage)
+    model_name = config.model.model or default_model
+    determinism.make_reproducible(config.runtime.seed, deterministic=config.runtime.deterministic)
+    inputs = _inputs(config)
+    with run.strategy.scope():
+        model = models.build_model(model_name, inputs.splits.image_shape, inputs.splits.num_classes)
+        model.compile(
+            optimizer=run.optimizer(inputs.steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=config.optimization.steps_per_execution,
+        )
+    epochs, best_epoch = run.fit(model, model, inputs)
+    return run.finish(model, model_name, inputs.splits, epochs, best_epoch)
+
+
+def teacher(config):
+    """`--stage=teacher`."""
+    return train_supervised(config, "teacher", models.DEFAULT_TEACHER)
+
+
+def scratch(config):
+    """`--stage=scratch`."""
+    return train_supervised(config, "scratch", models.DEFAULT_STUDENT)

@@ -1,0 +1,166 @@
+"""The run template every training stage shares (teacher, scratch, student).
+
+`TrainingRun` owns what does not depend on the stage: the strategy, the
+export directory (checked before any work), the backup and the epoch it
+resumes after, the fit that restores the best epoch, the export measured
+through its reloaded copy with its report, and the backup's removal once the
+export is in place. A stage says only what differs: its data, its model and
+what it adds to the report.
+
+Usage:
+
+```python
+run = TrainingRun(config, "scratch")
+inputs = TrainingInputs(splits, train, validation, steps_per_epoch)
+with run.strategy.scope():
+    model = build_and_compile(run.optimizer(inputs.steps_per_epoch))
+epochs, best_epoch = run.fit(model, model, inputs)
+return run.finish(model, "seed_mlp", inputs.splits, epochs, best_epoch)
+```
+"""
+
+import os
+import time
+from typing import NamedTuple
+
+import tensorflow as tf
+from absl import logging
+
+from kd_tf import backup, config as config_lib, data, distribution, export, reporting, training
+from kd_tf.stages.report import RunReport, data_summary
+
+# Validation images on which a reloaded export must reproduce the model.
+CHECK_EXAMPLES = 256
+
+
+class TrainingInputs(NamedTuple):
+    """What a training stage trains on."""
+
+    splits: data.DataSplits
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_epoch: int
+
+
+def load_data(data_config):
+    """The splits of a `config.DataConfig`'s data set."""
+    return data.load_splits(
+        data_config.dataset,
+        data_config.data_source,
+        validation_examples=data_config.validation_examples,
+        train_examples=data_config.train_examples,
+        tfds_data_dir=data_config.tfds_data_dir,
+        idx_dir=data_config.idx_dir,
+    )
+
+
+def export_dir_for(config, stage, strategy):
+    """Where this process exports: the resolved directory on the chief (see
+    `export.resolve_export_dir`), a temporary one on the other workers."""
+    if not distribution.is_chief(strategy):
+        return distribution.worker_dir(strategy, stage)
+    return export.resolve_export_dir(
+        config.export.export_dir, config.export.saved_models_dir, stage, config.export.overwrite
+    )
+
+
+class TrainingRun:
+    """One training stage's run (see the module doc).
+
+    Args:
+        config: the run's `config.Config`.
+        stage: "teacher", "scratch" or "student".
+    """
+
+    def __init__(self, config, stage):
+        self.started = time.perf_counter()
+        self.config = config
+        self.stage = stage
+        self.strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
+        self.export_dir = export_dir_for(config, stage, self.strategy)
+        self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
+        self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir)
+
+    def optimizer(self, steps_per_epoch):
+        """A fresh optimiser with the run's schedule."""
+        return training.optimizer_for(self.config.optimization, steps_per_epoch)
+
+    def fit(self, trainer, model, inputs):
+        """Trains `trainer` (whose weights are `model`'s) and restores the best
+        epoch; returns `(epoch_records, best_epoch)`."""
+        log_dir = os.path.join(
+            self.config.runtime.log_dir,
+            self.stage,
+            os.path.basename(os.path.normpath(self.export_dir)),
+        )
+        return training.fit_and_restore_best(
+            trainer,
+            inputs.train,
+            inputs.validation,
+            epochs=self.config.optimization.epochs,
+            steps_per_epoch=inputs.steps_per_epoch,
+            log_dir=distribution.worker_dir(self.strategy, log_dir),
+            test_logits=self._test_monitor(model, inputs.splits.test),
+            backup_dir=self.backup_dir,
+        )
+
+    def _test_monitor(self, model, test):
+        if not self.config.runtime.monitor_test:
+            return None
+        batch_size = self.config.optimization.eval_batch_size
+        return lambda: (model.predict(test.images, batch_size=batch_size, verbose=0), test.labels)
+
+    def finish(self, model, model_name, splits, epochs, best_epoch, distillation=None):
+        """Exports `model` with its report, removes the backup; returns the
+        report (as `report.json` holds it, plus `export_dir`)."""
+        report = RunReport(
+            stage=self.stage,
+            flags=config_lib.fields(self.config),
+            data=data_summary(splits, self.config.data),
+            model=model_name,
+            params=int(model.count_params()),
+            epochs=epochs,
+            best_epoch=best_epoch,
+            strategy=distribution.strategy_name(self.strategy),
+            replicas=distribution.replicas(self.strategy),
+            workers=distribution.workers(self.strategy),
+            stage_seconds=round(time.perf_counter() - self.started, 1),
+            resumed_from_epoch=self.resumed_from_epoch,
+            distillation=distillation or {},
+        )
+        self._export(model, splits, report)
+        backup.remove(self.backup_dir)
+        return {**report.as_json(), "export_dir": self.export_dir}
+
+    def _export(self, model, splits, report):
+        """Exports `model`, measures the test split through the reloaded
+        export, and writes the report and curves into it."""
+        eval_batch_size = self.config.optimization.eval_batch_size
+
+        def finalize(staging_dir, served):
+            logits = served.predict_logits(splits.test.images, batch_size=eval_batch_size)
+            test = training.evaluate_logits(logits, splits.test.labels)
+            report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+            assets = export.assets_extra_dir(staging_dir)
+            reporting.write_json(report.as_json(), os.path.join(assets, "report.json"))
+            reporting.plot_curves(
+                report.epochs,
+                os.path.join(assets, "curves.png"),
+                title=f"{self.stage}: {report.model}",
+            )
+
+        export.export_model(
+            model,
+            self.export_dir,
+            check_images=splits.validation.images[:CHECK_EXAMPLES],
+            finalize=finalize,
+            overwrite=self.config.export.overwrite,
+        )
+        logging.info(
+            "%s: test accuracy %.2f %% (best epoch %d of %d), exported to %s",
+            self.stage,
+            100 * report.test_accuracy,
+            report.best_epoch,
+            len(report.epochs),
+            self.export_dir,
+        )

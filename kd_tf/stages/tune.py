@@ -1,0 +1,46 @@
+"""`tune`: keras-tuner search over the student's temperature and alpha.
+
+The teacher's logits and the datasets are prepared once for all trials (see
+`kd_tf.tuning`); the search report goes to `<tune_dir>/report.json`.
+"""
+
+import time
+
+from kd_tf import config as config_lib, distribution, models, tuning
+from kd_tf.stages.report import data_summary
+from kd_tf.stages.student import build_distiller, prepare_distillation
+
+
+def tune(config):
+    """`--stage=tune`: returns the search report (also written to `tune_dir`)."""
+    started = time.perf_counter()
+    model_name = config.model.model or models.DEFAULT_STUDENT
+    tuning.check_tune_dir(config.tune.tune_dir)
+    strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
+    with prepare_distillation(config, strategy) as inputs:
+
+        def build(temperature, alpha):
+            return build_distiller(config, inputs, model_name, temperature, alpha)
+
+        trials = tuning.search(
+            config.tune,
+            build,
+            inputs.train,
+            inputs.validation,
+            steps_per_epoch=inputs.steps_per_epoch,
+            strategy=strategy,
+            epochs=config.optimization.epochs,
+            seed=config.runtime.seed,
+        )
+        teacher_fields = inputs.report_fields()
+    report = {
+        "stage": "tune",
+        "flags": config_lib.fields(config),
+        "data": data_summary(inputs.splits, config.data),
+        "model": model_name,
+        "tuner": config.tune.tuner,
+        "objective": tuning.OBJECTIVE,
+        **teacher_fields,
+        "stage_seconds": round(time.perf_counter() - started, 1),
+    }
+    return tuning.write_results(trials, config.tune.tune_dir, report)

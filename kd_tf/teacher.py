@@ -1,0 +1,210 @@
+"""The teacher of a distillation run and its logits, one object that owns them.
+
+`Teacher.load` loads a model that follows the serving contract (see
+`kd_tf.export`) under the run's strategy; `check_fits` refuses one that does
+not take the data set's images or classes; `datasets` decides how its
+logits reach the `Distiller` (computed once and cached in memory or in
+TFRecord shards on disk, or run online every step) and builds the training
+and validation datasets. The shards belong to the `Teacher`: leaving its
+`with` block (or `close()`) removes them, whether the run ended well or not.
+
+Usage:
+
+```python
+with teacher.Teacher.load("saved_models/teacher/1", strategy, stage="student") as t:
+    t.check_fits(splits)
+    logits = t.datasets(images, labels, splits.validation, random_augment=False,
+                        distillation=config.distillation, batch_size=128,
+                        eval_batch_size=1024, seed=0)
+    distiller.fit(logits.train, validation_data=logits.validation, ...)
+```
+"""
+
+import dataclasses
+import os
+import tempfile
+import time
+
+import tensorflow as tf
+
+from kd_tf import distillation, export, logits_cache, pipelines
+from kd_tf.errors import ConfigError, UserError
+
+
+def check_fits(model, what, splits):
+    """Checks that `model` (a `ServingModel`) takes the data set's images and
+    predicts its classes; `what` names it in messages (e.g. "teacher")."""
+    if tuple(model.image_shape) != tuple(splits.image_shape):
+        raise UserError(
+            f"{what} {model.path} takes images of shape {tuple(model.image_shape)} "
+            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
+        )
+    if model.num_classes != splits.num_classes:
+        raise UserError(
+            f"{what} {model.path} predicts {model.num_classes} classes but "
+            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherLogits:
+    """How the teacher's logits reach the `Distiller`, and the datasets carrying them.
+
+    Attributes:
+        mode: "cached" or "online".
+        cache: "memory" or "disk" when cached, else None.
+        train: endless training `tf.data.Dataset`.
+        validation: finite validation `tf.data.Dataset` (its logits are
+            always cached: the validation split is never distorted).
+        seconds: time spent computing the cached logits.
+        megabytes: size of the cached training logits.
+    """
+
+    mode: str
+    cache: str | None
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    seconds: float
+    megabytes: float
+
+
+class Teacher:
+    """A loaded teacher, and the on-disk logit shards it made (see module doc).
+
+    Attributes:
+        model: the `export.ServingModel`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._shards = None
+
+    @classmethod
+    def load(cls, teacher_dir, strategy, stage):
+        """Loads the teacher at `teacher_dir` under `strategy`'s scope, so that
+        its variables are mirrored onto every replica's device and the online
+        mode reads them locally; `stage` names the run in the error."""
+        if not teacher_dir:
+            raise ConfigError(
+                ("stage", "teacher_dir"),
+                f"{{0}}={stage} needs a teacher: pass {{1}}=DIR (an export of "
+                "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)",
+            )
+        with strategy.scope():
+            return cls(export.load_serving_model(teacher_dir))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Removes the on-disk logit shards, if any."""
+        if self._shards is not None:
+            self._shards.cleanup()
+            self._shards = None
+
+    def check_fits(self, splits):
+        check_fits(self.model, "teacher", splits)
+
+    def datasets(
+        self, images, labels, validation, *, random_augment, distillation, batch_size,
+        eval_batch_size, seed,
+    ):
+        """The training and validation datasets with the teacher's logits.
+
+        Args:
+            images, labels: the training examples (fixed views included).
+            validation: the validation `data.Split`.
+            random_augment: whether the pipeline draws distortions afresh.
+            distillation: a `config.DistillationConfig` (`teacher_logits`,
+                `logits_cache`, `logits_memory_mb`, `logits_cache_dir`).
+            batch_size: global training batch.
+            eval_batch_size: batch of the teacher's passes and of validation.
+            seed: the training stream's seed.
+
+        Returns:
+            A `TeacherLogits`.
+        """
+        mode = _logits_mode(distillation.teacher_logits, random_augment)
+        cache = None
+        if mode == "cached":
+            cache = logits_cache.resolve_cache(
+                distillation.logits_cache, len(images), self.model.num_classes,
+                distillation.logits_memory_mb,
+            )
+        started = time.perf_counter()
+        if cache == "disk":
+            self._shards = tempfile.TemporaryDirectory(
+                prefix="kd_tf_logits_", dir=distillation.logits_cache_dir
+            )
+            train, validation_dataset = self._streamed(
+                images, labels, validation, batch_size, eval_batch_size, seed
+            )
+        else:
+            train, validation_dataset = self._in_memory(
+                images, labels, validation, cache, random_augment, batch_size, eval_batch_size, seed
+            )
+        megabytes = logits_cache.logits_megabytes(len(images), self.model.num_classes)
+        return TeacherLogits(
+            mode, cache, train, validation_dataset, time.perf_counter() - started,
+            megabytes if cache else 0.0,
+        )
+
+    def _in_memory(
+        self, images, labels, validation, cache, random_augment, batch_size, eval_batch_size, seed
+    ):
+        train_logits = None
+        if cache == "memory":
+            train_logits = self.model.predict_logits(images, batch_size=eval_batch_size)
+        validation_logits = self.model.predict_logits(
+            validation.images, batch_size=eval_batch_size
+        )
+        train = pipelines.training_dataset(
+            images, labels, batch_size, seed=seed, teacher_logits=train_logits,
+            augment=random_augment,
+        )
+        validation_dataset = pipelines.evaluation_dataset(
+            validation.images, validation.labels, eval_batch_size,
+            teacher_logits=validation_logits,
+        )
+        return train, validation_dataset
+
+    def _streamed(self, images, labels, validation, batch_size, eval_batch_size, seed):
+        """Datasets whose logits are written to shards in `self._shards` and read back."""
+        shape = {"image_shape": images.shape[1:], "num_classes": self.model.num_classes}
+        train_shards, validation_shards = (
+            logits_cache.write_shards(
+                self.model, split_images, split_labels,
+                os.path.join(self._shards.name, name), batch_size=eval_batch_size,
+            )
+            for name, split_images, split_labels in (
+                ("train", images, labels),
+                ("validation", validation.images, validation.labels),
+            )
+        )
+        return (
+            logits_cache.training_stream(train_shards, batch_size, seed=seed, **shape),
+            logits_cache.evaluation_stream(validation_shards, eval_batch_size, **shape),
+        )
+
+    def report_fields(self, logits):
+        """The report fields of the teacher and its `TeacherLogits`."""
+        return {
+            "teacher_dir": self.model.path,
+            "teacher_logits": logits.mode,
+            "teacher_logits_seconds": round(logits.seconds, 2),
+            "logits_cache": logits.cache,
+            "logits_cache_megabytes": round(logits.megabytes, 3),
+        }
+
+
+def _logits_mode(requested, random_augment):
+    if requested == "cached" and random_augment:
+        raise ConfigError(
+            ("teacher_logits", "augment_views", "teacher_logits"),
+            "{0}=cached cannot follow distortions drawn afresh every step: "
+            "pass {1}=K to cache logits of K fixed views, or {2}=online",
+        )
+    return distillation.resolve_teacher_logits_mode(requested, random_augment)
