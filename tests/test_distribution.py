@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from kd_tf import (
     backup,
-    config,
+    command_line,
     data,
     distribution,
     export,
@@ -38,7 +38,12 @@ PROCESS_TIMEOUT = 180
 
 
 def _settings(*argv):
-    return config.parse(list(argv))
+    return command_line.parse(list(argv))
+
+
+def _strategy(*argv):
+    config = _settings("--stage=teacher", *argv)
+    return distribution.strategy_for(config.runtime, config.optimization.batch_size)
 
 
 def _exported_weights(export_dir):
@@ -51,18 +56,14 @@ def _report(export_dir):
 
 class StrategyTest(tf.test.TestCase):
     def test_default_mirrored_and_auto(self):
-        default = distribution.strategy_from_settings(
-            _settings("--stage=teacher", "--strategy=default")
-        )
+        default = _strategy("--strategy=default")
         self.assertEqual(distribution.strategy_name(default), "default")
         self.assertEqual(distribution.replicas(default), 1)
-        mirrored = distribution.strategy_from_settings(
-            _settings("--stage=teacher", "--strategy=mirrored", "--cpu_devices=2")
-        )
+        mirrored = _strategy("--strategy=mirrored", "--cpu_devices=2")
         self.assertIsInstance(mirrored, tf.distribute.MirroredStrategy)
         self.assertEqual(distribution.replicas(mirrored), 2)
         # No GPU here: auto is the default strategy.
-        auto = distribution.strategy_from_settings(_settings("--stage=teacher"))
+        auto = _strategy()
         self.assertEqual(distribution.strategy_name(auto), "default")
         for strategy in (default, mirrored, auto):
             self.assertEqual(distribution.workers(strategy), 1)
@@ -81,7 +82,7 @@ class StrategyTest(tf.test.TestCase):
         try:
             for argv, message in cases.items():
                 with self.subTest(argv=argv), self.assertRaisesRegex(UserError, message):
-                    distribution.strategy_from_settings(_settings("--stage=teacher", *argv))
+                    _strategy(*argv)
             for tf_config, message in (
                 ("{not json", "not a valid cluster"),
                 (
@@ -91,9 +92,7 @@ class StrategyTest(tf.test.TestCase):
             ):
                 os.environ["TF_CONFIG"] = tf_config
                 with self.subTest(tf_config=tf_config), self.assertRaisesRegex(UserError, message):
-                    distribution.strategy_from_settings(
-                        _settings("--stage=teacher", "--strategy=multi_worker")
-                    )
+                    _strategy("--strategy=multi_worker")
         finally:
             os.environ.clear()
             os.environ.update(environ)

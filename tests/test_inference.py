@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kd_tf import config, data, export, inference, stages
-from kd_tf.errors import UserError
+from kd_tf import command_line, data, export, inference, stages
+from kd_tf.errors import ConfigError, UserError
 
 LINE = re.compile(
     r"^(\S+) class=(\d) top3=(\d):([01]\.\d{3}) (\d):([01]\.\d{3}) (\d):([01]\.\d{3})$"
@@ -29,7 +29,7 @@ class PredictTest(tf.test.TestCase):
         super().setUpClass()
         cls.root = tempfile.mkdtemp()
         cls.model_dir = stages.run(
-            config.parse(
+            command_line.parse(
                 [
                     "--stage=scratch",
                     "--epochs=2",
@@ -71,7 +71,7 @@ class PredictTest(tf.test.TestCase):
         super().tearDownClass()
 
     def _predict(self, *argv):
-        settings = config.parse(["--stage=predict", f"--model_dir={self.model_dir}", *argv])
+        settings = command_line.parse(["--stage=predict", f"--model_dir={self.model_dir}", *argv])
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
             result = stages.run(settings)
@@ -158,14 +158,16 @@ class PredictTest(tf.test.TestCase):
         for argv, message in cases.items():
             with self.subTest(argv=argv), self.assertRaisesRegex(UserError, message):
                 self._predict(*argv)
-        with self.assertRaisesRegex(UserError, "--model_dir"):
-            stages.run(config.parse(["--stage=predict", "--test_index=1"]))
+        with self.assertRaisesRegex(UserError, "needs model_dir=DIR") as caught:
+            stages.run(command_line.parse(["--stage=predict", "--test_index=1"]))
+        self.assertIn("--stage=predict needs --model_dir=DIR", command_line.describe(caught.exception))
         for value in ("-1", "", "1,x"):
             with (
                 self.subTest(test_index=value),
-                self.assertRaisesRegex(flags.Error, "--test_index must be"),
+                self.assertRaises((flags.Error, ConfigError)) as caught,
             ):
-                config.parse(["--stage=predict", f"--test_index={value}"])
+                command_line.parse(["--stage=predict", f"--test_index={value}"])
+            self.assertIn("--test_index must be", command_line.describe(caught.exception))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import config, data, export, lite, reporting, stages
+from kd_tf import command_line, data, export, lite, reporting, stages
 from kd_tf.errors import UserError
 
 REPORT_KEYS = {
@@ -32,7 +32,7 @@ class TFLiteTest(tf.test.TestCase):
         cls.root = tempfile.mkdtemp()
         cls.common = ["--train_examples=2048", "--validation_examples=256"]
         cls.model_dir = stages.run(
-            config.parse(
+            command_line.parse(
                 [
                     "--stage=scratch",
                     "--epochs=2",
@@ -53,7 +53,7 @@ class TFLiteTest(tf.test.TestCase):
     def _convert(self, quantize):
         path = os.path.join(self.root, f"model_{quantize}.tflite")
         report = stages.run(
-            config.parse(
+            command_line.parse(
                 [
                     "--stage=tflite",
                     f"--model_dir={self.model_dir}",
@@ -117,7 +117,7 @@ class TFLiteTest(tf.test.TestCase):
         path = os.path.join(self.root, "taken.tflite")
         with open(path, "wb") as f:
             f.write(b"earlier result")
-        settings = config.parse(
+        settings = command_line.parse(
             [
                 "--stage=tflite",
                 f"--model_dir={self.model_dir}",
@@ -130,8 +130,9 @@ class TFLiteTest(tf.test.TestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"earlier result")
         self.assertFalse(os.path.exists(path + ".json"))
-        with self.assertRaisesRegex(UserError, "--tflite_path"):
-            stages.run(config.parse(["--stage=tflite", f"--model_dir={self.model_dir}"]))
+        with self.assertRaisesRegex(UserError, "needs tflite_path=FILE") as caught:
+            stages.run(command_line.parse(["--stage=tflite", f"--model_dir={self.model_dir}"]))
+        self.assertIn("--tflite_path=FILE", command_line.describe(caught.exception))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import config, data, export, logits_cache, models, stages
+from kd_tf import command_line, data, export, logits_cache, models, stages
 
 
 class ResolveCacheTest(tf.test.TestCase):
@@ -118,7 +118,7 @@ class StudentStageTest(tf.test.TestCase):
 
     def _run(self, *argv):
         return stages.run(
-            config.parse(
+            command_line.parse(
                 [
                     "--stage=student",
                     f"--teacher_dir={self.teacher_dir}",

@@ -12,8 +12,9 @@ import tensorflow as tf
 from absl import flags
 from keras_tuner.src.engine import trial as trial_module
 
-from kd_tf import config, reporting, stages, training, tuning
-from kd_tf.errors import UserError
+from kd_tf import command_line, distribution, reporting, stages, training, tuning
+from kd_tf.stages import student
+from kd_tf.errors import ConfigError, UserError
 
 
 def _trial_files(tune_dir):
@@ -41,7 +42,7 @@ class TuningTest(tf.test.TestCase):
 
     @classmethod
     def settings(cls, *argv):
-        return config.parse(
+        return command_line.parse(
             [
                 "--epochs=2",
                 "--train_examples=384",
@@ -86,16 +87,20 @@ class TuningTest(tf.test.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(self.tune_dir, "temperature.png")))
 
     def test_objective_is_validation_accuracy(self):
-        settings = self.tune_settings(self.tune_dir)
-        inputs = stages.prepare_distillation(settings)
+        config = self.tune_settings(self.tune_dir)
+        strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
+        with student.prepare_distillation(config, strategy) as inputs:
+            self._check_trials_from_their_checkpoints(config, inputs)
+
+    def _check_trials_from_their_checkpoints(self, config, inputs):
         validation = inputs.splits.validation
         for row in self.report["trials"]:
             trial_dir = os.path.join(self.tune_dir, tuning.PROJECT_NAME, f"trial_{row['trial']}")
             trial = trial_module.Trial.load(os.path.join(trial_dir, "trial.json"))
             self.assertEqual(trial.score, row["val_accuracy"])
             self.assertEqual(trial.score, trial.metrics.get_best_value("val_accuracy"))
-            distiller = stages.build_distiller(
-                settings, inputs, "seed_mlp", row["temperature"], row["alpha"]
+            distiller = student.build_distiller(
+                config, inputs, "seed_mlp", row["temperature"], row["alpha"]
             )
             distiller.load_weights(os.path.join(trial_dir, "checkpoint.weights.h5"))
             logits = distiller.student.predict(validation.images, verbose=0)
@@ -154,8 +159,8 @@ class TuningTest(tf.test.TestCase):
         path = os.path.join(tempfile.mkdtemp(), "best.cfg")
         best = {"trial": "06", "val_accuracy": 0.99, "temperature": np.float64(3.5)}
         tuning.write_best_flagfile({**best, "alpha": np.float64(0.25)}, path)
-        settings = config.parse(["--stage=student", f"--flagfile={path}"])
-        self.assertEqual((settings.temperature, settings.alpha), (3.5, 0.25))
+        config = command_line.parse(["--stage=student", f"--flagfile={path}"])
+        self.assertEqual((config.distillation.temperature, config.distillation.alpha), (3.5, 0.25))
 
     def test_best_cfg_drives_the_student_stage(self):
         best_cfg = os.path.join(self.tune_dir, "best.cfg")
@@ -184,7 +189,7 @@ class TuningTest(tf.test.TestCase):
             ["--alpha_max=1.5"],
             ["--max_trials=0"],
         ):
-            with self.assertRaises(flags.IllegalFlagValueError, msg=argv):
+            with self.assertRaises(ConfigError, msg=argv):
                 self.tune_settings(self.tune_dir, *argv)
 
 
