@@ -34,6 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from kd_tf import (
+    atomic,
     backup,
     config,
     data,
@@ -46,7 +47,6 @@ from kd_tf import (
     logits_cache,
     models,
     pipelines,
-    publish,
     reporting,
     training,
     tuning,
@@ -557,7 +557,7 @@ def compare(settings):
         "runs": {name: r["export_dir"] for name, r in reports.items()},
         "summary": rows,
     }
-    with publish.staged(export_dir, overwrite=settings.overwrite) as staging:
+    with atomic.staged(export_dir, overwrite=settings.overwrite) as staging:
         reporting.plot_comparison(
             {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
             os.path.join(staging, "comparison.png"),
