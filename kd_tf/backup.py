@@ -35,7 +35,7 @@ import shutil
 import keras
 import numpy as np
 
-from kd_tf import distribution
+from kd_tf import atomic, distribution
 from kd_tf.errors import UserError
 
 KERAS_METADATA = "training_metadata.json"
@@ -88,12 +88,6 @@ def remove(backup_dir):
         shutil.rmtree(backup_dir, ignore_errors=True)
 
 
-def _atomic_write(path, write):
-    temporary = path + ".tmp"
-    write(temporary)
-    os.replace(temporary, path)
-
-
 class TrainingBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` (once per epoch, with a second copy) that also
     backs up and restores an `EpochRecorder` and an `EarlyStopping`.
@@ -140,14 +134,14 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         best_path = os.path.join(self.backup_dir, _BEST.format(self.best.best_epoch))
         if not os.path.exists(best_path):
-            _atomic_write(best_path, lambda p: _save_arrays(p, self.best.best_weights))
+            atomic.write_file(best_path, lambda p: _save_arrays(p, self.best.best_weights))
         state = {
             "epochs": self.recorder.epochs,
             "best": None if self.best.best is None else float(self.best.best),
             "best_epoch": self.best.best_epoch,
             "wait": self.best.wait,
         }
-        _atomic_write(
+        atomic.write_file(
             os.path.join(self.backup_dir, _STATE.format(epoch)),
             lambda p: _write_json(p, state),
         )

@@ -25,14 +25,14 @@ logits = lite.tflite_logits(content, splits.test.images)
 """
 
 import os
-import secrets
+import pathlib
 import warnings
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import export, reporting, training
+from kd_tf import atomic, export, reporting, training
 from kd_tf.errors import UserError
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -114,22 +114,6 @@ def _human_size(size):
     return f"{size / 2**20:.2f} MB" if size >= 2**20 else f"{size / 2**10:.1f} KB"
 
 
-def _write_atomically(path, content):
-    """Write bytes to a temporary sibling of `path`, then rename it there."""
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(path)),
-        f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(8)}",
-    )
-    try:
-        with open(tmp, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def report_path(tflite_path):
     """Where `export_tflite` writes its report: `<tflite_path>.json`."""
     return tflite_path + ".json"
@@ -198,7 +182,7 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
         "representative_examples": 0 if representative is None else len(representative),
     }
     os.makedirs(os.path.dirname(os.path.abspath(tflite_path)), exist_ok=True)
-    _write_atomically(tflite_path, content)
+    atomic.write_file(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
     reporting.write_json(report, report_path(tflite_path))
     table = reporting.markdown_table(
         [

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from kd_tf import data
+from kd_tf.data import download_probe
 from kd_tf.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -370,7 +371,7 @@ class TfdsTest(tf.test.TestCase):
         super().setUp()
         self.tfds_dir = self.get_temp_dir()
         # No test here may open a connection: the download probe is replaced.
-        patcher = mock.patch.object(data, "_reachable", return_value=True)
+        patcher = mock.patch.object(download_probe, "_reachable", return_value=True)
         self.reachable = patcher.start()
         self.addCleanup(patcher.stop)
 
@@ -423,7 +424,7 @@ class TfdsTest(tf.test.TestCase):
             ),
         ):
             builder = tfds.builder(dataset, data_dir=self.tfds_dir)
-            self.assertEqual(data._download_address(builder), address)
+            self.assertEqual(download_probe._download_address(builder), address)
 
     def test_auto_prefers_a_prepared_tfds_copy(self):
         with (

@@ -24,7 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import data, export, main, publish, reporting
+from kd_tf import atomic, export, main, reporting
+from kd_tf.data import packaged
+from kd_tf.export import writing
 from kd_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +79,8 @@ def _flip_bytes(path, every=4096):
 
 
 def _write_then(error):
-    """A stand-in for `export._write_saved_model` that fails after writing."""
-    write = export._write_saved_model
+    """A stand-in for `writing._write_saved_model` that fails after writing."""
+    write = writing._write_saved_model
 
     def write_then_fail(*args):
         write(*args)
@@ -297,11 +299,11 @@ class BadInputTest(_InProcess):
 
     def test_corrupt_packaged_mnist_is_refused_before_unpickling(self):
         corrupt = os.path.join(self.root, "mnist.pkl.gz")
-        shutil.copyfile(data._packaged_mnist_path(), corrupt)
+        shutil.copyfile(packaged.packaged_mnist_path(), corrupt)
         _flip_bytes(corrupt, every=1 << 20)
         with (
-            mock.patch.object(data, "_packaged_mnist_path", return_value=corrupt),
-            mock.patch.object(data.pickle, "load", side_effect=AssertionError("unpickled")),
+            mock.patch.object(packaged, "packaged_mnist_path", return_value=corrupt),
+            mock.patch.object(packaged.pickle, "load", side_effect=AssertionError("unpickled")),
         ):
             self.assert_refused(
                 (
@@ -338,7 +340,7 @@ class TrainingFailureTest(_InProcess):
         before = _snapshot(target)
         self.assert_refused(("--stage=scratch", f"--export_dir={target}"), 2, "--overwrite")
         full_disk = _write_then(OSError(errno.ENOSPC, "No space left on device"))
-        with mock.patch.object(export, "_write_saved_model", side_effect=full_disk):
+        with mock.patch.object(writing, "_write_saved_model", side_effect=full_disk):
             self.assert_refused(
                 ("--stage=scratch", f"--export_dir={target}", "--overwrite"),
                 2,
@@ -416,7 +418,7 @@ class ExportFailureTest(tf.test.TestCase):
         ):
             with (
                 self.subTest(error=type(error).__name__),
-                mock.patch.object(export, "_write_saved_model", side_effect=_write_then(error)),
+                mock.patch.object(writing, "_write_saved_model", side_effect=_write_then(error)),
                 self.assertRaisesRegex(
                     UserError, "could not write .*No space left on device.*nothing was changed"
                 ),
@@ -426,13 +428,13 @@ class ExportFailureTest(tf.test.TestCase):
 
     def test_overwrite_swaps_atomically(self):
         exchanged = []
-        swap = publish._exchange
+        swap = atomic._exchange
 
         def record(a, b):
             exchanged.append((_snapshot(a), _snapshot(b)))
             return swap(a, b)
 
-        with mock.patch.object(publish, "_exchange", side_effect=record):
+        with mock.patch.object(atomic, "_exchange", side_effect=record):
             self._overwrite()
         ((new, old),) = exchanged
         self.assertEqual(old, self.before, "the old export stayed until the swap")
@@ -450,7 +452,7 @@ class ExportFailureTest(tf.test.TestCase):
 
         with (
             mock.patch.object(
-                publish.shutil, "rmtree", side_effect=killed_while_deleting_the_old_export
+                atomic.shutil, "rmtree", side_effect=killed_while_deleting_the_old_export
             ),
             self.assertRaisesRegex(OSError, "killed"),
         ):
@@ -469,9 +471,9 @@ class ExportFailureTest(tf.test.TestCase):
                 raise OSError("rename failed")
             return rename(src, dst)
 
-        with mock.patch.object(publish, "_exchange", return_value=False):
+        with mock.patch.object(atomic, "_exchange", return_value=False):
             with (
-                mock.patch.object(publish.os, "rename", side_effect=fail_into_place),
+                mock.patch.object(atomic.os, "rename", side_effect=fail_into_place),
                 self.assertRaisesRegex(OSError, "rename failed"),
             ):
                 self._overwrite()

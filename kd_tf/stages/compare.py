@@ -11,7 +11,7 @@ import os
 
 from absl import logging
 
-from kd_tf import config as config_lib, distribution, publish, reporting
+from kd_tf import atomic, config as config_lib, distribution, reporting
 from kd_tf.stages.training_run import export_dir_for
 
 
@@ -37,7 +37,7 @@ def compare(config, run_stage):
         "runs": {name: r["export_dir"] for name, r in reports.items()},
         "summary": rows,
     }
-    with publish.staged(export_dir, overwrite=config.export.overwrite) as staging:
+    with atomic.staged(export_dir, overwrite=config.export.overwrite) as staging:
         reporting.plot_comparison(
             {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
             os.path.join(staging, "comparison.png"),

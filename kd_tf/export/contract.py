@@ -1,0 +1,163 @@
+"""The kd_tf serving contract, and `ServingModel`, a model that follows it.
+
+Every export is a SavedModel whose `serving_default` signature takes one
+input named `images` (uint8 `[batch, H, W, C]`, batch dimension `None`) and
+returns a dict with `logits` (float32 `[batch, classes]`), `probabilities`
+(float32, softmax of the logits) and `classes` (int64, argmax of the logits).
+"""
+
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+ASSETS_EXTRA = "assets.extra"
+
+_TF_NODE_PREFIX = re.compile(r"\{\{[^}]*\}\}")
+
+
+class ServingModel:
+    """A model loaded from disk that follows the serving contract.
+
+    Build it with `load_serving_model()`.
+
+    Attributes:
+        image_shape: `(H, W, C)` of the input images, as declared by the
+            model (`None` for a dimension it leaves open).
+        num_classes: Number of classes (last dimension of the logits).
+        path: Path the model was loaded from.
+    """
+
+    def __init__(self, path, serving_fn, image_shape, num_classes, resource):
+        """Wrap a loaded model.
+
+        Args:
+            path: Path the model was loaded from.
+            serving_fn: Callable mapping a uint8 image tensor to a dict that
+                holds at least `"logits"`.
+            image_shape: `(H, W, C)` of the input images.
+            num_classes: Number of classes.
+            resource: The loaded object `serving_fn` belongs to; it is kept
+                alive for as long as this `ServingModel`.
+        """
+        self.path = path
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        self._serving_fn = serving_fn
+        self._resource = resource
+
+    def outputs(self, images):
+        """Run the model and return all its outputs.
+
+        Works eagerly and inside a `tf.function`.
+
+        Args:
+            images: uint8 tensor or array `[batch, H, W, C]`.
+
+        Returns:
+            Dict of tensors with at least `"logits"` (float32
+            `[batch, classes]`); for a contract-following model also
+            `"probabilities"` and `"classes"`.
+        """
+        images = tf.convert_to_tensor(images)
+        if images.dtype != tf.uint8:
+            raise TypeError(f"{self.path} takes uint8 images; received {images.dtype.name}")
+        return self._serving_fn(images)
+
+    def logits(self, images):
+        """Return the float32 logits of `images`.
+
+        Works eagerly and inside a `tf.function` (e.g. a Keras `train_step`).
+
+        Args:
+            images: uint8 tensor or array `[batch, H, W, C]`.
+
+        Returns:
+            float32 tensor `[batch, classes]`.
+        """
+        return tf.cast(self.outputs(images)["logits"], tf.float32)
+
+    def predict_logits(self, images, batch_size=1024):
+        """Return the logits of a numpy array of images, batch by batch.
+
+        Args:
+            images: uint8 array `[N, H, W, C]`.
+            batch_size: Number of images per call.
+
+        Returns:
+            float32 array `[N, classes]`.
+        """
+        images = np.asarray(images)
+        if not len(images):
+            return np.zeros((0, self.num_classes), np.float32)
+        return batched_outputs(self.logits, images, batch_size)
+
+
+def contract_outputs(logits):
+    """The serving contract's output dict for float32 `logits`."""
+    return {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits),
+        "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
+    }
+
+
+def batched_outputs(fn, images, batch_size=1024):
+    """Apply `fn` batch by batch and concatenate its outputs as numpy.
+
+    Args:
+        fn: Callable mapping a uint8 image tensor to a tensor or a dict of
+            tensors.
+        images: uint8 array `[N, H, W, C]`, N > 0.
+        batch_size: Number of images per call.
+
+    Returns:
+        The concatenated outputs, with the structure of one output of `fn`.
+    """
+    results = [
+        fn(tf.constant(images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
+    return tf.nest.map_structure(
+        lambda *parts: np.concatenate([np.asarray(p) for p in parts]),
+        *results,
+    )
+
+
+def short_reason(error):
+    """One line naming an exception, for a `UserError` message (without
+    TensorFlow's `{{function_node ...}}` prefixes)."""
+    reason = type(error).__name__
+    text = _TF_NODE_PREFIX.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines:
+        reason = f"{reason}: {lines[0]}"
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    return reason
+
+
+def model_image_shape(model, what):
+    """`(H, W, C)` of a Keras model that takes a single uint8 4-D input.
+
+    Args:
+        model: Keras model.
+        what: How to name the model in the error message.
+
+    Returns:
+        Tuple `(H, W, C)`.
+    """
+    inputs = getattr(model, "inputs", None) or []
+    if (
+        len(inputs) != 1
+        or len(inputs[0].shape) != 4
+        or keras.backend.standardize_dtype(inputs[0].dtype) != "uint8"
+    ):
+        found = [(tuple(x.shape), x.dtype) for x in inputs]
+        raise ValueError(
+            f"{what} must take a single uint8 input [batch, H, W, C]; its inputs are {found}"
+        )
+    return tuple(inputs[0].shape[1:])

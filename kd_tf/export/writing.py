@@ -1,0 +1,145 @@
+"""Writing an export: a SavedModel, verified after reloading, moved into place atomically."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import atomic
+from kd_tf.errors import UserError
+from kd_tf.export.contract import (
+    INPUT_NAME,
+    SIGNATURE_KEY,
+    batched_outputs,
+    contract_outputs,
+    model_image_shape,
+    short_reason,
+)
+from kd_tf.export.loading import load_serving_model
+
+
+def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, overwrite=False):
+    """Write `model` as a verified SavedModel, atomically.
+
+    The SavedModel is written into a temporary sibling of `export_dir`
+    (`.<basename>.tmp-<pid>-<random>`), reloaded from disk and compared with
+    the in-memory model on `check_images`, handed to `finalize`, and only
+    then moved to `export_dir` (see `kd_tf.atomic`). On any failure the
+    temporary directory is removed and the exception is re-raised, so no
+    partial export is left behind and an earlier export stays as it was.
+
+    Args:
+        model: Keras model taking uint8 images `[batch, H, W, C]` and
+            returning logits `[batch, classes]`.
+        export_dir: Directory to create. It must not exist or be empty; its
+            parents are created.
+        check_images: uint8 array `[batch, H, W, C]` on which the reloaded
+            export must reproduce the model's logits.
+        finalize: Optional callable `finalize(tmp_dir, served)` run after the
+            check and before the rename, where `tmp_dir` is the temporary
+            export directory (write extra files there, e.g. into
+            `assets_extra_dir(tmp_dir)`) and `served` is the reloaded
+            `ServingModel` (its `path` is `tmp_dir`).
+        atol: Largest absolute difference allowed between the logits of the
+            reloaded export and those of `model`.
+        overwrite: Whether to replace an earlier export at `export_dir`;
+            it stays in place until the new export is complete.
+
+    Returns:
+        `export_dir`.
+
+    Raises:
+        UserError: `export_dir` already exists and is not an empty
+            directory, unless `overwrite` is on and it holds an export; or
+            the disk is full or not writable.
+        RuntimeError: The reloaded export does not reproduce the model.
+        ValueError: `model` does not take a single uint8 input
+            `[batch, H, W, C]`, or `check_images` is not a non-empty uint8
+            array of that rank.
+    """
+    image_shape = model_image_shape(model, "model")
+    check_images = np.asarray(check_images)
+    if check_images.dtype != np.uint8 or check_images.ndim != 4 or len(check_images) == 0:
+        raise ValueError(
+            "`check_images` must be a non-empty uint8 array [batch, H, W, C]. "
+            f"Received dtype={check_images.dtype}, "
+            f"shape={check_images.shape}."
+        )
+    with atomic.staged(export_dir, overwrite=overwrite) as tmp_dir:
+        try:
+            _write_saved_model(model, image_shape, tmp_dir)
+        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+            raise atomic.storage_error(export_dir, short_reason(e)) from e
+        try:
+            served = load_serving_model(tmp_dir)
+        except UserError as e:
+            raise RuntimeError(f"the export written to {tmp_dir} does not load: {e}") from e
+        _check_export(model, served, check_images, atol)
+        if finalize is not None:
+            finalize(tmp_dir, served)
+    return export_dir
+
+
+def _write_saved_model(model, image_shape, export_dir):
+    """Write `model` as a contract-following SavedModel into `export_dir`.
+
+    Args:
+        model: Keras model taking uint8 images and returning logits.
+        image_shape: `(H, W, C)` of the input images.
+        export_dir: Directory to write (empty or missing).
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return contract_outputs(logits)
+
+    archive.add_endpoint(
+        SIGNATURE_KEY,
+        serve,
+        input_signature=[tf.TensorSpec((None,) + image_shape, tf.uint8, name=INPUT_NAME)],
+    )
+    archive.write_out(export_dir, verbose=False)
+
+
+def _check_export(model, served, check_images, atol):
+    """Raise `RuntimeError` unless `served` reproduces `model`.
+
+    Args:
+        model: The in-memory Keras model.
+        served: `ServingModel` of the export reloaded from disk.
+        check_images: uint8 array `[N, H, W, C]`.
+        atol: Largest absolute difference allowed between the logits.
+    """
+    expected = batched_outputs(
+        lambda x: tf.cast(model(x, training=False), tf.float32), check_images
+    )
+    if not np.all(np.isfinite(expected)):
+        raise RuntimeError(
+            "the model produces non-finite logits on the check images; refusing to export it"
+        )
+    got = batched_outputs(served.outputs, check_images)
+    missing = {"logits", "probabilities", "classes"} - set(got)
+    if missing:
+        raise RuntimeError(f"the reloaded export lacks the outputs {sorted(missing)}")
+    logits = got["logits"]
+    if logits.shape != expected.shape:
+        raise RuntimeError(
+            f"the reloaded export returns logits of shape {logits.shape}, the "
+            f"model {expected.shape}"
+        )
+    error = float(np.max(np.abs(logits.astype(np.float64) - expected)))
+    if not error <= atol:
+        raise RuntimeError(
+            f"the reloaded export's logits differ from the model's by up to "
+            f"{error:.3g} (atol={atol:g})"
+        )
+    softmax = tf.nn.softmax(logits).numpy()
+    if got["probabilities"].dtype != np.float32 or not np.allclose(
+        got["probabilities"], softmax, rtol=0, atol=1e-6
+    ):
+        raise RuntimeError("the reloaded export's probabilities are not the softmax of its logits")
+    if got["classes"].dtype != np.int64 or not np.array_equal(
+        got["classes"], np.argmax(logits, axis=-1)
+    ):
+        raise RuntimeError("the reloaded export's classes are not the int64 argmax of its logits")
