@@ -51,7 +51,7 @@ import os
 import secrets
 import shutil
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 
 # Files by which an earlier kd_tf output is recognised: an export (a
 # SavedModel) or the summary of --stage=compare.
@@ -94,9 +94,10 @@ def check_target(path, *, overwrite):
     if not overwrite:
         raise _occupied_error(path)
     if not is_output(path):
-        raise UserError(
+        raise ConfigError(
+            ("overwrite", "export_dir"),
             f"{path} is not an export (it holds no {' or '.join(OUTPUT_MARKERS)}), so "
-            "--overwrite will not replace it: pass another --export_dir"
+            "{0} will not replace it: pass another {1}",
         )
 
 
@@ -165,9 +166,10 @@ def write_file(path, write):
 
 def storage_error(path, reason):
     """The `UserError` for an output that could not be written to `path`."""
-    return UserError(
+    return ConfigError(
+        ("export_dir",),
         f"could not write {path} ({reason}): free some space or fix the permissions, or "
-        "pass another --export_dir; nothing was changed there"
+        "pass another {0}; nothing was changed there",
     )
 
 
@@ -189,8 +191,9 @@ def _rename_into_place(staging, path):
 
 
 def _occupied_error(path):
-    return UserError(
-        f"{path} already holds an export: pass another --export_dir, or --overwrite to replace it"
+    return ConfigError(
+        ("export_dir", "overwrite"),
+        f"{path} already holds an export: pass another {{0}}, or {{1}} to replace it",
     )
 
 

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from kd_tf import atomic, distribution
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 
 KERAS_METADATA = "training_metadata.json"
 _STATE = "kd_tf_state.{}.json"
@@ -114,10 +114,10 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
             return
         state_path = os.path.join(self.backup_dir, _STATE.format(epoch))
         if not os.path.isfile(state_path):
-            raise UserError(
+            raise ConfigError(
+                ("backup_dir",),
                 f"{self.backup_dir} holds a Keras backup of epoch {epoch} without kd_tf's "
-                f"{os.path.basename(state_path)}: remove it to start over, or pass another "
-                "--backup_dir"
+                f"{os.path.basename(state_path)}: remove it to start over, or pass another {{0}}",
             )
         with open(state_path) as f:
             state = json.load(f)

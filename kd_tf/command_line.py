@@ -238,7 +238,7 @@ def _test_index(values):
     if values is None:
         return None
     if not values or not all(value.isdigit() for value in values):
-        raise ConfigError(("test_index",), config_lib.TEST_INDEX_PROBLEM)
+        raise ConfigError(("test_index",), config_lib.TEST_INDEX_PROBLEM, (",".join(values),))
     return tuple(int(value) for value in values)
 
 
@@ -278,9 +278,19 @@ def from_flag_values(flag_values):
     """The validated `Config` of parsed `flag_values`, compare's sub-runs included.
 
     Raises:
-        ConfigError: a value, or a combination, the run cannot take.
+        absl.flags.IllegalFlagValueError: a value, or a combination, the run
+            cannot take, e.g. `flag --alpha=1.5: --alpha must be in [0, 1]`.
         UserError: a flag file of compare's sub-runs does not exist.
     """
+    try:
+        return _validated_config(flag_values)
+    except ConfigError as error:
+        shown = ", ".join(f"{flag_of(f)}={v}" for f, v in zip(error.fields, error.values))
+        plural = "s" if len(error.fields) > 1 else ""
+        raise flags.IllegalFlagValueError(f"flag{plural} {shown}: {describe(error)}") from None
+
+
+def _validated_config(flag_values):
     config = config_from_flags(flag_values)
     if config.stage == "compare":
         compare = config_lib.CompareConfig(
@@ -297,8 +307,9 @@ def parse(argv):
     """Parses kd_tf arguments (without the program name) into a validated `Config`.
 
     Raises:
-        absl.flags.Error: an unknown flag, or a value of the wrong type.
-        ConfigError: a value the run cannot take.
+        absl.flags.Error: an unknown flag, a value of the wrong type, or a
+            value the run cannot take.
+        UserError: a flag file of compare's sub-runs does not exist.
     """
     return from_flag_values(_parsed_flag_values(argv))
 

@@ -270,11 +270,14 @@ def validate(config):
         if value is None:
             continue
         if name in CHOICES and value not in CHOICES[name]:
-            raise ConfigError((name,), f"{{0}} must be one of {', '.join(CHOICES[name])}")
+            raise ConfigError(
+                (name,), f"{{0}} must be one of {', '.join(CHOICES[name])}", (value,)
+            )
         if name in _RULES and not _RULES[name][0](value):
-            raise ConfigError((name,), _RULES[name][1])
+            raise ConfigError((name,), _RULES[name][1], (value,))
     for names, check, problem in _COMBINATION_RULES:
-        if not check(*(values[name] for name in names)):
-            raise ConfigError(names, problem)
+        combination = tuple(values[name] for name in names)
+        if not check(*combination):
+            raise ConfigError(names, problem, combination)
     for _, run in config.compare.runs:
         validate(run)

@@ -18,7 +18,7 @@ import math
 
 import keras
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 
 
 class DivergenceMonitor(keras.callbacks.TerminateOnNaN):
@@ -47,12 +47,14 @@ class DivergenceMonitor(keras.callbacks.TerminateOnNaN):
         """Raise `UserError` if training diverged.
 
         Raises:
-            UserError: The training loss became NaN or infinite.
+            ConfigError: The training loss became NaN or infinite (the
+                learning rate is too high).
         """
         if self.diverged_at is None:
             return
         epoch, step, loss = self.diverged_at
-        raise UserError(
+        raise ConfigError(
+            ("learning_rate",),
             f"training diverged at epoch {epoch} (loss {loss} at step {step}): lower "
-            "--learning_rate, e.g. 10 times; nothing was exported"
+            "{0}, e.g. 10 times; nothing was exported",
         )

@@ -22,6 +22,7 @@ class ConfigError(UserError):
         fields: names of the config fields involved, e.g. `("batch_size",)`.
         problem: what is wrong and what to do, e.g.
             `"{0} must be a multiple of 2"`.
+        values: the values of `fields` that were refused, where known.
 
     Usage:
 
@@ -30,9 +31,10 @@ class ConfigError(UserError):
     ```
     """
 
-    def __init__(self, fields, problem):
+    def __init__(self, fields, problem, values=()):
         self.fields = tuple(fields)
         self.problem = problem
+        self.values = tuple(values)
         super().__init__(self.describe(str))
 
     def describe(self, name_of):

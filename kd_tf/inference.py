@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf import reporting
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TOP_K = 3
@@ -89,17 +89,19 @@ def find_images(spec):
         elif os.path.isfile(entry):
             found = [entry]
         else:
-            raise UserError(
-                f"--images entry {entry} does not exist: pass image files, a directory or a glob"
+            raise ConfigError(
+                ("images",),
+                f"{{0}} entry {entry} does not exist: pass image files, a directory or a glob",
             )
         if not found:
-            raise UserError(
-                f"--images entry {entry} matches no image file: pass PNG or JPEG files "
-                f"({', '.join(IMAGE_EXTENSIONS)})"
+            raise ConfigError(
+                ("images",),
+                f"{{0}} entry {entry} matches no image file: pass PNG or JPEG files "
+                f"({', '.join(IMAGE_EXTENSIONS)})",
             )
         paths += [path for path in found if path not in paths]
     if not paths:
-        raise UserError("--images is empty: pass image files, a directory or a glob")
+        raise ConfigError(("images",), "{0} is empty: pass image files, a directory or a glob")
     return paths
 
 

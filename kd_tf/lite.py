@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import logging
 
 from kd_tf import atomic, export, reporting, training
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
 _DESCRIPTIONS = {"none": "float32", "dynamic": "dynamic-range int8", "int8": "int8"}
@@ -147,63 +147,82 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
         `same_class_fraction` and `representative_examples`.
 
     Raises:
-        UserError: `served` is not a SavedModel directory, or `tflite_path`
+        ConfigError: `served` is not a SavedModel directory, or `tflite_path`
             or its report exists already.
     """
-    for path in (tflite_path, report_path(tflite_path)):
-        if os.path.lexists(path):
-            raise UserError(f"{path} already exists: pass another --tflite_path or remove it")
-    if not os.path.isdir(served.path):
-        raise UserError(
-            f"--stage=tflite converts SavedModel directories, not {served.path}: "
-            "pass the directory of an export"
-        )
-    test = splits.test
+    _check_paths(served, tflite_path)
     representative = pick_representative_images(splits.train, seed) if quantize == "int8" else None
     content = convert(served.path, quantize, representative)
+    report = _measure(served, content, splits.test, batch_size, quantize)
+    report.update(
+        tflite_path=tflite_path,
+        representative_examples=0 if representative is None else len(representative),
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(tflite_path)), exist_ok=True)
+    atomic.write_file(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
+    reporting.write_json(report, report_path(tflite_path))
+    _log(report)
+    return report
+
+
+def _check_paths(served, tflite_path):
+    for path in (tflite_path, report_path(tflite_path)):
+        if os.path.lexists(path):
+            raise ConfigError(("tflite_path",), f"{path} already exists: pass another {{0}} or remove it")
+    if not os.path.isdir(served.path):
+        raise ConfigError(
+            ("stage",),
+            f"{{0}}=tflite converts SavedModel directories, not {served.path}: "
+            "pass the directory of an export",
+        )
+
+
+def _measure(served, content, test, batch_size, quantize):
+    """Test accuracy and size of the SavedModel and of its conversion `content`,
+    and whether the drop stays within `PARITY_POINTS[quantize]`."""
     saved_logits = served.predict_logits(test.images, batch_size=batch_size)
     lite_logits = tflite_logits(content, test.images, batch_size=batch_size)
     saved_accuracy = training.evaluate_logits(saved_logits, test.labels)["accuracy"]
     lite_accuracy = training.evaluate_logits(lite_logits, test.labels)["accuracy"]
     drop = 100 * (saved_accuracy - lite_accuracy)
-    report = {
+    return {
         "model_dir": served.path,
-        "tflite_path": tflite_path,
-        "quantize": quantize,
         "test_examples": len(test),
         "saved_model": {"bytes": saved_model_bytes(served.path), "test_accuracy": saved_accuracy},
         "tflite": {"bytes": len(content), "test_accuracy": lite_accuracy},
         "accuracy_drop_points": round(drop, 4),
+        "quantize": quantize,
         "parity_points": PARITY_POINTS[quantize],
         "within_parity": drop <= PARITY_POINTS[quantize],
         "same_class_fraction": float(
             np.mean(np.argmax(saved_logits, 1) == np.argmax(lite_logits, 1))
         ),
-        "representative_examples": 0 if representative is None else len(representative),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(tflite_path)), exist_ok=True)
-    atomic.write_file(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
-    reporting.write_json(report, report_path(tflite_path))
+
+
+def _log(report):
+    """Logs the comparison table, and a warning when the drop passes the parity target."""
+    quantize = report["quantize"]
     table = reporting.markdown_table(
         [
             {
                 "model": "SavedModel",
                 "size": _human_size(report["saved_model"]["bytes"]),
-                "test_accuracy": saved_accuracy,
+                "test_accuracy": report["saved_model"]["test_accuracy"],
             },
             {
                 "model": f"TFLite {_DESCRIPTIONS[quantize]}",
-                "size": _human_size(len(content)),
-                "test_accuracy": lite_accuracy,
+                "size": _human_size(report["tflite"]["bytes"]),
+                "test_accuracy": report["tflite"]["test_accuracy"],
             },
         ]
     )
-    logging.info("%s written (report %s)\n%s", tflite_path, report_path(tflite_path), table)
+    path = report["tflite_path"]
+    logging.info("%s written (report %s)\n%s", path, report_path(path), table)
     if not report["within_parity"]:
         logging.warning(
             "TFLite (%s) is %.2f points below the SavedModel, more than the %.1f targeted",
             quantize,
-            drop,
+            report["accuracy_drop_points"],
             PARITY_POINTS[quantize],
         )
-    return report

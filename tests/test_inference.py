@@ -156,8 +156,10 @@ class PredictTest(tf.test.TestCase):
             ("--test_index=10000",): "out of range",
         }
         for argv, message in cases.items():
-            with self.subTest(argv=argv), self.assertRaisesRegex(UserError, message):
-                self._predict(*argv)
+            with self.subTest(argv=argv):
+                with self.assertRaises(UserError) as caught:
+                    self._predict(*argv)
+                self.assertRegex(command_line.describe(caught.exception), message)
         with self.assertRaisesRegex(UserError, "needs model_dir=DIR") as caught:
             stages.run(command_line.parse(["--stage=predict", "--test_index=1"]))
         self.assertIn("--stage=predict needs --model_dir=DIR", command_line.describe(caught.exception))

@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from kd_tf import atomic, export, main, reporting
 from kd_tf.data import packaged
-from kd_tf.export import writing
 from kd_tf.errors import UserError
+from kd_tf.export import writing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (28, 28, 1)

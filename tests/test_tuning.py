@@ -13,8 +13,8 @@ from absl import flags
 from keras_tuner.src.engine import trial as trial_module
 
 from kd_tf import command_line, distribution, reporting, stages, training, tuning
+from kd_tf.errors import UserError
 from kd_tf.stages import student
-from kd_tf.errors import ConfigError, UserError
 
 
 def _trial_files(tune_dir):
@@ -189,7 +189,7 @@ class TuningTest(tf.test.TestCase):
             ["--alpha_max=1.5"],
             ["--max_trials=0"],
         ):
-            with self.assertRaises(ConfigError, msg=argv):
+            with self.assertRaises(flags.IllegalFlagValueError, msg=argv):
                 self.tune_settings(self.tune_dir, *argv)
 
 

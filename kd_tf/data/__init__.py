@@ -14,11 +14,11 @@ The last `validation_examples` images of the original training split become
 the validation split; the test split is returned as is.
 """
 
-from kd_tf.data import tfds_source
-from kd_tf.data.idx import IDX_HINT, read_idx_dir
+from kd_tf.data import idx, tfds_source
+from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
-from kd_tf.data.splits import DataSplits, Split, check_count, make_splits
-from kd_tf.errors import UserError
+from kd_tf.data.splits import DataSplits, Split, make_splits
+from kd_tf.errors import ConfigError
 
 __all__ = [
     "DATA_SOURCES",
@@ -64,10 +64,9 @@ def load_splits(
         UserError: If an argument is invalid or the data cannot be read.
     """
     if source not in DATA_SOURCES:
-        raise UserError(f"unknown --data_source={source!r}: pass one of {', '.join(DATA_SOURCES)}")
-    check_count("validation_examples", validation_examples)
-    if train_examples is not None:
-        check_count("train_examples", train_examples)
+        raise ConfigError(
+            ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
+        )
     source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
     return make_splits(
         dataset,
@@ -100,14 +99,14 @@ def _read_source(dataset, source, tfds_data_dir, idx_dir):
     """
     if source == "idx":
         if idx_dir is None:
-            raise UserError(f"--data_source=idx needs --idx_dir: pass {IDX_HINT}")
+            raise ConfigError(idx.IDX_FIELDS, f"{{0}}=idx needs {{1}}: pass {idx.IDX_HINT}")
         return (source, *read_idx_dir(idx_dir), None)
     if source == "packaged":
         if dataset != "mnist":
-            raise UserError(
-                f"--data_source=packaged only has mnist, not {dataset!r}: "
-                "pass --data_source=tfds or --data_source=idx for other "
-                "data sets"
+            raise ConfigError(
+                ("data_source",),
+                f"{{0}}=packaged only has mnist, not {dataset!r}: "
+                "pass {0}=tfds or {0}=idx for other data sets",
             )
         return (source, *read_packaged_mnist(), None)
     if source == "tfds":

@@ -10,20 +10,20 @@ import urllib.parse
 import urllib.request
 
 from kd_tf.data import idx, packaged
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 
 _DEFAULT_DOWNLOAD_HOST = "storage.googleapis.com"
 _PROBE_TIMEOUT_S = 3.0
 
 
 def check_download_reachable(builder):
-    """Raise a `UserError` unless the data set's download host answers.
+    """Raise a `ConfigError` unless the data set's download host answers.
 
     Arguments:
         builder: The `tfds.core.DatasetBuilder` of the data set.
 
     Raises:
-        UserError: If the host does not accept a connection within
+        ConfigError: If the host does not accept a connection within
             `_PROBE_TIMEOUT_S` seconds, saying how to get the data offline.
     """
     scheme, host, port = _download_address(builder)
@@ -41,11 +41,12 @@ def check_download_reachable(builder):
     ways.append(f"pass {idx.IDX_HINT}")
     ways.append(
         f"run `tfds build {builder.name} --data_dir=DIR` on a machine with "
-        "network, copy DIR here and pass --tfds_data_dir=DIR"
+        "network, copy DIR here and pass {2}=DIR"
     )
-    raise UserError(
+    raise ConfigError(
+        (*idx.IDX_FIELDS, "tfds_data_dir"),
         f"data set {builder.name!r} is not prepared in {builder.data_dir_root} "
-        f"and cannot be downloaded ({probe_host}:{probe_port} unreachable): " + ", or ".join(ways)
+        f"and cannot be downloaded ({probe_host}:{probe_port} unreachable): " + ", or ".join(ways),
     )
 
 

@@ -7,12 +7,15 @@ import zlib
 import numpy as np
 
 from kd_tf.data.splits import Split
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 
 _IDX_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 _IDX_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The config fields `IDX_HINT` names as {0} and {1}: a `ConfigError` that uses
+# the hint lists them first.
+IDX_FIELDS = ("data_source", "idx_dir")
 IDX_HINT = (
-    "--data_source=idx --idx_dir=DIR with DIR holding the four IDX files "
+    "{0}=idx {1}=DIR with DIR holding the four IDX files "
     f"{', '.join(_IDX_TRAIN + _IDX_TEST)} (plain or .gz)"
 )
 # IDX type codes (third magic byte); all multi-byte values are big-endian.
@@ -46,7 +49,7 @@ def read_idx_dir(idx_dir):
     """
     directory = pathlib.Path(idx_dir)
     if not directory.is_dir():
-        raise UserError(f"--idx_dir {idx_dir} is not a directory: pass {IDX_HINT}")
+        raise ConfigError(IDX_FIELDS, f"{{1}} {idx_dir} is not a directory: pass {IDX_HINT}")
     train = _read_idx_split(directory, *_IDX_TRAIN)
     test = _read_idx_split(directory, *_IDX_TEST)
     return train, test

@@ -6,11 +6,10 @@ and assembles the `DataSplits`.
 """
 
 import dataclasses
-import numbers
 
 import numpy as np
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -83,20 +82,6 @@ class DataSplits:
         }
 
 
-def check_count(flag, value):
-    """Check that a count argument is a whole number of at least 1.
-
-    Arguments:
-        flag: Name of the argument, for the error message.
-        value: The value to check.
-
-    Raises:
-        UserError: If `value` is not an integer or is below 1.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UserError(f"--{flag}={value!r} is invalid: pass a whole number of at least 1")
-
-
 def make_splits(
     dataset,
     source,
@@ -127,9 +112,10 @@ def make_splits(
             test images differ in shape.
     """
     if validation_examples >= len(train):
-        raise UserError(
-            f"--validation_examples={validation_examples} leaves no training "
-            f"examples out of {len(train)}: pass a value below {len(train)}"
+        raise ConfigError(
+            ("validation_examples",),
+            f"{{0}}={validation_examples} leaves no training "
+            f"examples out of {len(train)}: pass a value below {len(train)}",
         )
     cut = len(train) - validation_examples
     end = cut if train_examples is None else min(cut, train_examples)

@@ -28,12 +28,7 @@ report = stages.run(config)
 import functools
 
 from kd_tf import distribution
-from kd_tf.stages.compare import compare
-from kd_tf.stages.predict import predict
-from kd_tf.stages.student import student
-from kd_tf.stages.supervised import scratch, teacher
-from kd_tf.stages.tflite import tflite
-from kd_tf.stages.tune import tune
+from kd_tf.stages import compare, predict, student, supervised, tflite, tune
 
 
 def run_stage(config):
@@ -43,13 +38,13 @@ def run_stage(config):
 
 # Stage name -> the function that runs it on a `config.Config`.
 REGISTRY = {
-    "teacher": teacher,
-    "student": student,
-    "scratch": scratch,
-    "compare": functools.partial(compare, run_stage=run_stage),
-    "tune": tune,
-    "predict": predict,
-    "tflite": tflite,
+    "teacher": supervised.teacher,
+    "student": student.run,
+    "scratch": supervised.scratch,
+    "compare": functools.partial(compare.run, run_stage=run_stage),
+    "tune": tune.run,
+    "predict": predict.run,
+    "tflite": tflite.run,
 }
 
 

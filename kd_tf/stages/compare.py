@@ -11,11 +11,12 @@ import os
 
 from absl import logging
 
-from kd_tf import atomic, config as config_lib, distribution, reporting
+from kd_tf import atomic, distribution, reporting
+from kd_tf import config as config_lib
 from kd_tf.stages.training_run import export_dir_for
 
 
-def compare(config, run_stage):
+def run(config, run_stage):
     """`--stage=compare`, running each sub-run with `run_stage(config)`;
     returns the comparison report."""
     runs = dict(config.compare.runs)

@@ -51,7 +51,7 @@ def _file_images(config):
     return served, images, None, paths, [os.path.basename(path) for path in paths]
 
 
-def predict(config):
+def run(config):
     """`--stage=predict`: returns `{"names": [...], "predictions": [Prediction, ...]}`."""
     require_model_dir(config)
     settings = config.predict

@@ -99,7 +99,7 @@ def build_distiller(config, inputs, model_name, temperature, alpha):
     return distiller
 
 
-def student(config):
+def run(config):
     """`--stage=student`: returns the report (also written into the export)."""
     run = TrainingRun(config, "student")
     model_name = config.model.model or models.DEFAULT_STUDENT

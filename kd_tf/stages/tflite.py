@@ -7,7 +7,7 @@ from kd_tf.stages.predict import load_matching_model, require_model_dir
 from kd_tf.stages.training_run import load_data
 
 
-def tflite(config):
+def run(config):
     """`--stage=tflite`: returns the report, also written to `<tflite_path>.json`."""
     require_model_dir(config)
     if not config.lite.tflite_path:

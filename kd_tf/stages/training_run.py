@@ -26,7 +26,8 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import backup, config as config_lib, data, distribution, export, reporting, training
+from kd_tf import backup, data, distribution, export, reporting, training
+from kd_tf import config as config_lib
 from kd_tf.stages.report import RunReport, data_summary
 
 # Validation images on which a reloaded export must reproduce the model.

@@ -6,12 +6,13 @@ The teacher's logits and the datasets are prepared once for all trials (see
 
 import time
 
-from kd_tf import config as config_lib, distribution, models, tuning
+from kd_tf import config as config_lib
+from kd_tf import distribution, models, tuning
 from kd_tf.stages.report import data_summary
 from kd_tf.stages.student import build_distiller, prepare_distillation
 
 
-def tune(config):
+def run(config):
     """`--stage=tune`: returns the search report (also written to `tune_dir`)."""
     started = time.perf_counter()
     model_name = config.model.model or models.DEFAULT_STUDENT
