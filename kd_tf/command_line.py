@@ -69,6 +69,13 @@ _HELP = (
         "Turn on TensorFlow's op determinism, so that two runs with the same flags give "
         "bitwise-identical weights; --nodeterministic may be faster on GPUs.",
     ),
+    (
+        "precision",
+        "Keras dtype policy for training and predicting: auto picks mixed_bfloat16 on a CPU "
+        "with AMX or AVX-512 BF16 or a GPU of compute capability >= 8.0, mixed_float16 (with "
+        "loss scaling) on older GPUs, float32 elsewhere; logits, losses and metrics stay "
+        "float32, and exports keep the serving contract.",
+    ),
     ("augment", "Random affine distortions of the training images (rotation, scale, shift)."),
     (
         "augment_views",

@@ -19,7 +19,7 @@ stages.run(config)
 
 import dataclasses
 
-from kd_tf import data, distillation, distribution, lite, logits_cache, models, tuning
+from kd_tf import data, distillation, distribution, lite, logits_cache, models, precision, tuning
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
@@ -80,10 +80,11 @@ class DistillationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    """Seed, determinism, devices and machines, backups and logs."""
+    """Seed, determinism, precision, devices and machines, backups and logs."""
 
     seed: int = 0
     deterministic: bool = True
+    precision: str = "auto"
     strategy: str = "auto"
     cpu_devices: int = 0
     backup_dir: str | None = None
@@ -244,6 +245,7 @@ CHOICES = {
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,
     "strategy": distribution.STRATEGIES,
+    "precision": precision.PRECISIONS,
     "tuner": tuning.TUNERS,
 }
 # (fields, check on their values in order, problem).

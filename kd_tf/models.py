@@ -3,7 +3,8 @@
 Every model takes raw uint8 images `[batch, H, W, C]`, scales them to [0, 1]
 itself (so exports accept pixels as they are) and returns float32 logits
 `[batch, num_classes]` with no activation, whatever the data set's image shape
-and class count.
+and class count. Built under a mixed-precision policy (`kd_tf.precision`), the
+hidden layers compute in 16 bits and the `logits` layer stays in float32.
 
 Usage:
 
@@ -49,7 +50,7 @@ def seed_cnn(image_shape, num_classes):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     x = layers.Dropout(0.5, name="dropout2")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="seed_cnn")
 
 
@@ -60,7 +61,7 @@ def seed_mlp(image_shape, num_classes):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     x = layers.Dense(64, activation="relu", name="fc2")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="seed_mlp")
 
 
@@ -76,7 +77,7 @@ def _lenet_with_batch_norm(name, image_shape, num_classes, filters, dense_units,
     x = _dense_bn_relu(x, dense_units, "fc1")
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name=name)
 
 

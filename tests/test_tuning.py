@@ -100,7 +100,8 @@ class TuningTest(tf.test.TestCase):
             self.assertEqual(trial.score, row["val_accuracy"])
             self.assertEqual(trial.score, trial.metrics.get_best_value("val_accuracy"))
             distiller = student.build_distiller(
-                config, inputs, "seed_mlp", row["temperature"], row["alpha"]
+                config, inputs, "seed_mlp", row["temperature"], row["alpha"],
+                self.report["precision"],
             )
             distiller.load_weights(os.path.join(trial_dir, "checkpoint.weights.h5"))
             logits = distiller.student.predict(validation.images, verbose=0)

@@ -40,6 +40,7 @@ class RunReport:
         strategy, replicas, workers: where it trained.
         stage_seconds: wall time up to the export.
         resumed_from_epoch: the backed-up epoch it resumed after (0: none).
+        precision: the dtype policy it trained in (see `kd_tf.precision`).
         distillation: the student's teacher and loss fields (empty otherwise).
         test_accuracy, test_loss: measured through the reloaded export.
     """
@@ -56,6 +57,7 @@ class RunReport:
     workers: int
     stage_seconds: float
     resumed_from_epoch: int
+    precision: str
     distillation: dict = dataclasses.field(default_factory=dict)
     test_accuracy: float | None = None
     test_loss: float | None = None

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import keras
 
-from kd_tf import data, determinism, distillation, models, pipelines, training
+from kd_tf import data, determinism, distillation, models, pipelines, precision, training
 from kd_tf import teacher as teacher_lib
 from kd_tf.stages.training_run import TrainingRun, load_data
 
@@ -74,28 +74,30 @@ def prepare_distillation(config, strategy):
         )
 
 
-def build_distiller(config, inputs, model_name, temperature, alpha):
-    """A fresh student `model_name` in a compiled `Distiller`.
+def build_distiller(config, inputs, model_name, temperature, alpha, policy):
+    """A fresh student `model_name` in a `Distiller` compiled under the dtype
+    policy `policy` (see `kd_tf.precision`).
 
     Returns:
         The compiled `distillation.Distiller`; its `.student` is the model.
     """
     splits = inputs.splits
-    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
     online = inputs.logits.mode == "online"
-    distiller = distillation.Distiller(
-        student,
-        temperature=temperature,
-        alpha=alpha,
-        teacher=inputs.teacher.model.logits if online else None,
-    )
-    # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
-    distiller.build((None, *splits.image_shape))
-    distiller.compile(
-        optimizer=training.optimizer_for(config.optimization, inputs.steps_per_epoch),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        steps_per_execution=config.optimization.steps_per_execution,
-    )
+    with precision.policy(policy):
+        student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+        distiller = distillation.Distiller(
+            student,
+            temperature=temperature,
+            alpha=alpha,
+            teacher=inputs.teacher.model.logits if online else None,
+        )
+        # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
+        distiller.build((None, *splits.image_shape))
+        distiller.compile(
+            optimizer=training.optimizer_for(config.optimization, inputs.steps_per_epoch),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=config.optimization.steps_per_execution,
+        )
     return distiller
 
 
@@ -107,7 +109,7 @@ def run(config):
     with prepare_distillation(config, run.strategy) as inputs:
         with run.strategy.scope():
             distiller = build_distiller(
-                config, inputs, model_name, distill.temperature, distill.alpha
+                config, inputs, model_name, distill.temperature, distill.alpha, run.precision
             )
         epochs, best_epoch = run.fit(distiller, distiller.student, inputs)
         fields = inputs.report_fields()

@@ -7,7 +7,7 @@ a teacher, the baseline a distilled student is compared with.
 
 import keras
 
-from kd_tf import determinism, models, pipelines
+from kd_tf import determinism, models, pipelines, precision
 from kd_tf.stages.training_run import TrainingInputs, TrainingRun, load_data
 
 
@@ -41,7 +41,7 @@ def train_supervised(config, stage, default_model):
     model_name = config.model.model or default_model
     determinism.make_reproducible(config.runtime.seed, deterministic=config.runtime.deterministic)
     inputs = _inputs(config)
-    with run.strategy.scope():
+    with run.strategy.scope(), precision.policy(run.precision):
         model = models.build_model(model_name, inputs.splits.image_shape, inputs.splits.num_classes)
         model.compile(
             optimizer=run.optimizer(inputs.steps_per_epoch),

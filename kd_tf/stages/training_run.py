@@ -26,7 +26,7 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import backup, data, distribution, export, reporting, training
+from kd_tf import backup, data, distribution, export, precision, reporting, training
 from kd_tf import config as config_lib
 from kd_tf.stages.report import RunReport, data_summary
 
@@ -81,6 +81,8 @@ class TrainingRun:
         self.export_dir = export_dir_for(config, stage, self.strategy)
         self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
         self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir)
+        self.precision = precision.resolve(config.runtime.precision)
+        logging.info("--precision=%s: %s", config.runtime.precision, self.precision)
 
     def optimizer(self, steps_per_epoch):
         """A fresh optimiser with the run's schedule."""
@@ -127,6 +129,7 @@ class TrainingRun:
             workers=distribution.workers(self.strategy),
             stage_seconds=round(time.perf_counter() - self.started, 1),
             resumed_from_epoch=self.resumed_from_epoch,
+            precision=self.precision,
             distillation=distillation or {},
         )
         self._export(model, splits, report)
@@ -151,7 +154,7 @@ class TrainingRun:
             )
 
         export.export_model(
-            model,
+            precision.float32_copy(model),
             self.export_dir,
             check_images=splits.validation.images[:CHECK_EXAMPLES],
             finalize=finalize,

@@ -6,8 +6,10 @@ The teacher's logits and the datasets are prepared once for all trials (see
 
 import time
 
+from absl import logging
+
 from kd_tf import config as config_lib
-from kd_tf import distribution, models, tuning
+from kd_tf import distribution, models, precision, tuning
 from kd_tf.stages.report import data_summary
 from kd_tf.stages.student import build_distiller, prepare_distillation
 
@@ -18,10 +20,12 @@ def run(config):
     model_name = config.model.model or models.DEFAULT_STUDENT
     tuning.check_tune_dir(config.tune.tune_dir)
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
+    policy = precision.resolve(config.runtime.precision)
+    logging.info("--precision=%s: %s", config.runtime.precision, policy)
     with prepare_distillation(config, strategy) as inputs:
 
         def build(temperature, alpha):
-            return build_distiller(config, inputs, model_name, temperature, alpha)
+            return build_distiller(config, inputs, model_name, temperature, alpha, policy)
 
         trials = tuning.search(
             config.tune,
@@ -41,6 +45,7 @@ def run(config):
         "model": model_name,
         "tuner": config.tune.tuner,
         "objective": tuning.OBJECTIVE,
+        "precision": policy,
         **teacher_fields,
         "stage_seconds": round(time.perf_counter() - started, 1),
     }

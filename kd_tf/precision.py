@@ -1,0 +1,110 @@
+"""Mixed precision: which Keras dtype policy a run trains and predicts in.
+
+`resolve("auto")` picks, from what the machine can run fast:
+
+- `mixed_bfloat16` on a GPU of compute capability 8.0 or more, or, without a
+  GPU, on a CPU with AMX or AVX-512 BF16 (`amx_bf16` or `avx512_bf16` in
+  `/proc/cpuinfo`; TensorFlow runs bfloat16 there through oneDNN);
+- `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
+  in a `LossScaleOptimizer`, which scales the loss dynamically);
+- `float32` elsewhere.
+
+Under a mixed policy the layers compute in 16 bits and keep float32 weights;
+the models' `logits` layer, the softmax, the losses and the metrics stay in
+float32. Exports are float32 graphs of the trained weights (`float32_copy`),
+so they keep the serving contract exactly, run on any hardware and convert
+to TFLite, whatever the training precision.
+
+Usage:
+
+```python
+name = precision.resolve("auto")            # e.g. "mixed_bfloat16"
+with precision.policy(name):
+    model = models.build_model("lenet_bn", (28, 28, 1), 10)
+    model.compile(...)
+```
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# GPUs from this compute capability (Ampere) on have fast bfloat16.
+BF16_GPU_CAPABILITY = (8, 0)
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU's feature flags, from `path` (empty where there is no such file)."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f if line.startswith("flags")]
+    except OSError:
+        return set()
+    return {flag for line in lines for flag in line.split(":", 1)[1].split()}
+
+
+def gpu_capabilities():
+    """`(major, minor)` compute capability of every visible GPU."""
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capabilities.append(tuple(details.get("compute_capability", (0, 0))))
+    return capabilities
+
+
+def resolve(requested, *, cpu=None, gpus=None):
+    """The dtype policy name for `requested` (one of `PRECISIONS`).
+
+    Args:
+        requested: "auto" or a policy name, returned as it is.
+        cpu: CPU flags; default: `cpu_flags()`.
+        gpus: GPU compute capabilities; default: `gpu_capabilities()`.
+
+    Returns:
+        "float32", "mixed_bfloat16" or "mixed_float16".
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    gpus = gpu_capabilities() if gpus is None else gpus
+    if gpus:
+        if all(capability >= BF16_GPU_CAPABILITY for capability in gpus):
+            return "mixed_bfloat16"
+        return "mixed_float16"
+    cpu = cpu_flags() if cpu is None else cpu
+    return "mixed_bfloat16" if any(flag in cpu for flag in BF16_CPU_FLAGS) else "float32"
+
+
+def float32_copy(model):
+    """`model` itself if it computes in float32, else a float32 clone of it
+    holding the same weights (mixed-precision layers keep float32 weights, so
+    nothing is rounded): what kd_tf exports, so that an export is a float32
+    graph whatever the training precision."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(layer):
+        layer_config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            layer_config["dtype"] = "float32"
+        return layer.__class__.from_config(layer_config)
+
+    copy = keras.models.clone_model(model, clone_function=as_float32)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+@contextlib.contextmanager
+def policy(name):
+    """Within the block, new layers and models take the dtype policy `name`."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

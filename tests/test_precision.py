@@ -1,0 +1,119 @@
+"""Mixed precision: the policy `auto` picks, float32 outputs, loss scaling and
+float32 exports of models trained in 16 bits (fast, synthetic data)."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import distillation, export, models, precision
+
+IMAGE_SHAPE, CLASSES = (28, 28, 1), 10
+
+
+def _images(count, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+class ResolveTest(tf.test.TestCase):
+    def test_auto(self):
+        cases = {
+            ("avx512_bf16",): "mixed_bfloat16",
+            ("amx_bf16", "amx_tile"): "mixed_bfloat16",
+            ("avx512f", "avx2"): "float32",
+            (): "float32",
+        }
+        for flags, expected in cases.items():
+            with self.subTest(cpu=flags):
+                self.assertEqual(precision.resolve("auto", cpu=set(flags), gpus=[]), expected)
+        for gpus, expected in (
+            ([(8, 0)], "mixed_bfloat16"),
+            ([(9, 0), (8, 6)], "mixed_bfloat16"),
+            ([(7, 5)], "mixed_float16"),
+            ([(8, 0), (7, 0)], "mixed_float16"),
+        ):
+            with self.subTest(gpus=gpus):
+                self.assertEqual(precision.resolve("auto", cpu={"avx512_bf16"}, gpus=gpus), expected)
+
+    def test_explicit_choices_are_kept(self):
+        for name in ("float32", "mixed_bfloat16", "mixed_float16"):
+            self.assertEqual(precision.resolve(name, cpu=set(), gpus=[(7, 0)]), name)
+        with self.assertRaises(ValueError):
+            precision.resolve("bfloat16")
+
+    def test_cpu_flags_are_read_from_cpuinfo(self):
+        path = os.path.join(tempfile.mkdtemp(), "cpuinfo")
+        with open(path, "w") as f:
+            f.write("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: fpu amx_bf16\n")
+        self.assertEqual(precision.cpu_flags(path), {"fpu", "avx512f", "avx512_bf16", "amx_bf16"})
+        self.assertEqual(precision.cpu_flags(path + ".missing"), set())
+
+    def test_policy_is_restored(self):
+        before = keras.config.dtype_policy().name
+        with self.assertRaises(RuntimeError), precision.policy("mixed_bfloat16"):
+            self.assertEqual(keras.config.dtype_policy().name, "mixed_bfloat16")
+            raise RuntimeError
+        self.assertEqual(keras.config.dtype_policy().name, before)
+
+
+class MixedModelTest(tf.test.TestCase):
+    def _model(self, name, policy):
+        with precision.policy(policy):
+            return models.build_model(name, IMAGE_SHAPE, CLASSES)
+
+    def test_hidden_layers_in_16_bits_logits_in_float32(self):
+        for name in models.MODELS:
+            with self.subTest(model=name):
+                model = self._model(name, "mixed_bfloat16")
+                self.assertEqual(model.get_layer("logits").compute_dtype, "float32")
+                self.assertIn("bfloat16", {layer.compute_dtype for layer in model.layers})
+                self.assertEqual(model(_images(2)).dtype, "float32")
+
+    def test_float32_copy_holds_the_same_weights(self):
+        model = self._model("lenet_bn", "mixed_bfloat16")
+        copy = precision.float32_copy(model)
+        self.assertEqual({layer.compute_dtype for layer in copy.layers} - {"uint8"}, {"float32"})
+        for kept, original in zip(copy.get_weights(), model.get_weights()):
+            self.assertAllEqual(kept, original)
+        reference = self._model("lenet_bn", "float32")
+        reference.set_weights(model.get_weights())
+        images = _images(64)
+        self.assertAllEqual(copy.predict(images, verbose=0), reference.predict(images, verbose=0))
+        mixed = model.predict(images, verbose=0)
+        self.assertNotAllEqual(mixed, reference.predict(images, verbose=0))
+        self.assertAllClose(mixed, reference.predict(images, verbose=0), atol=0.05)
+        float32_model = self._model("seed_mlp", "float32")
+        self.assertIs(precision.float32_copy(float32_model), float32_model)
+
+    def test_export_of_a_mixed_model_keeps_the_serving_contract(self):
+        model = self._model("compact_cnn", "mixed_bfloat16")
+        export_dir = os.path.join(tempfile.mkdtemp(), "export")
+        export.export_model(precision.float32_copy(model), export_dir, check_images=_images(32))
+        served = export.load_serving_model(export_dir)
+        outputs = served.outputs(_images(8, seed=1))
+        self.assertEqual(outputs["logits"].dtype, tf.float32)
+        self.assertEqual(outputs["probabilities"].dtype, tf.float32)
+        self.assertEqual(outputs["classes"].dtype, tf.int64)
+
+    def test_float16_distiller_scales_its_loss(self):
+        for policy, scaled in (("mixed_float16", True), ("mixed_bfloat16", False)):
+            with self.subTest(policy=policy), precision.policy(policy):
+                student = models.build_model("seed_mlp", IMAGE_SHAPE, CLASSES)
+                distiller = distillation.Distiller(student, temperature=4.0, alpha=0.9)
+                distiller.compile(optimizer=keras.optimizers.Adam())
+                self.assertEqual(
+                    isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer), scaled
+                )
+                labels = np.arange(4) % CLASSES
+                teacher_logits = np.random.default_rng(0).normal(size=(4, CLASSES))
+                images = _images(4)
+                loss = distiller.compute_loss(
+                    (images, teacher_logits), labels, distiller((images, teacher_logits))
+                )
+                self.assertEqual(loss.dtype, "float32")
+
+
+if __name__ == "__main__":
+    tf.test.main()
