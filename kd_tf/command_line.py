@@ -72,7 +72,7 @@ _HELP = (
     (
         "precision",
         "Keras dtype policy for training and predicting: auto picks mixed_bfloat16 on a CPU "
-        "with AMX or AVX-512 BF16 or a GPU of compute capability >= 8.0, mixed_float16 (with "
+        "with AMX or a GPU of compute capability >= 8.0, mixed_float16 (with "
         "loss scaling) on older GPUs, float32 elsewhere; logits, losses and metrics stay "
         "float32, and exports keep the serving contract.",
     ),

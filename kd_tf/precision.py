@@ -3,15 +3,18 @@
 `resolve("auto")` picks, from what the machine can run fast:
 
 - `mixed_bfloat16` on a GPU of compute capability 8.0 or more, or, without a
-  GPU, on a CPU with AMX or AVX-512 BF16 (`amx_bf16` or `avx512_bf16` in
-  `/proc/cpuinfo`; TensorFlow runs bfloat16 there through oneDNN);
+  GPU, on a CPU with AMX (`amx_bf16` in `/proc/cpuinfo`; TensorFlow runs
+  bfloat16 there through oneDNN). A CPU with AVX-512 BF16 but no AMX keeps
+  float32: on such a CPU (an AMD EPYC) kd_tf's models trained no faster in
+  bfloat16 (benchmarks/precision.py; README "Precision");
 - `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
   in a `LossScaleOptimizer`, which scales the loss dynamically);
 - `float32` elsewhere.
 
 Under a mixed policy the layers compute in 16 bits and keep float32 weights;
 the models' `logits` layer, the softmax, the losses and the metrics stay in
-float32. Exports are float32 graphs of the trained weights (`float32_copy`),
+float32. The student stage's cached teacher logits are computed under the
+policy too (`graph_rewrite`). Exports are float32 graphs of the trained weights (`float32_copy`),
 so they keep the serving contract exactly, run on any hardware and convert
 to TFLite, whatever the training precision.
 
@@ -32,9 +35,15 @@ import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_CPU_FLAGS = ("amx_bf16",)
 # GPUs from this compute capability (Ampere) on have fast bfloat16.
 BF16_GPU_CAPABILITY = (8, 0)
+# Grappler's auto mixed precision, which runs a float32 graph (a teacher's
+# SavedModel) in a policy's 16-bit type: oneDNN bfloat16 on CPUs, float16 on GPUs.
+_GRAPH_REWRITES = {
+    "mixed_bfloat16": "auto_mixed_precision_onednn_bfloat16",
+    "mixed_float16": "auto_mixed_precision",
+}
 
 
 def cpu_flags(path="/proc/cpuinfo"):
@@ -97,6 +106,24 @@ def float32_copy(model):
     copy = keras.models.clone_model(model, clone_function=as_float32)
     copy.set_weights(model.get_weights())
     return copy
+
+
+@contextlib.contextmanager
+def graph_rewrite(name):
+    """Within the block, the float32 graphs TensorFlow runs for the first time
+    (e.g. a loaded teacher's signature) are rewritten to compute in the 16-bit
+    type of policy `name` (see `_GRAPH_REWRITES`); nothing changes for float32.
+    The student stage computes its cached teacher logits so."""
+    option = _GRAPH_REWRITES.get(name)
+    if option is None:
+        yield
+        return
+    previous = tf.config.optimizer.get_experimental_options().get(option, False)
+    tf.config.optimizer.set_experimental_options({option: True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({option: previous})
 
 
 @contextlib.contextmanager

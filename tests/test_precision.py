@@ -20,8 +20,10 @@ def _images(count, seed=0):
 class ResolveTest(tf.test.TestCase):
     def test_auto(self):
         cases = {
-            ("avx512_bf16",): "mixed_bfloat16",
-            ("amx_bf16", "amx_tile"): "mixed_bfloat16",
+            ("amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
+            ("amx_bf16",): "mixed_bfloat16",
+            # AVX-512 BF16 without AMX trained no faster (README "Precision").
+            ("avx512f", "avx512_bf16"): "float32",
             ("avx512f", "avx2"): "float32",
             (): "float32",
         }
@@ -56,6 +58,25 @@ class ResolveTest(tf.test.TestCase):
             self.assertEqual(keras.config.dtype_policy().name, "mixed_bfloat16")
             raise RuntimeError
         self.assertEqual(keras.config.dtype_policy().name, before)
+
+
+class GraphRewriteTest(tf.test.TestCase):
+    def test_a_float32_graph_runs_in_bfloat16_within_the_block(self):
+        with precision.policy("float32"):
+            model = models.build_model("compact_cnn", IMAGE_SHAPE, CLASSES)
+        export_dir = os.path.join(tempfile.mkdtemp(), "export")
+        export.export_model(model, export_dir, check_images=_images(16))
+        images = _images(256, seed=2)
+        exact = export.load_serving_model(export_dir).predict_logits(images)
+        with precision.graph_rewrite("float32"):
+            unchanged = export.load_serving_model(export_dir).predict_logits(images)
+        with precision.graph_rewrite("mixed_bfloat16"):
+            rounded = export.load_serving_model(export_dir).predict_logits(images)
+        self.assertAllEqual(unchanged, exact)
+        self.assertNotAllEqual(rounded, exact)
+        self.assertAllClose(rounded, exact, atol=0.05)
+        option = "auto_mixed_precision_onednn_bfloat16"
+        self.assertFalse(tf.config.optimizer.get_experimental_options().get(option, False))
 
 
 class MixedModelTest(tf.test.TestCase):

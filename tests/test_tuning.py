@@ -89,7 +89,8 @@ class TuningTest(tf.test.TestCase):
     def test_objective_is_validation_accuracy(self):
         config = self.tune_settings(self.tune_dir)
         strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
-        with student.prepare_distillation(config, strategy) as inputs:
+        policy = self.report["precision"]
+        with student.prepare_distillation(config, strategy, policy) as inputs:
             self._check_trials_from_their_checkpoints(config, inputs)
 
     def _check_trials_from_their_checkpoints(self, config, inputs):

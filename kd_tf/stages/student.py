@@ -31,16 +31,17 @@ class DistillationInputs(NamedTuple):
 
 
 @contextlib.contextmanager
-def prepare_distillation(config, strategy):
+def prepare_distillation(config, strategy, policy):
     """Loads the teacher and the data, computes the teacher's logits once where
-    they can be cached, and yields `DistillationInputs`; the logit shards are
-    removed when the block ends, however it ends.
+    they can be cached (under the dtype policy `policy`, see
+    `precision.graph_rewrite`), and yields `DistillationInputs`; the logit
+    shards are removed when the block ends, however it ends.
 
     Usage:
 
     ```python
-    with prepare_distillation(config, strategy) as inputs:
-        distiller = build_distiller(config, inputs, "seed_mlp", temperature=4, alpha=0.9)
+    with prepare_distillation(config, strategy, "float32") as inputs:
+        distiller = build_distiller(config, inputs, "seed_mlp", 4.0, 0.9, "float32")
     ```
     """
     runtime, opt = config.runtime, config.optimization
@@ -54,16 +55,17 @@ def prepare_distillation(config, strategy):
             augment_views=config.data.augment_views,
             seed=runtime.seed,
         )
-        logits = teacher.datasets(
-            images,
-            labels,
-            splits.validation,
-            random_augment=random_augment,
-            distillation=config.distillation,
-            batch_size=opt.batch_size,
-            eval_batch_size=opt.eval_batch_size,
-            seed=runtime.seed,
-        )
+        with precision.graph_rewrite(policy):
+            logits = teacher.datasets(
+                images,
+                labels,
+                splits.validation,
+                random_augment=random_augment,
+                distillation=config.distillation,
+                batch_size=opt.batch_size,
+                eval_batch_size=opt.eval_batch_size,
+                seed=runtime.seed,
+            )
         yield DistillationInputs(
             splits=splits,
             train=logits.train,
@@ -106,7 +108,7 @@ def run(config):
     run = TrainingRun(config, "student")
     model_name = config.model.model or models.DEFAULT_STUDENT
     distill = config.distillation
-    with prepare_distillation(config, run.strategy) as inputs:
+    with prepare_distillation(config, run.strategy, run.precision) as inputs:
         with run.strategy.scope():
             distiller = build_distiller(
                 config, inputs, model_name, distill.temperature, distill.alpha, run.precision

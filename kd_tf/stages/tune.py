@@ -22,7 +22,7 @@ def run(config):
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
     policy = precision.resolve(config.runtime.precision)
     logging.info("--precision=%s: %s", config.runtime.precision, policy)
-    with prepare_distillation(config, strategy) as inputs:
+    with prepare_distillation(config, strategy, policy) as inputs:
 
         def build(temperature, alpha):
             return build_distiller(config, inputs, model_name, temperature, alpha, policy)
