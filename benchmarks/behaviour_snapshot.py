@@ -157,29 +157,32 @@ def snapshot(repo, out, python):
         json.dump(record, f, indent=1, sort_keys=True)
 
 
-def _differences(a, b, path=""):
+def _differences(a, b, new_fields, path=""):
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
+            if key not in a and key in new_fields:
+                continue
             if key not in a or key not in b:
                 yield f"{path}/{key}: only in {'after' if key in b else 'before'}"
             else:
-                yield from _differences(a[key], b[key], f"{path}/{key}")
+                yield from _differences(a[key], b[key], new_fields, f"{path}/{key}")
     elif a != b:
         yield f"{path}: {str(a)[:120]!r} != {str(b)[:120]!r}"
 
 
-def compare(before_path, after_path):
+def compare(before_path, after_path, new_fields=()):
     with open(before_path) as f:
         before = json.load(f)
     with open(after_path) as f:
         after = json.load(f)
     before.pop("seconds")
     after.pop("seconds")
-    differences = list(_differences(before, after))
+    differences = list(_differences(before, after, set(new_fields)))
     variables = sum(len(v["variables"]) for v in before["exports"].values())
     print(
         f"{len(before['exports'])} exports, {variables} variables, "
         f"{len(before['reports'])} reports and flag files compared: {len(differences)} differences"
+        + (f" (fields new in AFTER, not counted: {', '.join(new_fields)})" if new_fields else "")
     )
     for line in differences:
         print("  " + line)
@@ -192,9 +195,12 @@ def main():
     parser.add_argument("--out")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--new_fields", default="", help="comma-separated report keys AFTER may add"
+    )
     args = parser.parse_args()
     if args.compare:
-        sys.exit(compare(*args.compare))
+        sys.exit(compare(*args.compare, [f for f in args.new_fields.split(",") if f]))
     snapshot(args.repo, os.path.abspath(args.out), args.python)
 
 
