@@ -76,6 +76,19 @@ class ConfigTest(tf.test.TestCase):
                 self.assertStartsWith(command_line.describe(caught.exception), f"--{message}")
         config.validate(config.Config())
 
+    def test_counts_below_one_or_not_whole_are_refused(self):
+        # What data.load_splits checked itself before the redesign.
+        for argument, message in (
+            ("--validation_examples=0", "--validation_examples must be >= 1"),
+            ("--validation_examples=-3", "--validation_examples must be >= 1"),
+            ("--validation_examples=2.5", "--validation_examples=2.5"),
+            ("--validation_examples=True", "--validation_examples=True"),
+            ("--train_examples=0", "--train_examples must be >= 1"),
+            ("--train_examples=-1", "--train_examples must be >= 1"),
+        ):
+            with self.subTest(argument=argument):
+                self.assertIn(message, _describe_rejection("--stage=teacher", argument))
+
     def test_combinations(self):
         self.assertIn(
             "--temperature_min must be < --temperature_max",
