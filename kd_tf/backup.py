@@ -252,11 +252,12 @@ class TrainingBackup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         for name in self.checkpoint.damaged:
             logging.warning(
-                "%s is incomplete or damaged: resuming from the backup before it",
-                os.path.join(self.backup_dir, name),
+                "%s is incomplete or damaged: not used", os.path.join(self.backup_dir, name)
             )
         record = self.checkpoint.record
         if record is None:
+            if self.checkpoint.damaged:
+                logging.warning("no complete backup in %s: starting from epoch 1", self.backup_dir)
             return
         self._load_weights(os.path.join(self.backup_dir, record["weights"]))
         self.recorder.epochs = record["epochs"][: record["epoch"]]

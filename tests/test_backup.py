@@ -187,6 +187,15 @@ class ConsistentBackupTest(_FitTest):
         self.assertEqual(backup.resumed_epoch(backup_dir), 1)
         self.assert_like_the_reference(self._fit(backup_dir, epochs=3))
 
+    def test_a_backup_without_a_complete_record_starts_over(self):
+        backup_dir = os.path.join(self.root, "keras_format")
+        os.makedirs(backup_dir)
+        # What kd_tf wrote before its own records: Keras's metadata alone.
+        with open(os.path.join(backup_dir, "training_metadata.json"), "w") as f:
+            f.write('{"epoch": 2, "batch": 0}')
+        self.assertEqual(backup.resumed_epoch(backup_dir), 0)
+        self.assert_like_the_reference(self._fit(backup_dir, epochs=3))
+
     def test_a_damaged_weights_file_falls_back_and_the_stream_follows(self):
         backup_dir = os.path.join(self.root, "damaged")
         self._fit(backup_dir, epochs=2)

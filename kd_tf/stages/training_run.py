@@ -126,10 +126,11 @@ class TrainingRun:
     def _test_monitor(self, model, test):
         if not self.config.runtime.monitor_test:
             return None
-        # A tf.data pipeline of kd_tf's: `predict` on a NumPy array would build
-        # Keras's own, whose parallel map TensorFlow rewrites into a MapDataset
-        # node, logging "NodeDef mentions attribute use_unbounded_threadpool
-        # which is not in the op definition" as an error.
+        # A tf.data pipeline of kd_tf's: `predict` on a NumPy array builds
+        # Keras's own, whose parallel map op determinism (--deterministic) has
+        # tf.data rewrite into a sequential MapDataset that keeps the parallel
+        # op's attribute, and TensorFlow logs "NodeDef mentions attribute
+        # use_unbounded_threadpool which is not in the op definition" as an error.
         dataset = distribution.distributable(
             pipelines.evaluation_dataset(
                 test.images, test.labels, self.config.optimization.eval_batch_size
