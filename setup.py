@@ -13,6 +13,7 @@ setup(
         "keras-tuner[bayesian]>=1.4",  # scipy + scikit-learn for --tuner=bayesian
         "absl-py>=2.1",
         "matplotlib>=3.8",
+        "ai-edge-litert>=2.3",  # LiteRT's interpreter for the tflite stage
     ],
     extras_require={"test": ["pytest>=8"]},
 )

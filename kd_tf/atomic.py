@@ -27,10 +27,19 @@ between those two renames leaves the final path empty and the complete old
 output in the `.old-` sibling, from where it can be renamed back.
 
 A single file (`write_file`) is written into a hidden sibling of the same
-kind, `.<name>.tmp-<pid>-<random>`, and renamed onto its final path with
-`os.replace`, which atomically replaces an earlier file there; on any failure
-the temporary file is removed, so the final path holds either its earlier
-content or the complete new one.
+kind, `.<name>.tmp-<pid>-<random>`, flushed to disk, and renamed onto its final
+path with `os.replace`, which atomically replaces an earlier file there; on
+any failure the temporary file is removed, so the final path holds either its
+earlier content or the complete new one. With `exclusive=True` the file is
+never put in place of another: the temporary file is hard-linked to the final
+path (`os.link`, which fails if the path exists, even if it was created a
+moment ago) and then removed. Where the file system has no hard links the
+final path is first claimed with `O_CREAT | O_EXCL` and the temporary file
+renamed onto the claim (a kill in between leaves an empty file there).
+
+`check_writable` makes sure an output file can be written before the work that
+produces it: its directory is created if missing and a file is created and
+removed there.
 
 Usage:
 
@@ -40,7 +49,9 @@ with atomic.staged(path, overwrite=False) as staging:
     write_everything_into(staging)
 # `path` now holds what was written; on an exception nothing changed.
 
+atomic.check_writable(file_path, "tflite_path")  # before a long run
 atomic.write_file(file_path, save_to)  # save_to(temporary) writes the content
+atomic.write_file(file_path, save_to, exclusive=True)  # FileExistsError if taken
 ```
 """
 
@@ -51,6 +62,7 @@ import os
 import secrets
 import shutil
 
+from kd_tf import interrupts
 from kd_tf.errors import ConfigError
 
 # Files by which an earlier kd_tf output is recognised: an export (a
@@ -62,6 +74,8 @@ _RENAME_EXCHANGE = 2
 _NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 # Failures to write that the user can fix: reported as a `UserError`.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# `os.link` failures of file systems without hard links.
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 def is_occupied(path):
@@ -139,35 +153,85 @@ def staged(path, *, overwrite):
             raise storage_error(path, error.strerror) from error
         raise
     if replaced is not None:
-        shutil.rmtree(replaced)
+        with interrupts.outcome(
+            f"the new output is complete at {path}; the old one may remain in {replaced}"
+        ):
+            shutil.rmtree(replaced)
 
 
-def write_file(path, write):
-    """Write one file atomically: into a hidden sibling, then renamed onto `path`.
+def write_file(path, write, *, exclusive=False):
+    """Write one file atomically: into a hidden sibling, then moved onto `path`.
 
     Args:
         path: Final path of the file; its directory must exist.
         write: Callable `write(temporary)` that writes the whole content to
             the path `temporary`.
+        exclusive: Never replace a file at `path` (see the module docstring).
 
     Raises:
-        Whatever `write` or the rename raises. In every case the temporary
+        FileExistsError: `exclusive` and `path` exists.
+        Whatever `write` or the move raises. In every case the temporary
             file is removed and `path` keeps what it held before.
     """
     temporary = _sibling(path, "tmp")
     try:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
+        flush_to_disk(temporary)
+        if exclusive:
+            _link_into_place(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
-        raise
 
 
-def storage_error(path, reason):
-    """The `UserError` for an output that could not be written to `path`."""
+def flush_to_disk(path):
+    """`fsync` a written file, so that it is on disk before anything refers to it."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _link_into_place(temporary, path):
+    try:
+        os.link(temporary, path)
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(temporary, path)
+
+
+def check_writable(path, field):
+    """Refuse an output file that cannot be written, before the work that makes it.
+
+    Creates the directory of `path` if it is missing, then creates and removes
+    a hidden file there.
+
+    Args:
+        path: the output file.
+        field: the config field that named it, e.g. "tflite_path".
+
+    Raises:
+        ConfigError: naming `field`, with the reason (see `storage_error`).
+    """
+    probe = _sibling(path, "probe")
+    try:
+        os.makedirs(os.path.dirname(probe), exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.remove(probe)
+    except OSError as error:
+        raise storage_error(path, error.strerror, field) from error
+
+
+def storage_error(path, reason, field="export_dir"):
+    """The `UserError` for an output that could not be written to `path`;
+    `field` is the config field that named it."""
     return ConfigError(
-        ("export_dir",),
+        (field,),
         f"could not write {path} ({reason}): free some space or fix the permissions, or "
         "pass another {0}; nothing was changed there",
     )

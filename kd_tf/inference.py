@@ -34,7 +34,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import reporting
+from kd_tf import atomic, reporting
 from kd_tf.errors import ConfigError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -213,7 +213,7 @@ def save_grid(images, names, predictions, path, title):
         images: uint8 array `[N, H, W, C]`.
         names: N short names shown above the predictions.
         predictions: N `Prediction`s.
-        path: where to write the PNG.
+        path: where to write the PNG (atomically, see `atomic.write_file`).
         title: figure title.
     """
     captions = []
@@ -225,4 +225,7 @@ def save_grid(images, names, predictions, path, title):
     wrong = [
         i for i, p in enumerate(predictions) if p.true_label is not None and p.true_label != p.label
     ]
-    reporting.plot_predictions(images, captions, path, title, wrong=wrong)
+    atomic.write_file(
+        path,
+        lambda temporary: reporting.plot_predictions(images, captions, temporary, title, wrong),
+    )

@@ -1,4 +1,4 @@
-"""Ctrl-C that is never lost.
+"""Ctrl-C that is never lost, and that says what it left behind.
 
 Python raises `KeyboardInterrupt` wherever the main thread is when SIGINT
 arrives; inside a destructor or another callback made from C code (TensorFlow
@@ -6,11 +6,20 @@ makes many during training) the exception is printed as "Exception ignored"
 and dropped, and training goes on. Within `catching_interrupts()` the signal
 is also remembered, and `InterruptCheck` raises it again at the next batch.
 
+What is true of a run's outputs when Ctrl-C stops it depends on where it
+stopped: the code that knows says so with `outcome(message)`, and a
+`KeyboardInterrupt` raised within the block leaves it as
+`Interrupted(message)` (the innermost block wins); `outcome_of` reads it back.
+
 Usage:
 
 ```python
 with interrupts.catching_interrupts():
-    model.fit(train, epochs=10, callbacks=[interrupts.InterruptCheck()])
+    with interrupts.outcome("no partial export was written"):
+        model.fit(train, epochs=10, callbacks=[interrupts.InterruptCheck()])
+        export(model, export_dir)
+    with interrupts.outcome(f"the export is complete at {export_dir}"):
+        tidy_up()
 ```
 """
 
@@ -21,6 +30,35 @@ import threading
 import keras
 
 _received = threading.Event()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what is true of the run's outputs when it came.
+
+    Attributes:
+        outcome: e.g. "no partial export was written".
+    """
+
+    def __init__(self, outcome):
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+@contextlib.contextmanager
+def outcome(message):
+    """Within the block, Ctrl-C becomes `Interrupted(message)`, unless a
+    block inside it has already said what is true."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as error:
+        raise Interrupted(message) from error
+
+
+def outcome_of(error, default):
+    """What `error` (a `KeyboardInterrupt`) says is true, else `default`."""
+    return error.outcome if isinstance(error, Interrupted) else default
 
 
 @contextlib.contextmanager

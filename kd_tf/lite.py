@@ -1,11 +1,14 @@
 """TFLite: converting an export and measuring it against the SavedModel.
 
 `convert` turns a SavedModel that follows the serving contract into a
-`.tflite` flat buffer whose `serving_default` signature keeps the uint8
-`images` input and the `logits`, `probabilities` and `classes` outputs.
-`tflite_logits` runs it in the TFLite interpreter, and `export_tflite`
-writes the file and a report comparing test accuracy and size with the
-SavedModel's.
+`.tflite` flat buffer (TensorFlow's `tf.lite.TFLiteConverter`) whose
+`serving_default` signature keeps the uint8 `images` input and the `logits`,
+`probabilities` and `classes` outputs. `tflite_logits` runs it in LiteRT's
+interpreter (the `ai-edge-litert` package, the successor of the deprecated
+`tf.lite.Interpreter`), and `export_tflite` writes the file and a report
+comparing test accuracy and size with the SavedModel's. The output paths are
+checked before converting; the file and its report are created exclusively,
+never in place of a file that appeared meanwhile.
 
 Quantisation (`QUANTIZATIONS`):
 
@@ -26,13 +29,13 @@ logits = lite.tflite_logits(content, splits.test.images)
 
 import os
 import pathlib
-import warnings
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from ai_edge_litert.interpreter import Interpreter
 
-from kd_tf import atomic, export, reporting, training
+from kd_tf import atomic, export, interrupts, reporting, training
 from kd_tf.errors import ConfigError
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -75,7 +78,7 @@ def convert(model_dir, quantize="none", representative_images=None):
 
 
 def tflite_logits(model_content, images, batch_size=1024):
-    """Run a converted model in the TFLite interpreter.
+    """Run a converted model in LiteRT's interpreter.
 
     Args:
         model_content: `.tflite` flat buffer, as from `convert`.
@@ -85,12 +88,7 @@ def tflite_logits(model_content, images, batch_size=1024):
     Returns:
         float32 array `[N, classes]` of logits.
     """
-    with warnings.catch_warnings():
-        # TF 2.21 still ships tf.lite.Interpreter but warns that it moves to
-        # the ai_edge_litert package (which runs the same .tflite files).
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        interpreter = tf.lite.Interpreter(model_content=model_content)
-    runner = interpreter.get_signature_runner(export.SIGNATURE_KEY)
+    runner = Interpreter(model_content=model_content).get_signature_runner(export.SIGNATURE_KEY)
     return np.concatenate(
         [
             runner(**{export.INPUT_NAME: images[start : start + batch_size]})["logits"]
@@ -148,33 +146,48 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
 
     Raises:
         ConfigError: `served` is not a SavedModel directory, or `tflite_path`
-            or its report exists already.
+            or its report exists already (or appears while converting), or
+            cannot be written (its directory is created if missing).
     """
     _check_paths(served, tflite_path)
     representative = pick_representative_images(splits.train, seed) if quantize == "int8" else None
-    content = convert(served.path, quantize, representative)
-    report = _measure(served, content, splits.test, batch_size, quantize)
-    report.update(
-        tflite_path=tflite_path,
-        representative_examples=0 if representative is None else len(representative),
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(tflite_path)), exist_ok=True)
-    atomic.write_file(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
-    reporting.write_json(report, report_path(tflite_path))
+    with interrupts.outcome(f"{tflite_path} was not written"):
+        content = convert(served.path, quantize, representative)
+        report = _measure(served, content, splits.test, batch_size, quantize)
+        report.update(
+            tflite_path=tflite_path,
+            representative_examples=0 if representative is None else len(representative),
+        )
+        _write_new(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
+    with interrupts.outcome(f"{tflite_path} is complete, its report was not written"):
+        _write_new(report_path(tflite_path), lambda temporary: reporting.write_json(report, temporary))
     _log(report)
     return report
+
+
+def _write_new(path, write):
+    """`atomic.write_file` that never replaces a file."""
+    try:
+        atomic.write_file(path, write, exclusive=True)
+    except FileExistsError:
+        raise _exists(path) from None
+
+
+def _exists(path):
+    return ConfigError(("tflite_path",), f"{path} already exists: pass another {{0}} or remove it")
 
 
 def _check_paths(served, tflite_path):
     for path in (tflite_path, report_path(tflite_path)):
         if os.path.lexists(path):
-            raise ConfigError(("tflite_path",), f"{path} already exists: pass another {{0}} or remove it")
+            raise _exists(path)
     if not os.path.isdir(served.path):
         raise ConfigError(
             ("stage",),
             f"{{0}}=tflite converts SavedModel directories, not {served.path}: "
             "pass the directory of an export",
         )
+    atomic.check_writable(tflite_path, "tflite_path")
 
 
 def _measure(served, content, test, batch_size, quantize):

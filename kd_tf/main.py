@@ -1,14 +1,60 @@
-"""Command line: `python -m kd_tf.main --stage=STAGE [--flagfile=flags/STAGE.cfg] ...`.
+"""kd_tf: knowledge distillation on TensorFlow 2 / Keras 3.
 
-Parses the flags into a config (`kd_tf.command_line`) and runs its stage
-(`kd_tf.stages`). Every expected failure ends with one line on stderr and no
-traceback:
+Usage:
+  python -m kd_tf.main --flagfile=flags/FILE.cfg [--flag=value ...]
+  python -m kd_tf.main --stage=STAGE [--flag=value ...]
+Flags given after a flag file override it.
 
-- a bad flag value: `kd_tf: error: ...`, exit status 1;
-- a user mistake (`kd_tf.errors.UserError`): `kd_tf: error: ...`, exit status 2;
-- Ctrl-C (SIGINT): `kd_tf: interrupted: ...`, exit status 130.
+Stages, and their main flags:
+  --stage=teacher  trains the teacher on the labels and exports it
+      --model (default lenet_bn) --epochs --batch_size --learning_rate --optimizer
+      --lr_schedule --augment --augment_views --seed --train_examples
+      --export_dir (default saved_models/teacher/N) --overwrite --backup_dir
+  --stage=student  distils the teacher in --teacher_dir into the student
+      --teacher_dir --model (default seed_mlp) --temperature --alpha
+      --teacher_logits --logits_cache --logits_cache_dir, and the teacher's flags
+  --stage=scratch  the student's model on the labels only: the baseline
+      --model (default seed_mlp), and the teacher's flags
+  --stage=compare  teacher, student and scratch from their flag files, then
+      a comparison figure and table: --teacher_flagfile --student_flagfile
+      --scratch_flagfile --export_dir; other flags apply to the three runs
+  --stage=tune     keras-tuner search of the student's temperature and alpha
+      --teacher_dir --tune_dir --tuner --max_trials --temperature_min
+      --temperature_max --alpha_min --alpha_max, and the student's flags
+  --stage=predict  classifies images with an export
+      --model_dir --images (files, directories, globs) or --test_index,
+      --output_image
+  --stage=tflite   converts an export to TFLite and measures it
+      --model_dir --tflite_path --quantize (none, dynamic, int8)
 
-Anything else is a bug and keeps its traceback.
+Flag files:
+  flags/compare.cfg      teacher, student and scratch with the files below
+                         (what make demo runs)
+  flags/teacher.cfg      lenet_bn, 18 epochs, random augmentation
+  flags/student.cfg      seed_mlp, 40 epochs, 15 cached augmented views;
+                         add --teacher_dir
+  flags/scratch.cfg      seed_mlp on the labels only, as the student
+  flags/scratch_augmented.cfg  scratch.cfg with the student's 15 views
+  flags/tune.cfg         search for student.cfg; add --teacher_dir
+  flags/seed_reference.cfg     the reference demo: compare over
+                         flags/seed_reference_teacher.cfg,
+                         flags/seed_reference_student.cfg and
+                         flags/seed_reference_scratch.cfg
+
+Examples:
+  python -m kd_tf.main --flagfile=flags/compare.cfg
+  python -m kd_tf.main --flagfile=flags/student.cfg --teacher_dir=saved_models/teacher/1
+  python -m kd_tf.main --stage=predict --model_dir=saved_models/student/1 --images=digit.png
+
+A bad flag value ends with one line and exit status 1, another mistake with
+one line (kd_tf: error: ...) and exit status 2, Ctrl-C with one line saying
+what was written and exit status 130. Every flag: --helpfull.
+
+For Python callers, `run_command(argv)` does what the command line does and
+returns the exit status: parses the flags into a config
+(`kd_tf.command_line`), runs its stage (`kd_tf.stages`) and turns every
+expected failure into one line on stderr; anything else is a bug and keeps its
+traceback.
 """
 
 import logging
@@ -45,8 +91,8 @@ def execute(config):
     except UserError as error:
         _say(f"error: {command_line.describe(error)}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        _say("interrupted: no partial export was written")
+    except KeyboardInterrupt as error:
+        _say(f"interrupted: {interrupts.outcome_of(error, 'nothing was written')}")
         return EXIT_INTERRUPTED
     return 0
 

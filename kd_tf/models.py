@@ -19,6 +19,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from kd_tf.errors import ConfigError
+
 
 def _scaled_input(image_shape, name):
     images = keras.Input(shape=tuple(image_shape), dtype="uint8", name="images")
@@ -103,24 +105,29 @@ class ModelSpec:
         build: `build(image_shape, num_classes) -> keras.Model`.
         role: "teacher" or "student": what the model is meant for.
         description: one line for `--helpfull` and the README.
+        min_image_size: the smallest height and width it takes (its
+            unpadded convolutions and poolings shrink the image).
     """
 
     build: Callable[[tuple, int], keras.Model]
     role: str
     description: str
+    min_image_size: int = 1
 
 
 MODELS = {
+    # 16 = (2 + 4) x 2 + 4: 5x5 convolution, 2x2 pool, 5x5 convolution, 2x2 pool (of 2 pixels).
     "lenet_bn": ModelSpec(
-        lenet_bn, "teacher", "LeNet-5 shape with batch norm, the default teacher"
+        lenet_bn, "teacher", "LeNet-5 shape with batch norm, the default teacher", 16
     ),
+    # 6 = 2 + 2 + 2: two 3x3 convolutions, then a 2x2 pool (of 2 pixels).
     "seed_cnn": ModelSpec(
-        seed_cnn, "teacher", "the reference teacher (conv 32, conv 64, dense 128)"
+        seed_cnn, "teacher", "the reference teacher (conv 32, conv 64, dense 128)", 6
     ),
     "seed_mlp": ModelSpec(
         seed_mlp, "student", "the reference student (MLP 128, 64), the default student"
     ),
-    "compact_cnn": ModelSpec(compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)"),
+    "compact_cnn": ModelSpec(compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)", 16),
 }
 DEFAULT_TEACHER = "lenet_bn"
 DEFAULT_STUDENT = "seed_mlp"
@@ -136,9 +143,25 @@ def build_model(name, image_shape, num_classes):
 
     Returns:
         An unbuilt-weights `keras.Model` from uint8 images to logits.
+
+    Raises:
+        ConfigError: the images are smaller than the model takes
+            (`ModelSpec.min_image_size`).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    height, width = image_shape[:2]
+    needed = MODELS[name].min_image_size
+    if min(height, width) < needed:
+        fitting = ", ".join(
+            n for n, spec in MODELS.items() if spec.min_image_size <= min(height, width)
+        )
+        raise ConfigError(
+            ("model",),
+            f"{{0}}={name} needs images of at least {needed}x{needed} pixels, the data set's "
+            f"are {height}x{width}: pick another {{0}} ({fitting} take them)",
+            (name,),
+        )
     return MODELS[name].build(tuple(image_shape), int(num_classes))
 
 

@@ -143,7 +143,7 @@ def plot_predictions(images, captions, path, title, wrong=()):
             )
             cell.set_title(captions[index], fontsize=9, color="red" if index in wrong else "black")
     figure.suptitle(title)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
 
 

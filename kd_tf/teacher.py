@@ -22,7 +22,6 @@ with teacher.Teacher.load("saved_models/teacher/1", strategy, stage="student") a
 
 import dataclasses
 import os
-import tempfile
 import time
 
 import tensorflow as tf
@@ -102,7 +101,7 @@ class Teacher:
     def close(self):
         """Removes the on-disk logit shards, if any."""
         if self._shards is not None:
-            self._shards.cleanup()
+            self._shards.close()
             self._shards = None
 
     def check_fits(self, splits):
@@ -136,9 +135,7 @@ class Teacher:
             )
         started = time.perf_counter()
         if cache == "disk":
-            self._shards = tempfile.TemporaryDirectory(
-                prefix="kd_tf_logits_", dir=distillation.logits_cache_dir
-            )
+            self._shards = logits_cache.ShardDirectory(distillation.logits_cache_dir)
             train, validation_dataset = self._streamed(
                 images, labels, validation, batch_size, eval_batch_size, seed
             )
@@ -177,7 +174,7 @@ class Teacher:
         train_shards, validation_shards = (
             logits_cache.write_shards(
                 self.model, split_images, split_labels,
-                os.path.join(self._shards.name, name), batch_size=eval_batch_size,
+                os.path.join(self._shards.path, name), batch_size=eval_batch_size,
             )
             for name, split_images, split_labels in (
                 ("train", images, labels),

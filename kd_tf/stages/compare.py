@@ -4,14 +4,15 @@ The sub-runs' configs come composed in `config.compare.runs` (the command
 line builds them from their flag files with compare's own flags on top, see
 `kd_tf.command_line`). The comparison goes to the export directory:
 `comparison.png` (test accuracy and loss per epoch), `report.json` and
-`summary.md`.
+`summary.md`. Ctrl-C names the sub-run it stopped and the complete exports of
+the sub-runs before it.
 """
 
 import os
 
 from absl import logging
 
-from kd_tf import atomic, distribution, reporting
+from kd_tf import atomic, distribution, interrupts, reporting
 from kd_tf import config as config_lib
 from kd_tf.stages.training_run import export_dir_for
 
@@ -26,10 +27,7 @@ def run(config, run_stage):
         )
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
     export_dir = export_dir_for(config, "compare", strategy)
-    reports = {"teacher": run_stage(runs["teacher"])}
-    teacher_dir = reports["teacher"]["export_dir"]
-    reports["student"] = run_stage(config_lib.with_fields(runs["student"], teacher_dir=teacher_dir))
-    reports["scratch"] = run_stage(runs["scratch"])
+    reports = _run_all(runs, run_stage)
     rows = reporting.summary_rows(reports)
     table = reporting.markdown_table(rows)
     summary = {
@@ -46,6 +44,29 @@ def run(config, run_stage):
         reporting.write_json(summary, os.path.join(staging, "report.json"))
         with open(os.path.join(staging, "summary.md"), "w") as f:
             f.write(table + "\n")
-    logging.info("comparison written to %s\n%s", export_dir, table)
+    with interrupts.outcome(f"the comparison is complete at {export_dir}"):
+        logging.info("comparison written to %s\n%s", export_dir, table)
     summary["export_dir"] = export_dir
     return summary
+
+
+def _run_all(runs, run_stage):
+    """Runs the sub-runs in order, the student from the teacher's export;
+    Ctrl-C says which sub-run it stopped and which exports are complete."""
+    reports = {}
+    for stage in config_lib.COMPARE_STAGES:
+        run = runs[stage]
+        if stage == "student":
+            run = config_lib.with_fields(run, teacher_dir=reports["teacher"]["export_dir"])
+        try:
+            reports[stage] = run_stage(run)
+        except KeyboardInterrupt as error:
+            message = (
+                f"{stage} run: {interrupts.outcome_of(error, 'no partial export was written')}"
+            )
+            if reports:
+                message += "; finished: " + ", ".join(
+                    f"{name} at {report['export_dir']}" for name, report in reports.items()
+                )
+            raise interrupts.Interrupted(message) from error
+    return reports

@@ -1,14 +1,15 @@
 """`predict`: classifies image files, or test images, with an export.
 
 Prints one line per image (see `kd_tf.inference.format_prediction`) and, with
-`output_image`, saves a grid of the images with their predictions.
+`output_image`, saves a grid of the images with their predictions (its
+directory is created, and checked writable, before anything is loaded).
 """
 
 import os
 
 from absl import logging
 
-from kd_tf import export, inference, teacher
+from kd_tf import atomic, export, inference, interrupts, teacher
 from kd_tf.errors import ConfigError
 from kd_tf.stages.training_run import load_data
 
@@ -60,14 +61,20 @@ def run(config):
             ("stage", "images", "test_index"),
             "{0}=predict needs either {1}=FILES (files, directories or globs) or {2}=I[,J...]",
         )
-    load = _file_images if settings.images is not None else _test_images
-    served, images, labels, names, grid_names = load(config)
-    predictions = inference.predict(served, images, labels, config.optimization.eval_batch_size)
-    for name, prediction in zip(names, predictions):
-        print(inference.format_prediction(name, prediction), flush=True)
+    unwritten = "nothing was written"
     if settings.output_image:
-        inference.save_grid(
-            images, grid_names, predictions, settings.output_image, title=settings.model_dir
-        )
+        atomic.check_writable(settings.output_image, "output_image")
+        unwritten = f"{settings.output_image} was not written"
+    load = _file_images if settings.images is not None else _test_images
+    with interrupts.outcome(unwritten):
+        served, images, labels, names, grid_names = load(config)
+        predictions = inference.predict(served, images, labels, config.optimization.eval_batch_size)
+        for name, prediction in zip(names, predictions):
+            print(inference.format_prediction(name, prediction), flush=True)
+        if settings.output_image:
+            inference.save_grid(
+                images, grid_names, predictions, settings.output_image, title=settings.model_dir
+            )
+    if settings.output_image:
         logging.info("predictions drawn in %s", settings.output_image)
     return {"names": names, "predictions": predictions}

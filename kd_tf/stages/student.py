@@ -105,15 +105,16 @@ def build_distiller(config, inputs, model_name, temperature, alpha, policy):
 
 def run(config):
     """`--stage=student`: returns the report (also written into the export)."""
-    run = TrainingRun(config, "student")
     model_name = config.model.model or models.DEFAULT_STUDENT
+    run = TrainingRun(config, "student", model_name)
     distill = config.distillation
-    with prepare_distillation(config, run.strategy, run.precision) as inputs:
-        with run.strategy.scope():
-            distiller = build_distiller(
-                config, inputs, model_name, distill.temperature, distill.alpha, run.precision
-            )
-        epochs, best_epoch = run.fit(distiller, distiller.student, inputs)
-        fields = inputs.report_fields()
-    fields.update(temperature=distill.temperature, alpha=distill.alpha)
-    return run.finish(distiller.student, model_name, inputs.splits, epochs, best_epoch, fields)
+    with run.not_exported():
+        with prepare_distillation(config, run.strategy, run.precision) as inputs:
+            with run.strategy.scope():
+                distiller = build_distiller(
+                    config, inputs, model_name, distill.temperature, distill.alpha, run.precision
+                )
+            epochs, best_epoch = run.fit(distiller, distiller.student, inputs)
+            fields = inputs.report_fields()
+        fields.update(temperature=distill.temperature, alpha=distill.alpha)
+        return run.finish(distiller.student, inputs.splits, epochs, best_epoch, fields)

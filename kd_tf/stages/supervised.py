@@ -37,20 +37,25 @@ def _inputs(config):
 def train_supervised(config, stage, default_model):
     """Trains `config.model.model` (or `default_model`) on the hard labels and
     exports it; returns the report."""
-    run = TrainingRun(config, stage)
     model_name = config.model.model or default_model
-    determinism.make_reproducible(config.runtime.seed, deterministic=config.runtime.deterministic)
-    inputs = _inputs(config)
-    with run.strategy.scope(), precision.policy(run.precision):
-        model = models.build_model(model_name, inputs.splits.image_shape, inputs.splits.num_classes)
-        model.compile(
-            optimizer=run.optimizer(inputs.steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=config.optimization.steps_per_execution,
+    run = TrainingRun(config, stage, model_name)
+    with run.not_exported():
+        determinism.make_reproducible(
+            config.runtime.seed, deterministic=config.runtime.deterministic
         )
-    epochs, best_epoch = run.fit(model, model, inputs)
-    return run.finish(model, model_name, inputs.splits, epochs, best_epoch)
+        inputs = _inputs(config)
+        with run.strategy.scope(), precision.policy(run.precision):
+            model = models.build_model(
+                model_name, inputs.splits.image_shape, inputs.splits.num_classes
+            )
+            model.compile(
+                optimizer=run.optimizer(inputs.steps_per_epoch),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                steps_per_execution=config.optimization.steps_per_execution,
+            )
+        epochs, best_epoch = run.fit(model, model, inputs)
+        return run.finish(model, inputs.splits, epochs, best_epoch)
 
 
 def teacher(config):

@@ -7,15 +7,20 @@ through its reloaded copy with its report, and the backup's removal once the
 export is in place. A stage says only what differs: its data, its model and
 what it adds to the report.
 
+Ctrl-C during a run says what is true: "no partial export was written"
+until the export is in place (`not_exported`), "the export is complete at
+DIR" after.
+
 Usage:
 
 ```python
-run = TrainingRun(config, "scratch")
-inputs = TrainingInputs(splits, train, validation, steps_per_epoch)
-with run.strategy.scope():
-    model = build_and_compile(run.optimizer(inputs.steps_per_epoch))
-epochs, best_epoch = run.fit(model, model, inputs)
-return run.finish(model, "seed_mlp", inputs.splits, epochs, best_epoch)
+run = TrainingRun(config, "scratch", "seed_mlp")
+with run.not_exported():
+    inputs = TrainingInputs(splits, train, validation, steps_per_epoch)
+    with run.strategy.scope():
+        model = build_and_compile(run.optimizer(inputs.steps_per_epoch))
+    epochs, best_epoch = run.fit(model, model, inputs)
+    return run.finish(model, inputs.splits, epochs, best_epoch)
 ```
 """
 
@@ -26,7 +31,17 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import backup, data, distribution, export, precision, reporting, training
+from kd_tf import (
+    backup,
+    data,
+    distribution,
+    export,
+    interrupts,
+    pipelines,
+    precision,
+    reporting,
+    training,
+)
 from kd_tf import config as config_lib
 from kd_tf.stages.report import RunReport, data_summary
 
@@ -71,18 +86,30 @@ class TrainingRun:
     Args:
         config: the run's `config.Config`.
         stage: "teacher", "scratch" or "student".
+        model_name: the architecture trained (a `models.MODELS` key).
+
+    Raises:
+        UserError: the export directory is taken, or the backup directory
+            holds a backup of another run (see `kd_tf.backup`).
     """
 
-    def __init__(self, config, stage):
+    def __init__(self, config, stage, model_name):
         self.started = time.perf_counter()
         self.config = config
         self.stage = stage
+        self.model_name = model_name
         self.strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
         self.export_dir = export_dir_for(config, stage, self.strategy)
         self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
-        self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir)
+        self.run_fields = backup.run_fields(config_lib.fields(config), stage, model_name)
+        self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
         self.precision = precision.resolve(config.runtime.precision)
         logging.info("--precision=%s: %s", config.runtime.precision, self.precision)
+
+    @staticmethod
+    def not_exported():
+        """The block before the export is in place: Ctrl-C there says so."""
+        return interrupts.outcome("no partial export was written")
 
     def optimizer(self, steps_per_epoch):
         """A fresh optimiser with the run's schedule."""
@@ -105,22 +132,32 @@ class TrainingRun:
             log_dir=distribution.worker_dir(self.strategy, log_dir),
             test_logits=self._test_monitor(model, inputs.splits.test),
             backup_dir=self.backup_dir,
+            run_fields=self.run_fields,
         )
 
     def _test_monitor(self, model, test):
         if not self.config.runtime.monitor_test:
             return None
-        batch_size = self.config.optimization.eval_batch_size
-        return lambda: (model.predict(test.images, batch_size=batch_size, verbose=0), test.labels)
+        # A tf.data pipeline of kd_tf's: `predict` on a NumPy array builds
+        # Keras's own, whose parallel map op determinism (--deterministic) has
+        # tf.data rewrite into a sequential MapDataset that keeps the parallel
+        # op's attribute, and TensorFlow logs "NodeDef mentions attribute
+        # use_unbounded_threadpool which is not in the op definition" as an error.
+        dataset = distribution.distributable(
+            pipelines.evaluation_dataset(
+                test.images, test.labels, self.config.optimization.eval_batch_size
+            )
+        )
+        return lambda: (model.predict(dataset, verbose=0), test.labels)
 
-    def finish(self, model, model_name, splits, epochs, best_epoch, distillation=None):
+    def finish(self, model, splits, epochs, best_epoch, distillation=None):
         """Exports `model` with its report, removes the backup; returns the
         report (as `report.json` holds it, plus `export_dir`)."""
         report = RunReport(
             stage=self.stage,
             flags=config_lib.fields(self.config),
             data=data_summary(splits, self.config.data),
-            model=model_name,
+            model=self.model_name,
             params=int(model.count_params()),
             epochs=epochs,
             best_epoch=best_epoch,
@@ -133,7 +170,16 @@ class TrainingRun:
             distillation=distillation or {},
         )
         self._export(model, splits, report)
-        backup.remove(self.backup_dir)
+        with interrupts.outcome(f"the export is complete at {self.export_dir}"):
+            backup.remove(self.backup_dir)
+            logging.info(
+                "%s: test accuracy %.2f %% (best epoch %d of %d), exported to %s",
+                self.stage,
+                100 * report.test_accuracy,
+                report.best_epoch,
+                len(report.epochs),
+                self.export_dir,
+            )
         return {**report.as_json(), "export_dir": self.export_dir}
 
     def _export(self, model, splits, report):
@@ -159,12 +205,4 @@ class TrainingRun:
             check_images=splits.validation.images[:CHECK_EXAMPLES],
             finalize=finalize,
             overwrite=self.config.export.overwrite,
-        )
-        logging.info(
-            "%s: test accuracy %.2f %% (best epoch %d of %d), exported to %s",
-            self.stage,
-            100 * report.test_accuracy,
-            report.best_epoch,
-            len(report.epochs),
-            self.export_dir,
         )

@@ -1,7 +1,8 @@
 """`tune`: keras-tuner search over the student's temperature and alpha.
 
 The teacher's logits and the datasets are prepared once for all trials (see
-`kd_tf.tuning`); the search report goes to `<tune_dir>/report.json`.
+`kd_tf.tuning`); the search report goes to `<tune_dir>/report.json`. Ctrl-C
+keeps the search state in `tune_dir`: the same command resumes it.
 """
 
 import time
@@ -9,13 +10,20 @@ import time
 from absl import logging
 
 from kd_tf import config as config_lib
-from kd_tf import distribution, models, precision, tuning
+from kd_tf import distribution, interrupts, models, precision, tuning
 from kd_tf.stages.report import data_summary
 from kd_tf.stages.student import build_distiller, prepare_distillation
 
 
 def run(config):
     """`--stage=tune`: returns the search report (also written to `tune_dir`)."""
+    with interrupts.outcome(
+        f"the search state is kept in {config.tune.tune_dir}: rerun the same command to resume it"
+    ):
+        return _search(config)
+
+
+def _search(config):
     started = time.perf_counter()
     model_name = config.model.model or models.DEFAULT_STUDENT
     tuning.check_tune_dir(config.tune.tune_dir)

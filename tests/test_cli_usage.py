@@ -1,0 +1,230 @@
+"""What a user sees on the command line: the usage text of `--help`, one line
+per epoch (and no TensorFlow error lines), a Ctrl-C message that says what is
+true (defect 6), and TFLite files measured with LiteRT's interpreter."""
+
+import contextlib
+import glob
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import (
+    atomic,
+    backup,
+    export,
+    inference,
+    interrupts,
+    lite,
+    main,
+    reporting,
+    stages,
+    tuning,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_RUN = ("--epochs=1", "--train_examples=256", "--validation_examples=256", "--batch_size=64")
+# The flags `--help` shows for each stage, besides --stage and --flagfile.
+STAGE_FLAGS = {
+    "teacher": ("--model", "--epochs", "--augment", "--export_dir", "--backup_dir"),
+    "student": ("--teacher_dir", "--temperature", "--alpha", "--teacher_logits", "--logits_cache"),
+    "scratch": ("--model", "--augment_views"),
+    "compare": ("--teacher_flagfile", "--student_flagfile", "--scratch_flagfile"),
+    "tune": ("--tune_dir", "--max_trials", "--tuner"),
+    "predict": ("--model_dir", "--images", "--test_index", "--output_image"),
+    "tflite": ("--tflite_path", "--quantize"),
+}
+
+
+def _cli(*argv, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "kd_tf.main", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _tiny_export(path, overwrite=False):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1.0 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    return export.export_model(model, path, check_images=images, overwrite=overwrite)
+
+
+class HelpTest(tf.test.TestCase):
+    def test_help_shows_every_stage_its_flag_files_and_main_flags(self):
+        process = _cli("--help", timeout=120)
+        # absl's --help exits with status 1 after the usage text, on stdout.
+        self.assertNotIn("Traceback", process.stderr)
+        usage = process.stdout
+        self.assertIn("python -m kd_tf.main --flagfile=flags/", usage)
+        for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))):
+            self.assertIn(f"flags/{os.path.basename(path)}", usage)
+        for stage, flags in STAGE_FLAGS.items():
+            with self.subTest(stage=stage):
+                self.assertIn(f"--stage={stage}", usage)
+                for flag in flags:
+                    self.assertRegex(usage, f"{flag}\\b")
+        self.assertIn("--helpfull", usage)
+
+
+class EpochLogTest(tf.test.TestCase):
+    def test_one_line_per_epoch_and_no_tensorflow_error_lines(self):
+        root = tempfile.mkdtemp(dir=self.get_temp_dir())
+        process = _cli(
+            "--flagfile=flags/teacher.cfg",
+            "--train_examples=1024",
+            "--epochs=2",
+            "--monitor_test",
+            f"--export_dir={root}/teacher",
+            f"--log_dir={root}/logs",
+        )
+        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
+        self.assertNotIn("NodeDef mentions attribute", process.stderr)
+        self.assertNotIn("Epoch 1/2", process.stdout)
+        self.assertNotIn("/step", process.stdout)
+        lines = [line for line in process.stderr.splitlines() if re.search(r"\] epoch \d", line)]
+        self.assertLen(lines, 2, process.stderr[-3000:])
+        for epoch, line in enumerate(lines, 1):
+            self.assertRegex(
+                line,
+                f"epoch {epoch}/2: train [0-9.]+ s, validation [0-9.]+ s; loss [0-9.]+, "
+                "accuracy [0-9.]+, val_loss [0-9.]+, val_accuracy [0-9.]+, "
+                "test_loss [0-9.]+, test_accuracy [0-9.]+$",
+            )
+
+
+class CtrlCTest(tf.test.TestCase):
+    """Defect 6: after Ctrl-C the line says what was written and what was not."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+        cls.teacher_dir = _tiny_export(os.path.join(cls.root, "teacher"))
+
+    def interrupted(self, *argv):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = main.run_command([*SMALL_RUN, f"--log_dir={self.root}/logs", *argv])
+        self.assertNotIn("Traceback", stderr.getvalue())
+        self.assertEqual(status, main.EXIT_INTERRUPTED, stderr.getvalue()[-2000:])
+        lines = [line for line in stderr.getvalue().splitlines() if line.startswith("kd_tf:")]
+        self.assertLen(lines, 1)
+        return lines[0]
+
+    def test_after_the_export_is_in_place(self):
+        export_dir = os.path.join(self.root, "scratch")
+        with mock.patch.object(backup, "remove", side_effect=KeyboardInterrupt):
+            line = self.interrupted("--stage=scratch", f"--export_dir={export_dir}")
+        self.assertEqual(line, f"kd_tf: interrupted: the export is complete at {export_dir}")
+        export.load_serving_model(export_dir)
+
+    def test_during_a_search(self):
+        tune_dir = os.path.join(self.root, "tune")
+        with mock.patch.object(tuning, "search", side_effect=KeyboardInterrupt):
+            line = self.interrupted(
+                "--stage=tune", f"--teacher_dir={self.teacher_dir}", f"--tune_dir={tune_dir}"
+            )
+        self.assertEqual(
+            line,
+            f"kd_tf: interrupted: the search state is kept in {tune_dir}: rerun the same "
+            "command to resume it",
+        )
+
+    def test_compare_after_its_teacher(self):
+        saved_models = os.path.join(self.root, "compare_runs")
+        with mock.patch.dict(
+            stages.REGISTRY, {"student": mock.Mock(side_effect=KeyboardInterrupt)}
+        ):
+            line = self.interrupted(
+                "--stage=compare",
+                *(
+                    f"--{s}_flagfile={REPO}/flags/{s}.cfg"
+                    for s in ("teacher", "student", "scratch")
+                ),
+                f"--saved_models_dir={saved_models}",
+                f"--export_dir={self.root}/compare",
+            )
+        teacher = os.path.join(saved_models, "teacher", "1")
+        self.assertEqual(
+            line,
+            "kd_tf: interrupted: student run: no partial export was written; "
+            f"finished: teacher at {teacher}",
+        )
+        export.load_serving_model(teacher)
+        self.assertFalse(os.path.exists(f"{self.root}/compare"))
+
+    def test_predict_and_tflite(self):
+        grid = os.path.join(self.root, "grid.png")
+        with mock.patch.object(inference, "save_grid", side_effect=KeyboardInterrupt):
+            line = self.interrupted(
+                "--stage=predict",
+                f"--model_dir={self.teacher_dir}",
+                "--test_index=0",
+                f"--output_image={grid}",
+            )
+        self.assertEqual(line, f"kd_tf: interrupted: {grid} was not written")
+        tflite = os.path.join(self.root, "model.tflite")
+        argv = ("--stage=tflite", f"--model_dir={self.teacher_dir}", f"--tflite_path={tflite}")
+        with mock.patch.object(lite, "_measure", side_effect=KeyboardInterrupt):
+            line = self.interrupted(*argv)
+        self.assertEqual(line, f"kd_tf: interrupted: {tflite} was not written")
+        self.assertFalse(os.path.exists(tflite))
+        with mock.patch.object(reporting, "write_json", side_effect=KeyboardInterrupt):
+            line = self.interrupted(*argv)
+        self.assertEqual(
+            line, f"kd_tf: interrupted: {tflite} is complete, its report was not written"
+        )
+        self.assertTrue(os.path.exists(tflite))
+
+    def test_while_the_replaced_export_is_deleted(self):
+        target = _tiny_export(os.path.join(self.root, "replaced"))
+        rmtree = shutil.rmtree
+
+        def interrupted_while_deleting_the_old_export(path, *args, **kwargs):
+            if os.path.basename(path).startswith(".replaced.tmp-"):
+                raise KeyboardInterrupt
+            return rmtree(path, *args, **kwargs)
+
+        with (
+            mock.patch.object(
+                atomic.shutil, "rmtree", side_effect=interrupted_while_deleting_the_old_export
+            ),
+            self.assertRaises(interrupts.Interrupted) as caught,
+        ):
+            _tiny_export(target, overwrite=True)
+        self.assertRegex(
+            caught.exception.outcome,
+            f"^the new output is complete at {re.escape(target)}; the old one may remain in "
+            f"{re.escape(self.root)}/\\.replaced\\.tmp-",
+        )
+        export.load_serving_model(target)
+
+
+class LiteRTTest(tf.test.TestCase):
+    def test_tflite_files_run_in_litert_not_tf_lite(self):
+        model_dir = _tiny_export(os.path.join(self.get_temp_dir(), "model"))
+        content = lite.convert(model_dir)
+        images = np.random.default_rng(0).integers(0, 256, (300, 28, 28, 1), dtype=np.uint8)
+        with mock.patch.object(tf.lite, "Interpreter", side_effect=AssertionError("tf.lite")):
+            logits = lite.tflite_logits(content, images, batch_size=128)
+        served = export.load_serving_model(model_dir)
+        self.assertAllClose(logits, served.predict_logits(images), atol=1e-4)
+
+
+if __name__ == "__main__":
+    tf.test.main()
