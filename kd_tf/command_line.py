@@ -91,6 +91,17 @@ _HELP = (
         "or a .keras file.",
     ),
     (
+        "teacher_pixel_range",
+        "For a teacher that takes float images: the range its pixels are scaled to, "
+        "0-255, 0-1 or -1-1 (a uint8 teacher gets them as they are).",
+    ),
+    (
+        "teacher_output",
+        "What the teacher's 'logits' output holds: logits; probabilities (their log is "
+        "taken); auto: probabilities when every row of a probe batch lies in [0, 1] and sums "
+        "to 1, logged.",
+    ),
+    (
         "teacher_logits",
         "cached: compute the teacher's logits once per data set; online: run the teacher "
         "every step; auto: cached unless augmentation is drawn afresh every step.",

@@ -19,7 +19,17 @@ stages.run(config)
 
 import dataclasses
 
-from kd_tf import data, distillation, distribution, lite, logits_cache, models, precision, tuning
+from kd_tf import (
+    data,
+    distillation,
+    distribution,
+    lite,
+    logits_cache,
+    models,
+    precision,
+    teacher_adapter,
+    tuning,
+)
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
@@ -72,6 +82,8 @@ class DistillationConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     teacher_dir: str | None = None
+    teacher_pixel_range: str = "0-255"
+    teacher_output: str = "auto"
     teacher_logits: str = "auto"
     logits_cache: str = "auto"
     logits_memory_mb: int = 2048
@@ -241,6 +253,8 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
     "teacher_logits": distillation.TEACHER_LOGITS_MODES,
+    "teacher_pixel_range": tuple(teacher_adapter.PIXEL_RANGES),
+    "teacher_output": teacher_adapter.TEACHER_OUTPUTS,
     "logits_cache": logits_cache.LOGITS_CACHES,
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,
