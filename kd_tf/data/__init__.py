@@ -14,7 +14,9 @@ The last `validation_examples` images of the original training split become
 the validation split; the test split is returned as is.
 """
 
-from kd_tf.data import idx, tfds_source
+import os
+
+from kd_tf.data import directory, idx, tfds_source
 from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
 from kd_tf.data.splits import DataSplits, Split, make_splits
@@ -30,7 +32,7 @@ __all__ = [
     "read_packaged_mnist",
 ]
 
-DATA_SOURCES = ("auto", "tfds", "packaged", "idx")
+DATA_SOURCES = ("auto", "tfds", "packaged", "idx", "directory")
 
 
 def load_splits(
@@ -41,6 +43,9 @@ def load_splits(
     train_examples=None,
     tfds_data_dir=None,
     idx_dir=None,
+    data_dir=None,
+    image_size=None,
+    test_fraction=directory.DEFAULT_TEST_FRACTION,
 ):
     """Load the train, validation and test splits of a data set.
 
@@ -56,6 +61,11 @@ def load_splits(
             held out).
         tfds_data_dir: TFDS data directory; `None` means the TFDS default.
         idx_dir: Directory of the IDX files, for `source="idx"`.
+        data_dir: For `source="directory"`, the root of the image folders
+            (see `kd_tf.data.directory`); the data set is named after it.
+        image_size: For `source="directory"`, `(H, W)` to resize to, or None.
+        test_fraction: For `source="directory"` without a `test/` folder, the
+            share of each class held out as the test split.
 
     Returns:
         A `DataSplits`.
@@ -67,7 +77,13 @@ def load_splits(
         raise ConfigError(
             ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
         )
-    source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
+    if source == "directory":
+        if data_dir is None:
+            raise ConfigError(("data_source", "data_dir"), "{0}=directory needs {1}=DIR")
+        train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+        dataset, num_classes = os.path.basename(os.path.normpath(data_dir)), len(classes)
+    else:
+        source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
     return make_splits(
         dataset,
         source,
