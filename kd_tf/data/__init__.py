@@ -16,7 +16,7 @@ the validation split; the test split is returned as is.
 
 import os
 
-from kd_tf.data import directory, idx, tfds_source
+from kd_tf.data import directory, idx, tfds_source, tfrecord
 from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
 from kd_tf.data.splits import DataSplits, Split, make_splits
@@ -32,7 +32,9 @@ __all__ = [
     "read_packaged_mnist",
 ]
 
-DATA_SOURCES = ("auto", "tfds", "packaged", "idx", "directory")
+DATA_SOURCES = ("auto", "tfds", "packaged", "idx", "directory", "tfrecord")
+# The sources whose files live in --data_dir.
+FILE_SOURCES = ("directory", "tfrecord")
 
 
 def load_splits(
@@ -62,8 +64,10 @@ def load_splits(
         tfds_data_dir: TFDS data directory; `None` means the TFDS default.
         idx_dir: Directory of the IDX files, for `source="idx"`.
         data_dir: For `source="directory"`, the root of the image folders
-            (see `kd_tf.data.directory`); the data set is named after it.
-        image_size: For `source="directory"`, `(H, W)` to resize to, or None.
+            (see `kd_tf.data.directory`); for `source="tfrecord"`, the
+            directory of the TFRecord files (see `kd_tf.data.tfrecord`). The
+            data set is named after it.
+        image_size: For those sources, `(H, W)` to resize to, or None.
         test_fraction: For `source="directory"` without a `test/` folder, the
             share of each class held out as the test split.
 
@@ -77,11 +81,15 @@ def load_splits(
         raise ConfigError(
             ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
         )
-    if source == "directory":
+    if source in FILE_SOURCES:
         if data_dir is None:
-            raise ConfigError(("data_source", "data_dir"), "{0}=directory needs {1}=DIR")
-        train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
-        dataset, num_classes = os.path.basename(os.path.normpath(data_dir)), len(classes)
+            raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
+        dataset = os.path.basename(os.path.normpath(data_dir))
+        if source == "directory":
+            train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+            num_classes = len(classes)
+        else:
+            (train, test), num_classes = tfrecord.read_tfrecords(data_dir, image_size), None
     else:
         source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
     return make_splits(

@@ -12,10 +12,8 @@ Classes are numbered in the sorted order of their folder names. The training
 images come in a fixed pseudo-random order (the same on every run, whatever
 `--seed`), so that the validation split, held out from their end, covers
 every class; the test images stay in class and file-name order. Images keep
-their size: all must share one unless `image_size=(H, W)` is given, which
-resizes them (bilinear, antialiased). If any image is in colour, all become
-RGB (an alpha channel is dropped); else they stay grayscale. Decoding runs in
-parallel with `tf.data`; the decoded splits are held in memory.
+their size, channels and pixels as `kd_tf.data.images.decode_images` decodes
+them; the decoded splits are held in memory.
 
 Usage:
 
@@ -29,6 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.data.images import decode, decode_images
 from kd_tf.data.splits import Split
 from kd_tf.errors import ConfigError, UserError
 
@@ -65,7 +64,11 @@ def read_directory(data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTIO
     # A fixed shuffle, so that the validation split (the last training images)
     # covers every class; it does not depend on --seed, so neither do the splits.
     train_files = [train_files[i] for i in np.random.default_rng(0).permutation(len(train_files))]
-    images = _decode([path for path, _ in train_files + test_files], image_size)
+    paths = [path for path, _ in train_files + test_files]
+    encoded = tf.data.Dataset.from_tensor_slices(paths).map(
+        tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    images = decode_images(encoded, image_size, lambda: _unreadable(paths))
     labels = np.array([label for _, label in train_files + test_files], np.int64)
     cut = len(train_files)
     return Split(images[:cut], labels[:cut]), Split(images[cut:], labels[cut:]), classes
@@ -113,54 +116,11 @@ def _held_out(files, test_fraction):
     return train, test
 
 
-def _decode_one(path):
-    return tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-
-
-def _decode(paths, image_size):
-    """uint8 array `[N, H, W, C]` of the images at `paths`."""
-    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-        _decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    if image_size is not None:
-        dataset = dataset.map(lambda image: _resized(image, image_size))
-    try:
-        images = list(dataset.as_numpy_iterator())
-    except tf.errors.InvalidArgumentError:
-        raise _unreadable(paths) from None
-    sizes = sorted({image.shape[:2] for image in images})
-    if len(sizes) > 1:
-        raise ConfigError(
-            ("image_size",),
-            f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
-            f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
-        )
-    colour = any(image.shape[-1] >= 3 and not _is_grey(image) for image in images)
-    return np.stack([_with_channels(image, 3 if colour else 1) for image in images])
-
-
-def _is_grey(image):
-    return bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
-
-
-def _with_channels(image, channels):
-    """An image of 1 to 4 channels as `channels` (1 or 3); alpha dropped."""
-    if image.shape[-1] in (2, 4):
-        image = image[..., :-1]
-    if image.shape[-1] == channels:
-        return image
-    return np.repeat(image, 3, axis=-1) if channels == 3 else image[..., :1]
-
-
-def _resized(image, image_size):
-    resized = tf.image.resize(image, image_size, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-
-
 def _unreadable(paths):
+    """The error naming the first of `paths` that does not decode."""
     for path in paths:
         try:
-            _decode_one(path)
+            decode(tf.io.read_file(path))
         except tf.errors.InvalidArgumentError:
             return ConfigError(
                 ("data_dir",), f"cannot read {path} as an image: fix or remove it from {{0}}"
