@@ -82,14 +82,8 @@ def load_splits(
             ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
         )
     if source in FILE_SOURCES:
-        if data_dir is None:
-            raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
-        dataset = os.path.basename(os.path.normpath(data_dir))
-        if source == "directory":
-            train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
-            num_classes = len(classes)
-        else:
-            (train, test), num_classes = tfrecord.read_tfrecords(data_dir, image_size), None
+        dataset = os.path.basename(os.path.normpath(data_dir or ""))
+        train, test, num_classes = _read_files(source, data_dir, image_size, test_fraction)
     else:
         source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
     return make_splits(
@@ -101,6 +95,17 @@ def load_splits(
         validation_examples,
         train_examples,
     )
+
+
+def _read_files(source, data_dir, image_size, test_fraction):
+    """`(train, test, num_classes)` of a source in `FILE_SOURCES` (`num_classes`
+    None when it is to be taken from the labels)."""
+    if data_dir is None:
+        raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
+    if source == "directory":
+        train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+        return train, test, len(classes)
+    return (*tfrecord.read_tfrecords(data_dir, image_size), None)
 
 
 def _read_source(dataset, source, tfds_data_dir, idx_dir):
