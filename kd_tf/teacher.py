@@ -26,7 +26,7 @@ import time
 
 import tensorflow as tf
 
-from kd_tf import distillation, export, logits_cache, pipelines
+from kd_tf import distillation, export, logits_cache, pipelines, teacher_adapter
 from kd_tf.errors import ConfigError, UserError
 
 
@@ -38,6 +38,10 @@ def check_fits(model, what, splits):
             f"{what} {model.path} takes images of shape {tuple(model.image_shape)} "
             f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
         )
+    _check_classes(model, what, splits)
+
+
+def _check_classes(model, what, splits):
     if model.num_classes != splits.num_classes:
         raise UserError(
             f"{what} {model.path} predicts {model.num_classes} classes but "
@@ -72,17 +76,24 @@ class Teacher:
 
     Attributes:
         model: the `export.ServingModel`.
+        adapter: once `check_fits` has seen the data, the
+            `teacher_adapter.TeacherAdapter` through which its logits are read.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, pixel_range="0-255", output="auto"):
         self.model = model
+        self.pixel_range = pixel_range
+        self.output = output
+        self.adapter = None
         self._shards = None
 
     @classmethod
-    def load(cls, teacher_dir, strategy, stage):
+    def load(cls, teacher_dir, strategy, stage, *, pixel_range="0-255", output="auto"):
         """Loads the teacher at `teacher_dir` under `strategy`'s scope, so that
         its variables are mirrored onto every replica's device and the online
-        mode reads them locally; `stage` names the run in the error."""
+        mode reads them locally; `stage` names the run in the error. A teacher
+        may take float images in `pixel_range` and return probabilities
+        (`output`, see `kd_tf.teacher_adapter`)."""
         if not teacher_dir:
             raise ConfigError(
                 ("stage", "teacher_dir"),
@@ -90,7 +101,7 @@ class Teacher:
                 "the teacher stage, e.g. saved_models/teacher/1, or a .keras file)",
             )
         with strategy.scope():
-            return cls(export.load_serving_model(teacher_dir))
+            return cls(export.load_serving_model(teacher_dir, float_input=True), pixel_range, output)
 
     def __enter__(self):
         return self
@@ -105,7 +116,13 @@ class Teacher:
             self._shards = None
 
     def check_fits(self, splits):
-        check_fits(self.model, "teacher", splits)
+        """Checks that the teacher predicts the data set's classes and takes
+        images its images can be converted to; sets `adapter`."""
+        _check_classes(self.model, "teacher", splits)
+        teacher_adapter.check_input(self.model, splits.image_shape)
+        self.adapter = teacher_adapter.TeacherAdapter(
+            self.model, splits.image_shape, self.pixel_range, self.output
+        )
 
     def datasets(
         self, images, labels, validation, *, random_augment, distillation, batch_size,
@@ -126,6 +143,7 @@ class Teacher:
         Returns:
             A `TeacherLogits`.
         """
+        self.adapter.resolve_output(validation.images)
         mode = _logits_mode(distillation.teacher_logits, random_augment)
         cache = None
         if mode == "cached":
@@ -154,8 +172,8 @@ class Teacher:
     ):
         train_logits = None
         if cache == "memory":
-            train_logits = self.model.predict_logits(images, batch_size=eval_batch_size)
-        validation_logits = self.model.predict_logits(
+            train_logits = self.adapter.predict_logits(images, batch_size=eval_batch_size)
+        validation_logits = self.adapter.predict_logits(
             validation.images, batch_size=eval_batch_size
         )
         train = pipelines.training_dataset(
@@ -173,7 +191,7 @@ class Teacher:
         shape = {"image_shape": images.shape[1:], "num_classes": self.model.num_classes}
         train_shards, validation_shards = (
             logits_cache.write_shards(
-                self.model, split_images, split_labels,
+                self.adapter, split_images, split_labels,
                 os.path.join(self._shards.path, name), batch_size=eval_batch_size,
             )
             for name, split_images, split_labels in (
@@ -190,6 +208,7 @@ class Teacher:
         """The report fields of the teacher and its `TeacherLogits`."""
         return {
             "teacher_dir": self.model.path,
+            "teacher_output": self.adapter.output,
             "teacher_logits": logits.mode,
             "teacher_logits_seconds": round(logits.seconds, 2),
             "logits_cache": logits.cache,

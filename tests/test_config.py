@@ -9,15 +9,18 @@ from absl import flags
 from kd_tf import command_line, config
 from kd_tf.errors import ConfigError, UserError
 
-# Every flag a run report lists under "flags": the first release's, and --precision.
+# Every flag a run report lists under "flags": the first release's, --precision and
+# the teacher's --teacher_pixel_range and --teacher_output, the image folders'
+# --data_dir, --image_size and --test_fraction.
 REPORT_FLAGS = (
     "alpha alpha_max alpha_min augment augment_views backup_dir batch_size cpu_devices "
-    "data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
-    "idx_dir images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
+    "data_dir data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
+    "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
     "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "
-    "student_flagfile teacher_dir teacher_flagfile teacher_logits temperature temperature_max "
-    "temperature_min test_index tflite_path tfds_data_dir train_examples tune_dir tuner "
+    "student_flagfile teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
+    "temperature temperature_max "
+    "temperature_min test_fraction test_index tflite_path tfds_data_dir train_examples tune_dir tuner "
     "validation_examples warmup_epochs weight_decay"
 ).split()
 

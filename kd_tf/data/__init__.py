@@ -14,7 +14,9 @@ The last `validation_examples` images of the original training split become
 the validation split; the test split is returned as is.
 """
 
-from kd_tf.data import idx, tfds_source
+import os
+
+from kd_tf.data import directory, idx, tfds_source, tfrecord
 from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
 from kd_tf.data.splits import DataSplits, Split, make_splits
@@ -30,7 +32,9 @@ __all__ = [
     "read_packaged_mnist",
 ]
 
-DATA_SOURCES = ("auto", "tfds", "packaged", "idx")
+DATA_SOURCES = ("auto", "tfds", "packaged", "idx", "directory", "tfrecord")
+# The sources whose files live in --data_dir.
+FILE_SOURCES = ("directory", "tfrecord")
 
 
 def load_splits(
@@ -41,6 +45,9 @@ def load_splits(
     train_examples=None,
     tfds_data_dir=None,
     idx_dir=None,
+    data_dir=None,
+    image_size=None,
+    test_fraction=directory.DEFAULT_TEST_FRACTION,
 ):
     """Load the train, validation and test splits of a data set.
 
@@ -56,6 +63,13 @@ def load_splits(
             held out).
         tfds_data_dir: TFDS data directory; `None` means the TFDS default.
         idx_dir: Directory of the IDX files, for `source="idx"`.
+        data_dir: For `source="directory"`, the root of the image folders
+            (see `kd_tf.data.directory`); for `source="tfrecord"`, the
+            directory of the TFRecord files (see `kd_tf.data.tfrecord`). The
+            data set is named after it.
+        image_size: For those sources, `(H, W)` to resize to, or None.
+        test_fraction: For `source="directory"` without a `test/` folder, the
+            share of each class held out as the test split.
 
     Returns:
         A `DataSplits`.
@@ -67,7 +81,11 @@ def load_splits(
         raise ConfigError(
             ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
         )
-    source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
+    if source in FILE_SOURCES:
+        dataset = os.path.basename(os.path.normpath(data_dir or ""))
+        train, test, num_classes = _read_files(source, data_dir, image_size, test_fraction)
+    else:
+        source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
     return make_splits(
         dataset,
         source,
@@ -77,6 +95,17 @@ def load_splits(
         validation_examples,
         train_examples,
     )
+
+
+def _read_files(source, data_dir, image_size, test_fraction):
+    """`(train, test, num_classes)` of a source in `FILE_SOURCES` (`num_classes`
+    None when it is to be taken from the labels)."""
+    if data_dir is None:
+        raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
+    if source == "directory":
+        train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+        return train, test, len(classes)
+    return (*tfrecord.read_tfrecords(data_dir, image_size), None)
 
 
 def _read_source(dataset, source, tfds_data_dir, idx_dir):

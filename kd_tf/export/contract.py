@@ -15,6 +15,9 @@ import tensorflow as tf
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
 ASSETS_EXTRA = "assets.extra"
+# Image dtypes a teacher may take besides the contract's uint8 (see
+# `load_serving_model(float_input=True)` and `kd_tf.teacher`).
+FLOAT_INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 _TF_NODE_PREFIX = re.compile(r"\{\{[^}]*\}\}")
 
@@ -29,9 +32,11 @@ class ServingModel:
             model (`None` for a dimension it leaves open).
         num_classes: Number of classes (last dimension of the logits).
         path: Path the model was loaded from.
+        input_dtype: The images' `tf.DType`: uint8 under the contract, a
+            float type for a teacher loaded with `float_input=True`.
     """
 
-    def __init__(self, path, serving_fn, image_shape, num_classes, resource):
+    def __init__(self, path, serving_fn, image_shape, num_classes, resource, input_dtype=tf.uint8):
         """Wrap a loaded model.
 
         Args:
@@ -42,8 +47,10 @@ class ServingModel:
             num_classes: Number of classes.
             resource: The loaded object `serving_fn` belongs to; it is kept
                 alive for as long as this `ServingModel`.
+            input_dtype: The images' `tf.DType`.
         """
         self.path = path
+        self.input_dtype = tf.as_dtype(input_dtype)
         self.image_shape = image_shape
         self.num_classes = num_classes
         self._serving_fn = serving_fn
@@ -55,7 +62,7 @@ class ServingModel:
         Works eagerly and inside a `tf.function`.
 
         Args:
-            images: uint8 tensor or array `[batch, H, W, C]`.
+            images: tensor or array `[batch, H, W, C]` of `input_dtype`.
 
         Returns:
             Dict of tensors with at least `"logits"` (float32
@@ -63,8 +70,10 @@ class ServingModel:
             `"probabilities"` and `"classes"`.
         """
         images = tf.convert_to_tensor(images)
-        if images.dtype != tf.uint8:
-            raise TypeError(f"{self.path} takes uint8 images; received {images.dtype.name}")
+        if images.dtype != self.input_dtype:
+            raise TypeError(
+                f"{self.path} takes {self.input_dtype.name} images; received {images.dtype.name}"
+            )
         return self._serving_fn(images)
 
     def logits(self, images):
@@ -140,12 +149,13 @@ def short_reason(error):
     return reason
 
 
-def model_image_shape(model, what):
-    """`(H, W, C)` of a Keras model that takes a single uint8 4-D input.
+def model_image_shape(model, what, dtypes=("uint8",)):
+    """`(H, W, C)` of a Keras model that takes a single 4-D image input.
 
     Args:
         model: Keras model.
         what: How to name the model in the error message.
+        dtypes: The input dtypes accepted.
 
     Returns:
         Tuple `(H, W, C)`.
@@ -154,10 +164,12 @@ def model_image_shape(model, what):
     if (
         len(inputs) != 1
         or len(inputs[0].shape) != 4
-        or keras.backend.standardize_dtype(inputs[0].dtype) != "uint8"
+        or keras.backend.standardize_dtype(inputs[0].dtype) not in dtypes
     ):
         found = [(tuple(x.shape), x.dtype) for x in inputs]
         raise ValueError(
-            f"{what} must take a single uint8 input [batch, H, W, C]; its inputs are {found}"
+            f"{what} must take a single {'uint8 or float' if len(dtypes) > 1 else 'uint8'} "
+            "input [batch, H, W, C]; "
+            f"its inputs are {found}"
         )
     return tuple(inputs[0].shape[1:])

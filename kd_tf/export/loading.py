@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kd_tf.errors import UserError
 from kd_tf.export.contract import (
+    FLOAT_INPUT_DTYPES,
     INPUT_NAME,
     SIGNATURE_KEY,
     ServingModel,
@@ -16,7 +17,7 @@ from kd_tf.export.contract import (
 )
 
 
-def load_serving_model(path):
+def load_serving_model(path, float_input=False):
     """Load a model that follows the serving contract.
 
     Args:
@@ -25,6 +26,8 @@ def load_serving_model(path):
             `logits` (exported by kd_tf or by anything else), or a `.keras`
             file of a model that takes uint8 `[batch, H, W, C]` images and
             returns logits (loaded with `safe_mode=True`).
+        float_input: Also accept a model whose images are float
+            (`FLOAT_INPUT_DTYPES`), as a teacher may be (see `kd_tf.teacher`).
 
     Returns:
         A `ServingModel`.
@@ -37,7 +40,7 @@ def load_serving_model(path):
         raise UserError(f"{path} does not exist: pass a SavedModel directory or a .keras file")
     if os.path.isfile(path):
         if path.endswith(".keras"):
-            return _load_keras_file(path)
+            return _load_keras_file(path, _input_dtypes(float_input))
         raise UserError(
             f"{path} is neither a SavedModel directory nor a .keras file: "
             "pass the directory of an export"
@@ -53,30 +56,40 @@ def load_serving_model(path):
         raise UserError(
             f"could not load {path} ({short_reason(e)}): re-export it or pass another export"
         ) from e
-    signature, image_shape, logits_shape = _serving_signature(path, loaded)
+    signature, spec, logits_shape = _serving_signature(path, loaded, _input_dtypes(float_input))
+    image_shape = tuple(spec.shape.as_list()[1:])
 
     def serving_fn(images):
         return signature(**{INPUT_NAME: images})
 
-    num_classes = _num_classes(path, logits_shape, serving_fn, image_shape)
-    return ServingModel(path, serving_fn, image_shape, num_classes, loaded)
+    num_classes = _num_classes(path, logits_shape, serving_fn, image_shape, spec.dtype)
+    return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype)
 
 
-def _serving_signature(path, loaded):
+def _input_dtypes(float_input):
+    return ("uint8", *FLOAT_INPUT_DTYPES) if float_input else ("uint8",)
+
+
+def _describe(dtypes):
+    return "uint8 or float" if len(dtypes) > 1 else "uint8"
+
+
+def _serving_signature(path, loaded, dtypes):
     """Check the `serving_default` signature of a loaded SavedModel.
 
     Args:
         path: Path the SavedModel was loaded from, for error messages.
         loaded: What `tf.saved_model.load(path)` returned.
+        dtypes: The image dtypes accepted.
 
     Returns:
-        A tuple `(signature, image_shape, logits_shape)`: the signature's
-        concrete function, `(H, W, C)` of its `images` input and the static
+        A tuple `(signature, spec, logits_shape)`: the signature's concrete
+        function, the `tf.TensorSpec` of its `images` input and the static
         shape of its `logits` output.
 
     Raises:
-        UserError: The signature is missing, does not take one uint8
-            `images` input `[batch, H, W, C]`, or has no `logits` output.
+        UserError: The signature is missing, does not take one `images`
+            input `[batch, H, W, C]` of `dtypes`, or has no `logits` output.
     """
     signatures = getattr(loaded, "signatures", {})
     if SIGNATURE_KEY not in signatures:
@@ -87,10 +100,16 @@ def _serving_signature(path, loaded):
     signature = signatures[SIGNATURE_KEY]
     args, kwargs = signature.structured_input_signature
     spec = kwargs.get(INPUT_NAME)
-    if args or len(kwargs) != 1 or spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4:
+    if (
+        args
+        or len(kwargs) != 1
+        or spec is None
+        or spec.dtype.name not in dtypes
+        or spec.shape.rank != 4
+    ):
         found = ", ".join(f"{name}: {s.dtype.name}{s.shape}" for name, s in kwargs.items())
         raise UserError(
-            f"the '{SIGNATURE_KEY}' signature of {path} must take one uint8 "
+            f"the '{SIGNATURE_KEY}' signature of {path} must take one {_describe(dtypes)} "
             f"input '{INPUT_NAME}' [batch, H, W, C], it takes ({found}): "
             "re-export it with kd_tf"
         )
@@ -100,18 +119,18 @@ def _serving_signature(path, loaded):
             f"the '{SIGNATURE_KEY}' signature of {path} has no 'logits' "
             "output: re-export it with kd_tf"
         )
-    image_shape = tuple(spec.shape.as_list()[1:])
-    return signature, image_shape, outputs["logits"].shape
+    return signature, spec, outputs["logits"].shape
 
 
-def _num_classes(path, logits_shape, serving_fn, image_shape):
+def _num_classes(path, logits_shape, serving_fn, image_shape, dtype=tf.uint8):
     """Number of classes, from a static logits shape or from one call.
 
     Args:
         path: Path the model was loaded from, for error messages.
         logits_shape: Static shape of the logits output.
-        serving_fn: Callable mapping uint8 images to a dict with `"logits"`.
+        serving_fn: Callable mapping images to a dict with `"logits"`.
         image_shape: `(H, W, C)` of the input images.
+        dtype: Their dtype.
 
     Returns:
         The number of classes.
@@ -129,12 +148,12 @@ def _num_classes(path, logits_shape, serving_fn, image_shape):
             f"neither the logits width nor the image shape {image_shape}; "
             "re-export it with static shapes"
         )
-    probe = tf.zeros((1,) + image_shape, tf.uint8)
+    probe = tf.zeros((1,) + image_shape, dtype)
     return int(serving_fn(probe)["logits"].shape[-1])
 
 
-def _load_keras_file(path):
-    """Wrap a `.keras` file as a `ServingModel`."""
+def _load_keras_file(path, dtypes):
+    """Wrap a `.keras` file taking images of `dtypes` as a `ServingModel`."""
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as e:
@@ -143,9 +162,10 @@ def _load_keras_file(path):
             "without Lambda layers or custom objects, or pass another model"
         ) from e
     try:
-        image_shape = model_image_shape(model, path)
+        image_shape = model_image_shape(model, path, dtypes)
     except ValueError as e:
         raise UserError(f"{e}: re-save it with a uint8 image input") from e
+    input_dtype = tf.as_dtype(keras.backend.standardize_dtype(model.inputs[0].dtype))
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) != 1:
         raise UserError(
@@ -157,5 +177,6 @@ def _load_keras_file(path):
         logits = tf.cast(model(images, training=False), tf.float32)
         return contract_outputs(logits)
 
-    num_classes = _num_classes(path, tf.TensorShape(outputs[0].shape), serving_fn, image_shape)
-    return ServingModel(path, serving_fn, image_shape, num_classes, model)
+    logits_shape = tf.TensorShape(outputs[0].shape)
+    num_classes = _num_classes(path, logits_shape, serving_fn, image_shape, input_dtype)
+    return ServingModel(path, serving_fn, image_shape, num_classes, model, input_dtype)

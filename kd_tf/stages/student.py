@@ -45,7 +45,14 @@ def prepare_distillation(config, strategy, policy):
     ```
     """
     runtime, opt = config.runtime, config.optimization
-    with teacher_lib.Teacher.load(config.distillation.teacher_dir, strategy, config.stage) as teacher:
+    distill = config.distillation
+    with teacher_lib.Teacher.load(
+        distill.teacher_dir,
+        strategy,
+        config.stage,
+        pixel_range=distill.teacher_pixel_range,
+        output=distill.teacher_output,
+    ) as teacher:
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
         teacher.check_fits(splits)
@@ -91,7 +98,7 @@ def build_distiller(config, inputs, model_name, temperature, alpha, policy):
             student,
             temperature=temperature,
             alpha=alpha,
-            teacher=inputs.teacher.model.logits if online else None,
+            teacher=inputs.teacher.adapter.logits if online else None,
         )
         # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
         distiller.build((None, *splits.image_shape))

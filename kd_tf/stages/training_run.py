@@ -67,6 +67,9 @@ def load_data(data_config):
         train_examples=data_config.train_examples,
         tfds_data_dir=data_config.tfds_data_dir,
         idx_dir=data_config.idx_dir,
+        data_dir=data_config.data_dir,
+        image_size=data_config.image_size,
+        test_fraction=data_config.test_fraction,
     )
 
 

@@ -1,0 +1,128 @@
+"""Image folders as a data set: `--data_source=directory --data_dir=DIR`.
+
+The layout is Keras's (`keras.utils.image_dataset_from_directory`): one
+subfolder per class, named as the class, holding its images (PNG, JPEG, BMP,
+GIF; grayscale or colour; other files are ignored). Either
+
+- `DIR/train/<class>/...` and `DIR/test/<class>/...`, the two splits; or
+- `DIR/<class>/...`, from which every `round(1 / test_fraction)`-th image of
+  each class, in file-name order, is held out as the test split.
+
+Classes are numbered in the sorted order of their folder names. The training
+images come in a fixed pseudo-random order (the same on every run, whatever
+`--seed`), so that the validation split, held out from their end, covers
+every class; the test images stay in class and file-name order. Images keep
+their size, channels and pixels as `kd_tf.data.images.decode_images` decodes
+them; the decoded splits are held in memory.
+
+Usage:
+
+```python
+train, test, classes = directory.read_directory("photos", image_size=(64, 64))
+```
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from kd_tf.data.images import decode, decode_images
+from kd_tf.data.splits import Split
+from kd_tf.errors import ConfigError, UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def read_directory(data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTION):
+    """The train and test splits of an image-folder tree (see the module doc).
+
+    Args:
+        data_dir: the tree's root.
+        image_size: `(H, W)` to resize every image to, or None.
+        test_fraction: without `test/`, the share of each class held out.
+
+    Returns:
+        `(train, test, class_names)`: two `Split`s and the sorted class names.
+
+    Raises:
+        ConfigError: the directory is missing or empty, holds one class, an
+            image cannot be read, or images differ in size without
+            `image_size`.
+    """
+    if not os.path.isdir(data_dir):
+        raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the root "
+                          "of a tree with one subfolder of images per class")
+    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        classes = _classes(train_dir)
+        train_files, test_files = _files(train_dir, classes), _files(test_dir, classes)
+    else:
+        classes = _classes(data_dir)
+        train_files, test_files = _held_out(_files(data_dir, classes), test_fraction)
+    # A fixed shuffle, so that the validation split (the last training images)
+    # covers every class; it does not depend on --seed, so neither do the splits.
+    train_files = [train_files[i] for i in np.random.default_rng(0).permutation(len(train_files))]
+    paths = [path for path, _ in train_files + test_files]
+    encoded = tf.data.Dataset.from_tensor_slices(paths).map(
+        tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    images = decode_images(encoded, image_size, lambda: _unreadable(paths))
+    labels = np.array([label for _, label in train_files + test_files], np.int64)
+    cut = len(train_files)
+    return Split(images[:cut], labels[:cut]), Split(images[cut:], labels[cut:]), classes
+
+
+def _classes(root):
+    classes = sorted(
+        name for name in os.listdir(root)
+        if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")
+    )
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "no class folders"
+        raise ConfigError(
+            ("data_dir",),
+            f"{{0}}={root} holds {found}: pass a tree with one subfolder of images per class, "
+            "at least two classes",
+        )
+    return classes
+
+
+def _files(root, classes):
+    """`(path, label)` of every image under `root/<class>/`, in class then name order."""
+    files = []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        found = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            raise ConfigError(
+                ("data_dir",),
+                f"class folder {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}): add "
+                "images or remove the folder from {0}",
+            )
+        files += [(os.path.join(folder, n), label) for n in found]
+    return files
+
+
+def _held_out(files, test_fraction):
+    """Every `round(1 / test_fraction)`-th file of each class goes to the test split."""
+    step = max(2, round(1 / test_fraction))
+    train, test, seen = [], [], {}
+    for path, label in files:
+        seen[label] = seen.get(label, 0) + 1
+        (test if seen[label] % step == 0 else train).append((path, label))
+    return train, test
+
+
+def _unreadable(paths):
+    """The error naming the first of `paths` that does not decode."""
+    for path in paths:
+        try:
+            decode(tf.io.read_file(path))
+        except tf.errors.InvalidArgumentError:
+            return ConfigError(
+                ("data_dir",), f"cannot read {path} as an image: fix or remove it from {{0}}"
+            )
+    return UserError("an image of the data set cannot be decoded")

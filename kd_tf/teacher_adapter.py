@@ -1,0 +1,150 @@
+"""A teacher from anywhere, seen as distillation needs it: the data set's uint8
+images in, float32 logits out.
+
+A published teacher rarely takes kd_tf's uint8 images of the data set's shape
+and returns logits. `TeacherAdapter` bridges the differences, with TensorFlow
+ops (so it runs eagerly, in the cached pass, and inside a training step):
+
+- **size**: images are resized (bilinear, antialiased) to the teacher's H x W
+  when it was trained at another resolution;
+- **channels**: grayscale images are repeated into RGB for a 3-channel teacher,
+  colour images turned to luma for a 1-channel one; other channel counts are
+  refused (`check_input`);
+- **pixels**: a teacher taking float images gets them in its pixel range
+  (`PIXEL_RANGES`: `0-255`, `0-1` or `-1-1`, from `--teacher_pixel_range`);
+- **outputs**: a teacher whose `logits` output is really a probability vector
+  gets its log taken (`--teacher_output=probabilities`); with `auto`, a probe
+  batch decides: every row in [0, 1] and summing to 1 means probabilities.
+  softmax(log(p) / T) is softmax(z / T) for the teacher's true logits z, so the
+  distillation loss is the one the true logits give.
+
+Usage:
+
+```python
+teacher_adapter.check_input(model, splits.image_shape)
+adapter = teacher_adapter.TeacherAdapter(model, splits.image_shape, "0-1", "auto")
+adapter.resolve_output(splits.validation.images[:256])
+logits = adapter.predict_logits(splits.train.images)
+```
+"""
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from kd_tf.errors import UserError
+from kd_tf.export.contract import batched_outputs
+
+PIXEL_RANGES = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
+TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
+# `auto` reads the outputs as probabilities when every row of the probe batch
+# lies in [0, 1] and sums to 1 within this tolerance.
+PROBABILITY_TOLERANCE = 1e-3
+PROBE_EXAMPLES = 256
+
+
+def check_input(model, data_shape):
+    """Refuses a teacher whose input the data set's images cannot be converted
+    to; logs the conversions it will make.
+
+    Args:
+        model: the teacher's `export.ServingModel`.
+        data_shape: `(H, W, C)` of the data set's images.
+
+    Raises:
+        UserError: the channels differ and are not 1 and 3.
+    """
+    height, width, channels = model.image_shape
+    data_height, data_width, data_channels = data_shape
+    if channels not in (None, data_channels) and {channels, data_channels} != {1, 3}:
+        raise UserError(
+            f"teacher {model.path} takes images of {channels} channels but the data set's have "
+            f"{data_channels}: pass a teacher taking 1 or 3 channels"
+        )
+    if channels not in (None, data_channels):
+        logging.info("teacher %s takes %d channels: images are converted from %d", model.path,
+                     channels, data_channels)
+    if (height, width) != (data_height, data_width) and None not in (height, width):
+        logging.info(
+            "teacher %s was trained at %dx%d: images are resized from %dx%d on the fly",
+            model.path, height, width, data_height, data_width,
+        )
+
+
+def looks_like_probabilities(outputs):
+    """Whether every row of `outputs` lies in [0, 1] and sums to 1."""
+    outputs = np.asarray(outputs, np.float64)
+    return bool(
+        np.all(outputs >= 0.0)
+        and np.all(outputs <= 1.0)
+        and np.all(np.abs(outputs.sum(axis=-1) - 1.0) <= PROBABILITY_TOLERANCE)
+    )
+
+
+class TeacherAdapter:
+    """The teacher as distillation sees it (see the module doc).
+
+    Args:
+        model: the teacher's `export.ServingModel`.
+        data_shape: `(H, W, C)` of the data set's images.
+        pixel_range: a key of `PIXEL_RANGES`, for a teacher taking float images.
+        output: one of `TEACHER_OUTPUTS`; "auto" until `resolve_output`.
+    """
+
+    def __init__(self, model, data_shape, pixel_range="0-255", output="logits"):
+        if pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"pixel_range must be one of {list(PIXEL_RANGES)}, got {pixel_range!r}")
+        if output not in TEACHER_OUTPUTS:
+            raise ValueError(f"output must be one of {TEACHER_OUTPUTS}, got {output!r}")
+        self.model = model
+        self.data_shape = tuple(data_shape)
+        self.pixel_range = pixel_range
+        self.output = output
+
+    def resolve_output(self, probe_images):
+        """Decides `auto` on `probe_images` (uint8, the data set's shape)."""
+        if self.output != "auto":
+            return self.output
+        raw = self.model.logits(self.images(probe_images[:PROBE_EXAMPLES])).numpy()
+        self.output = "probabilities" if looks_like_probabilities(raw) else "logits"
+        if self.output == "probabilities":
+            logging.info(
+                "teacher %s: its 'logits' output holds probabilities (rows in [0, 1] summing "
+                "to 1), so distillation takes their log (--teacher_output=logits to keep them)",
+                self.model.path,
+            )
+        return self.output
+
+    def images(self, images):
+        """The data set's uint8 `images` as the teacher takes them."""
+        images = tf.convert_to_tensor(images)
+        height, width, channels = self.model.image_shape
+        if channels not in (None, images.shape[-1]):
+            images = (
+                tf.image.grayscale_to_rgb(images)
+                if channels == 3
+                else tf.image.rgb_to_grayscale(images)
+            )
+        if None not in (height, width) and (height, width) != tuple(images.shape[1:3]):
+            resized = tf.image.resize(images, (height, width), antialias=True)
+            images = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+        if self.model.input_dtype == tf.uint8:
+            return images
+        low, high = PIXEL_RANGES[self.pixel_range]
+        scaled = tf.cast(images, tf.float32) * ((high - low) / 255.0) + low
+        return tf.cast(scaled, self.model.input_dtype)
+
+    def logits(self, images):
+        """float32 logits of the data set's uint8 `images`."""
+        if self.output == "auto":
+            raise RuntimeError("call resolve_output before asking for logits")
+        outputs = self.model.logits(self.images(images))
+        if self.output == "probabilities":
+            return tf.math.log(tf.maximum(outputs, np.finfo(np.float32).tiny))
+        return outputs
+
+    def predict_logits(self, images, batch_size=1024):
+        """`logits` of a uint8 array, batch by batch, as numpy."""
+        if not len(images):
+            return np.zeros((0, self.model.num_classes), np.float32)
+        return batched_outputs(self.logits, np.asarray(images), batch_size)
