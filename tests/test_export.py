@@ -1,5 +1,7 @@
-"""Tests for kd_tf.export."""
+"""kd_tf.export (and kd_tf.atomic under it) on synthetic models: the serving
+contract, versions, writing, loading, and failures while exporting."""
 
+import errno
 import glob
 import json
 import os
@@ -7,29 +9,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
+import helpers
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from kd_tf import command_line, export, training
+from kd_tf import atomic, command_line, export, training
 from kd_tf.errors import UserError
+from kd_tf.export import writing
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
-
-
-def _tiny_model():
-    inputs = keras.Input(IMAGE_SHAPE, dtype="uint8")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(NUM_CLASSES)(x)
-    return keras.Model(inputs, outputs)
-
-
-def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n,) + IMAGE_SHAPE, dtype=np.uint8)
 
 
 class _Jitter(keras.layers.Layer):
@@ -39,36 +32,20 @@ class _Jitter(keras.layers.Layer):
         return x + tf.random.uniform(tf.shape(x))
 
 
-def _snapshot(directory):
-    """Map every file under `directory` to its bytes."""
-    files = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, directory)] = f.read()
-    return files
+@pytest.fixture(scope="class")
+def shared_export(request, class_root):
+    """A tiny model (`cls.model`) exported once into `<root>/shared/1`
+    (`cls.export_dir`), checked on `cls.images`."""
+    cls = request.cls
+    cls.model = helpers.tiny_model(seed=1234)
+    cls.images = helpers.random_images(16)
+    cls.export_dir = export.export_model(
+        cls.model, os.path.join(class_root, "shared", "1"), check_images=cls.images
+    )
 
 
+@pytest.mark.usefixtures("shared_export")
 class ExportTest(tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        keras.utils.set_random_seed(1234)
-        cls.root = tempfile.mkdtemp()
-        cls.model = _tiny_model()
-        cls.images = _images(16)
-        cls.export_dir = export.export_model(
-            cls.model,
-            os.path.join(cls.root, "shared", "1"),
-            check_images=cls.images,
-        )
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.root, ignore_errors=True)
-        super().tearDownClass()
-
     def setUp(self):
         super().setUp()
         keras.utils.set_random_seed(1234)
@@ -192,10 +169,10 @@ class ExportTest(tf.test.TestCase):
         )
 
     def test_export_never_overwrites(self):
-        before = _snapshot(self.export_dir)
+        before = helpers.snapshot(self.export_dir)
         with self.assertRaisesRegex(UserError, "already holds an export"):
-            export.export_model(_tiny_model(), self.export_dir, check_images=self.images)
-        self.assertEqual(_snapshot(self.export_dir), before)
+            export.export_model(helpers.tiny_model(), self.export_dir, check_images=self.images)
+        self.assertEqual(helpers.snapshot(self.export_dir), before)
         self.assertEqual(os.listdir(os.path.dirname(self.export_dir)), ["1"])
 
     def test_export_into_empty_dir(self):
@@ -298,11 +275,7 @@ class ExportTest(tf.test.TestCase):
             export.load_serving_model(truncated)
 
     def _save_module(self, fn, signature, name):
-        module = tf.Module()
-        module.fn = tf.function(fn, input_signature=[signature])
-        path = os.path.join(self._tmp(), name)
-        tf.saved_model.save(module, path, signatures={"serving_default": module.fn})
-        return path
+        return helpers.save_module(os.path.join(self._tmp(), name), fn, signature)
 
     def test_load_rejects_contract_violations(self):
         float_input = self._save_module(
@@ -329,13 +302,12 @@ class ExportTest(tf.test.TestCase):
         with self.assertRaisesRegex(UserError, "no 'logits' output"):
             export.load_serving_model(no_logits)
 
-        module = tf.Module()
-        module.fn = tf.function(
+        no_default = helpers.save_module(
+            os.path.join(self._tmp(), "no_default"),
             lambda images: {"logits": tf.zeros([tf.shape(images)[0], 2])},
-            input_signature=[tf.TensorSpec([None, 2], tf.uint8)],
+            tf.TensorSpec([None, 2], tf.uint8),
+            signature="other",
         )
-        no_default = os.path.join(self._tmp(), "no_default")
-        tf.saved_model.save(module, no_default, signatures={"other": module.fn})
         with self.assertRaisesRegex(UserError, "no 'serving_default'"):
             export.load_serving_model(no_default)
 
@@ -396,5 +368,117 @@ class ExportTest(tf.test.TestCase):
             served.logits(self.images.astype(np.float32))
 
 
-if __name__ == "__main__":
-    tf.test.main()
+class ExportFailureTest(tf.test.TestCase):
+    """A failure while exporting never damages the export already in place."""
+
+    def setUp(self):
+        super().setUp()
+        self.parent = os.path.join(self.get_temp_dir(), "exports")
+        self.target = export.export_model(
+            helpers.tiny_model(seed=1),
+            os.path.join(self.parent, "1"),
+            check_images=helpers.random_images(8),
+        )
+        self.before = helpers.snapshot(self.target)
+
+    def tearDown(self):
+        shutil.rmtree(self.parent, ignore_errors=True)
+        super().tearDown()
+
+    def _overwrite(self, finalize=None):
+        return export.export_model(
+            helpers.tiny_model(seed=2),
+            self.target,
+            check_images=helpers.random_images(8),
+            finalize=finalize,
+            overwrite=True,
+        )
+
+    def _assert_untouched(self):
+        self.assertEqual(helpers.snapshot(self.target), self.before)
+        self.assertEqual(os.listdir(self.parent), ["1"], "no temporary debris")
+
+    def test_failure_in_finalize_or_ctrl_c_keeps_the_old_export(self):
+        for error in (ValueError("disk full"), KeyboardInterrupt()):
+
+            def finalize(tmp_dir, served, error=error):
+                export.assets_extra_dir(tmp_dir)
+                raise error
+
+            with self.subTest(error=type(error).__name__):
+                with self.assertRaises(type(error)):
+                    self._overwrite(finalize)
+                self._assert_untouched()
+
+    def test_full_disk_while_writing_keeps_the_old_export(self):
+        for error in (
+            OSError(errno.ENOSPC, "No space left on device"),
+            tf.errors.ResourceExhaustedError(None, None, "No space left on device"),
+        ):
+            with (
+                self.subTest(error=type(error).__name__),
+                mock.patch.object(
+                    writing, "_write_saved_model", side_effect=helpers.failing_writer(error)
+                ),
+                self.assertRaisesRegex(
+                    UserError, "could not write .*No space left on device.*nothing was changed"
+                ),
+            ):
+                self._overwrite()
+            self._assert_untouched()
+
+    def test_overwrite_swaps_atomically(self):
+        exchanged = []
+        swap = atomic._exchange
+
+        def record(a, b):
+            exchanged.append((helpers.snapshot(a), helpers.snapshot(b)))
+            return swap(a, b)
+
+        with mock.patch.object(atomic, "_exchange", side_effect=record):
+            self._overwrite()
+        ((new, old),) = exchanged
+        self.assertEqual(old, self.before, "the old export stayed until the swap")
+        self.assertEqual(helpers.snapshot(self.target), new)
+        self.assertNotEqual(new, self.before)
+        self.assertEqual(os.listdir(self.parent), ["1"])
+
+    def test_crash_after_the_swap_leaves_the_new_export(self):
+        rmtree = shutil.rmtree
+
+        def killed_while_deleting_the_old_export(path, *args, **kwargs):
+            if os.path.basename(path).startswith(".1.tmp-"):
+                raise OSError("killed")
+            return rmtree(path, *args, **kwargs)
+
+        with (
+            mock.patch.object(
+                atomic.shutil, "rmtree", side_effect=killed_while_deleting_the_old_export
+            ),
+            self.assertRaisesRegex(OSError, "killed"),
+        ):
+            self._overwrite()
+        export.load_serving_model(self.target)
+        self.assertNotEqual(helpers.snapshot(self.target), self.before)
+        (leftover,) = [name for name in os.listdir(self.parent) if name != "1"]
+        self.assertStartsWith(leftover, ".1.tmp-")
+        self.assertEqual(helpers.snapshot(os.path.join(self.parent, leftover)), self.before)
+
+    def test_fallback_without_rename_exchange(self):
+        rename = os.rename
+
+        def fail_into_place(src, dst):
+            if ".tmp-" in os.path.basename(src):
+                raise OSError("rename failed")
+            return rename(src, dst)
+
+        with mock.patch.object(atomic, "_exchange", return_value=False):
+            with (
+                mock.patch.object(atomic.os, "rename", side_effect=fail_into_place),
+                self.assertRaisesRegex(OSError, "rename failed"),
+            ):
+                self._overwrite()
+            self._assert_untouched()
+            self._overwrite()
+        self.assertNotEqual(helpers.snapshot(self.target), self.before)
+        self.assertEqual(os.listdir(self.parent), ["1"])

@@ -1,14 +1,16 @@
-"""The on-disk teacher-logit cache: shards hold exactly the in-memory logits,
-and the streaming pipelines keep every image with its own logits and label."""
+"""kd_tf.logits_cache: shards hold exactly the in-memory logits, and the
+streaming pipelines keep every image with its own logits and label (no
+training; the student stage with each cache is in tests/test_stages.py)."""
 
 import os
 import tempfile
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from kd_tf import command_line, data, export, logits_cache, models, stages
+from kd_tf import data, export, logits_cache, models
 
 
 class ResolveCacheTest(tf.test.TestCase):
@@ -22,34 +24,39 @@ class ResolveCacheTest(tf.test.TestCase):
             logits_cache.resolve_cache("ram", 10, 10, 1)
 
 
-class ShardsTest(tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = tempfile.mkdtemp()
-        splits = data.load_splits(
-            "mnist",
-            "packaged",
-            validation_examples=100,
-            train_examples=1000,
-            tfds_data_dir=None,
-            idx_dir=None,
-        )
-        cls.images, cls.labels = splits.train.images, splits.train.labels
-        keras.utils.set_random_seed(0)
-        model = models.build_model("compact_cnn", splits.image_shape, splits.num_classes)
-        teacher_dir = os.path.join(cls.tmp, "teacher")
-        export.export_model(model, teacher_dir, check_images=cls.images[:8])
-        cls.teacher = export.load_serving_model(teacher_dir)
-        cls.logits = cls.teacher.predict_logits(cls.images, batch_size=256)
-        cls.shards = logits_cache.write_shards(
-            cls.teacher,
-            cls.images,
-            cls.labels,
-            os.path.join(cls.tmp, "shards"),
-            batch_size=96,
-        )
+@pytest.fixture(scope="class")
+def shards(request, class_root):
+    """1000 training images of real MNIST, an untrained seeded `compact_cnn`
+    teacher export (the shards must hold what it predicts, whatever it
+    predicts), its logits and their shards: `cls.images`, `cls.labels`,
+    `cls.teacher`, `cls.logits`, `cls.shards`."""
+    cls = request.cls
+    splits = data.load_splits(
+        "mnist",
+        "packaged",
+        validation_examples=100,
+        train_examples=1000,
+        tfds_data_dir=None,
+        idx_dir=None,
+    )
+    cls.images, cls.labels = splits.train.images, splits.train.labels
+    keras.utils.set_random_seed(0)
+    model = models.build_model("compact_cnn", splits.image_shape, splits.num_classes)
+    teacher_dir = os.path.join(class_root, "teacher")
+    export.export_model(model, teacher_dir, check_images=cls.images[:8])
+    cls.teacher = export.load_serving_model(teacher_dir)
+    cls.logits = cls.teacher.predict_logits(cls.images, batch_size=256)
+    cls.shards = logits_cache.write_shards(
+        cls.teacher,
+        cls.images,
+        cls.labels,
+        os.path.join(class_root, "shards"),
+        batch_size=96,
+    )
 
+
+@pytest.mark.usefixtures("shards")
+class ShardsTest(tf.test.TestCase):
     def _stream_arrays(self, dataset, batches):
         parts = list(dataset.take(batches).as_numpy_iterator())
         images = np.concatenate([p[0][0] for p in parts])
@@ -100,63 +107,3 @@ class ShardsTest(tf.test.TestCase):
         # Seeded: the same stream again.
         again, _, _ = self._stream_arrays(stream(), 20)
         self.assertAllEqual(again, images)
-
-
-class StudentStageTest(tf.test.TestCase):
-    """The student stage with logits cached in memory, streamed from disk, or
-    computed online."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = tempfile.mkdtemp()
-        keras.utils.set_random_seed(0)
-        teacher = models.build_model("compact_cnn", (28, 28, 1), 10)
-        cls.teacher_dir = os.path.join(cls.tmp, "teacher")
-        images = data.read_packaged_mnist()[1].images[:8]
-        export.export_model(teacher, cls.teacher_dir, check_images=images)
-
-    def _run(self, *argv):
-        return stages.run(
-            command_line.parse(
-                [
-                    "--stage=student",
-                    f"--teacher_dir={self.teacher_dir}",
-                    "--alpha=0.5",
-                    "--epochs=2",
-                    "--train_examples=384",
-                    "--validation_examples=256",
-                    "--batch_size=64",
-                    f"--saved_models_dir={self.tmp}/saved_models",
-                    f"--log_dir={self.tmp}/logs",
-                    *argv,
-                ]
-            )
-        )
-
-    def test_memory_disk_and_online(self):
-        cache_dir = os.path.join(self.tmp, "logits")
-        os.makedirs(cache_dir)
-        memory = self._run("--teacher_logits=cached", "--logits_cache=memory")
-        disk = self._run(
-            "--teacher_logits=cached", "--logits_cache=disk", f"--logits_cache_dir={cache_dir}"
-        )
-        online = self._run("--teacher_logits=online")
-        self.assertEqual(memory["logits_cache"], "memory")
-        self.assertEqual(disk["logits_cache"], "disk")
-        self.assertIsNone(online["logits_cache"])
-        self.assertGreater(disk["logits_cache_megabytes"], 0)
-        # The shards lived in a fresh subdirectory of --logits_cache_dir, removed at the end.
-        self.assertEqual(os.listdir(cache_dir), [])
-        # Online and cached-in-memory logits: the same examples in the same order,
-        # the same teacher logits, hence the same training.
-        for key in ("loss", "val_loss", "val_accuracy"):
-            expected = [epoch[key] for epoch in memory["epochs"]]
-            self.assertAllClose([epoch[key] for epoch in online["epochs"]], expected, rtol=1e-5)
-        self.assertAllClose(online["test_accuracy"], memory["test_accuracy"])
-        # Streamed from disk: another (seeded) order, the same objective.
-        self.assertLess(disk["epochs"][1]["loss"], disk["epochs"][0]["loss"])
-        self.assertAllClose(disk["test_accuracy"], memory["test_accuracy"], atol=0.05)
-
-if __name__ == "__main__":
-    tf.test.main()

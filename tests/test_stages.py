@@ -1,19 +1,15 @@
-"""Every stage end to end on a small slice of real MNIST, and the command line."""
+"""End to end: the training stages (teacher, student, scratch, compare) on a
+small slice of real MNIST, through `stages.run`."""
 
 import glob
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
+import helpers
+import pytest
 import tensorflow as tf
-from absl import flags
 
-from kd_tf import command_line, config, data, export, reporting, stages, training
-from kd_tf.errors import ConfigError
+from kd_tf import data, export, reporting, stages, training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_KEYS = {
     "stage",
     "flags",
@@ -27,39 +23,27 @@ REPORT_KEYS = {
 }
 EPOCH_KEYS = {"train_seconds", "loss", "accuracy", "val_loss", "val_accuracy"}
 STUDENT_KEYS = {"teacher_dir", "teacher_logits", "teacher_logits_seconds"}
+# Parameters of the models on MNIST, as README's Models table gives them.
+README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
 
+@pytest.mark.usefixtures("class_root", "class_teacher")
 class StagesTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.root = tempfile.mkdtemp()
         cls.test_split = data.read_packaged_mnist()[1]
-        cls.teacher = stages.run(cls.settings("--stage=teacher", "--model=seed_cnn", "--augment"))
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.root)
-        super().tearDownClass()
+    def settings(self, *argv):
+        return helpers.slice_config(self.root, *argv)
 
-    @classmethod
-    def settings(cls, *argv):
-        return command_line.parse(
-            [
-                "--epochs=2",
-                "--train_examples=384",
-                "--validation_examples=256",
-                "--batch_size=64",
-                f"--saved_models_dir={cls.root}/saved_models",
-                f"--log_dir={cls.root}/logs",
-                *argv,
-            ]
-        )
-
-    def _check_export(self, report, stage):
+    def _check_export(self, report, stage, root=None, train_examples=384):
+        """Checks the export of `report` on disk, written under `root` (the
+        class's by default); returns its report.json."""
+        root = root or self.root
         export_dir = report["export_dir"]
-        self.assertEqual(os.path.dirname(os.path.dirname(export_dir)), f"{self.root}/saved_models")
-        on_disk = reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))
+        self.assertEqual(os.path.dirname(os.path.dirname(export_dir)), f"{root}/saved_models")
+        on_disk = helpers.read_report(export_dir)
         self.assertTrue(REPORT_KEYS <= set(on_disk), REPORT_KEYS - set(on_disk))
         self.assertEqual(on_disk["stage"], stage)
         self.assertLen(on_disk["epochs"], 2)
@@ -68,11 +52,11 @@ class StagesTest(tf.test.TestCase):
         self.assertIn(on_disk["best_epoch"], (1, 2))
         best = on_disk["epochs"][on_disk["best_epoch"] - 1]["val_accuracy"]
         self.assertEqual(best, max(e["val_accuracy"] for e in on_disk["epochs"]))
-        self.assertEqual(on_disk["data"]["train_examples"], 384)
+        self.assertEqual(on_disk["data"]["train_examples"], train_examples)
         self.assertEqual(on_disk["data"]["test_examples"], 10000)
         self.assertEqual(on_disk["flags"]["stage"], stage)
         self.assertTrue(os.path.isfile(os.path.join(export_dir, "assets.extra", "curves.png")))
-        self.assertTrue(glob.glob(f"{self.root}/logs/{stage}/*/train/events.out.tfevents.*"))
+        self.assertTrue(glob.glob(f"{root}/logs/{stage}/*/train/events.out.tfevents.*"))
 
         served = export.load_serving_model(export_dir)
         test = served.predict_logits(self.test_split.images)
@@ -82,8 +66,13 @@ class StagesTest(tf.test.TestCase):
         return on_disk
 
     def test_teacher(self):
-        report = self._check_export(self.teacher, "teacher")
-        self.assertEqual(report["model"], "seed_cnn")
+        report = self._check_export(
+            self.teacher.report,
+            "teacher",
+            root=self.teacher.root,
+            train_examples=helpers.TEACHER_TRAIN_EXAMPLES,
+        )
+        self.assertEqual(report["model"], helpers.TEACHER_MODEL)
         self.assertGreater(report["test_accuracy"], 0.5)
 
     def test_student_cached_and_online(self):
@@ -92,120 +81,101 @@ class StagesTest(tf.test.TestCase):
             (("--augment",), "online"),
         ):
             report = stages.run(
-                self.settings(
-                    "--stage=student", f"--teacher_dir={self.teacher['export_dir']}", *extra
-                )
+                self.settings("--stage=student", f"--teacher_dir={self.teacher.export_dir}", *extra)
             )
             on_disk = self._check_export(report, "student")
             self.assertTrue(STUDENT_KEYS <= set(on_disk))
             self.assertEqual(on_disk["teacher_logits"], mode)
-            self.assertEqual(on_disk["teacher_dir"], self.teacher["export_dir"])
+            self.assertEqual(on_disk["teacher_dir"], self.teacher.export_dir)
             self.assertEqual(on_disk["model"], "seed_mlp")
             if mode == "cached":
                 self.assertGreater(on_disk["teacher_logits_seconds"], 0.0)
+
+    def test_student_logits_in_memory_on_disk_and_online(self):
+        cache_dir = os.path.join(self.root, "logits")
+        os.makedirs(cache_dir)
+
+        def student(*argv):
+            return stages.run(
+                self.settings(
+                    "--stage=student",
+                    f"--teacher_dir={self.teacher.export_dir}",
+                    "--alpha=0.5",
+                    *argv,
+                )
+            )
+
+        memory = student("--teacher_logits=cached", "--logits_cache=memory")
+        disk = student(
+            "--teacher_logits=cached", "--logits_cache=disk", f"--logits_cache_dir={cache_dir}"
+        )
+        online = student("--teacher_logits=online")
+        self.assertEqual(memory["logits_cache"], "memory")
+        self.assertEqual(disk["logits_cache"], "disk")
+        self.assertIsNone(online["logits_cache"])
+        self.assertGreater(disk["logits_cache_megabytes"], 0)
+        # The shards lived in a fresh subdirectory of --logits_cache_dir, removed at the end.
+        self.assertEqual(os.listdir(cache_dir), [])
+        # Online and cached-in-memory logits: the same examples in the same order,
+        # the same teacher logits, hence the same training.
+        for key in ("loss", "val_loss", "val_accuracy"):
+            expected = [epoch[key] for epoch in memory["epochs"]]
+            self.assertAllClose([epoch[key] for epoch in online["epochs"]], expected, rtol=1e-5)
+        self.assertAllClose(online["test_accuracy"], memory["test_accuracy"])
+        # Streamed from disk: another (seeded) order, the same objective.
+        self.assertLess(disk["epochs"][1]["loss"], disk["epochs"][0]["loss"])
+        self.assertAllClose(disk["test_accuracy"], memory["test_accuracy"], atol=0.05)
 
     def test_scratch(self):
         report = self._check_export(stages.run(self.settings("--stage=scratch")), "scratch")
         self.assertEqual(report["model"], "seed_mlp")
 
-    def test_compare(self):
+    def _compare_flagfiles(self):
+        """Flag files whose models differ from their stages' defaults (teacher
+        lenet_bn, student and scratch seed_mlp) and whose learning rates differ
+        from each other: `{stage: (path, model, learning rate)}`."""
         flagfiles = {}
-        for stage in ("teacher", "student", "scratch"):
-            flagfiles[stage] = os.path.join(self.root, f"{stage}.cfg")
-            with open(flagfiles[stage], "w") as f:
-                f.write(f"--stage={stage}\n--model=compact_cnn\n--epochs=5\n")
+        for stage, model, rate in (
+            ("teacher", "seed_mlp", 0.002),
+            ("student", "compact_cnn", 0.003),
+            ("scratch", "compact_cnn", 0.004),
+        ):
+            path = os.path.join(self.root, f"{stage}.cfg")
+            with open(path, "w") as f:
+                f.write(f"--stage={stage}\n--model={model}\n--learning_rate={rate}\n--epochs=5\n")
+            flagfiles[stage] = (path, model, rate)
+        return flagfiles
+
+    def test_compare(self):
+        flagfiles = self._compare_flagfiles()
         report = stages.run(
             self.settings(
                 "--stage=compare",
-                *(f"--{stage}_flagfile={path}" for stage, path in flagfiles.items()),
+                *(f"--{stage}_flagfile={path}" for stage, (path, _, _) in flagfiles.items()),
             )
         )
         self.assertEqual(
             [row["run"] for row in report["summary"]], ["teacher", "student", "scratch"]
         )
-        for run_dir in report["runs"].values():
-            sub = reporting.read_json(os.path.join(run_dir, "assets.extra", "report.json"))
-            self.assertLen(sub["epochs"], 2, "flags given to compare override the flag files")
-            self.assertIn("test_accuracy", sub["epochs"][0])
-        student = reporting.read_json(
-            os.path.join(report["runs"]["student"], "assets.extra", "report.json")
-        )
+        for stage, (_, model, rate) in flagfiles.items():
+            with self.subTest(stage=stage):
+                sub = helpers.read_report(report["runs"][stage])
+                self.assertEqual(sub["stage"], stage)
+                self.assertEqual(sub["model"], model, "the flag file's --model was used")
+                self.assertEqual(sub["params"], README_PARAMS[model])
+                self.assertEqual(sub["flags"]["learning_rate"], rate)
+                self.assertLen(sub["epochs"], 2, "flags given to compare override the flag files")
+                self.assertIn("test_accuracy", sub["epochs"][0])
+        student = helpers.read_report(report["runs"]["student"])
         self.assertEqual(student["teacher_dir"], report["runs"]["teacher"])
         for name in ("comparison.png", "report.json", "summary.md"):
             self.assertTrue(os.path.isfile(os.path.join(report["export_dir"], name)))
+        on_disk = reporting.read_json(os.path.join(report["export_dir"], "report.json"))
+        self.assertEqual(on_disk["runs"], report["runs"])
 
     def test_versioned_exports_are_not_overwritten(self):
         first = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]
-        before = _read_bytes(os.path.join(first, "saved_model.pb"))
+        before = helpers.snapshot(first)
         second = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]
         self.assertEqual(int(os.path.basename(second)), int(os.path.basename(first)) + 1)
-        self.assertEqual(_read_bytes(os.path.join(first, "saved_model.pb")), before)
-
-
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _cli(*argv):
-    return subprocess.run(
-        [sys.executable, "-m", "kd_tf.main", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-class CommandLineTest(tf.test.TestCase):
-    def test_bad_flag_values_are_rejected(self):
-        cases = {
-            "--temperature=0": "--temperature must be > 0",
-            "--temperature=-2": "--temperature must be > 0",
-            "--alpha=1.5": "--alpha must be in [0, 1]",
-            "--alpha=-0.1": "--alpha must be in [0, 1]",
-            "--epochs=0": "--epochs must be >= 1",
-            "--batch_size=0": "--batch_size must be >= 1",
-            "--steps_per_execution=0": "--steps_per_execution must be >= 1",
-            "--model=resnet9000": "--model",
-            "--stage=deploy": "--stage",
-        }
-        for argument, message in cases.items():
-            with self.subTest(argument=argument):
-                stage = [] if argument.startswith("--stage") else ["--stage=student"]
-                with self.assertRaises((flags.Error, ConfigError)) as caught:
-                    command_line.parse([*stage, argument])
-                self.assertIn(message, command_line.describe(caught.exception))
-        for argument in ("--temperature=0", "--model=resnet9000"):
-            with self.subTest(command_line=argument):
-                result = _cli("--stage=student", argument)
-                self.assertNotEqual(result.returncode, 0)
-                self.assertIn(cases[argument], result.stderr)
-                self.assertNotIn("Traceback", result.stderr)
-
-    def test_student_without_teacher(self):
-        result = _cli("--stage=student", "--train_examples=64", "--saved_models_dir=/nonexistent/x")
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("--teacher_dir", result.stderr)
-        self.assertNotIn("Traceback", result.stderr)
-
-    def test_flag_files_parse(self):
-        for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))):
-            with self.subTest(path=os.path.basename(path)):
-                cwd = os.getcwd()
-                os.chdir(REPO)
-                try:
-                    settings = command_line.parse([f"--flagfile={path}"])
-                finally:
-                    os.chdir(cwd)
-                self.assertIn(settings.stage, config.STAGES)
-
-    def test_helpfull_lists_the_models(self):
-        result = _cli("--helpfull")
-        for name in ("lenet_bn", "seed_cnn", "seed_mlp", "compact_cnn"):
-            self.assertIn(name, result.stdout)
-
-
-if __name__ == "__main__":
-    tf.test.main()
+        self.assertEqual(helpers.snapshot(first), before)

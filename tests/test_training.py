@@ -1,10 +1,14 @@
-"""Optimiser schedules and logit scoring."""
+"""Optimiser schedules, logit scoring and the best-epoch training loop (on
+synthetic arrays)."""
 
+import os
+
+import helpers
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import training
+from kd_tf import backup, models, pipelines, training
 
 
 class EvaluateLogitsTest(tf.test.TestCase):
@@ -45,6 +49,40 @@ class MakeOptimizerTest(tf.test.TestCase):
             optimizer = training.make_optimizer(name, 0.5, "constant", steps_per_epoch=3, epochs=2)
             self.assertIsInstance(optimizer, cls)
             self.assertAllClose(float(optimizer.learning_rate), 0.5)
+
+
+class FitAndRestoreBestTest(tf.test.TestCase):
+    def test_resume_after_the_last_epoch(self):
+        """A run killed after its last epoch (during the export) restores
+        the records, the best epoch and its weights without training."""
+        root = self.get_temp_dir()
+        images = helpers.random_images(192)
+        labels = np.random.default_rng(1).integers(0, 10, 192)
+        results = []
+        for _ in range(2):
+            keras.utils.set_random_seed(0)
+            model = models.build_model("seed_mlp", helpers.IMAGE_SHAPE, 10)
+            model.compile(
+                optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+            epochs, best_epoch = training.fit_and_restore_best(
+                model,
+                pipelines.training_dataset(images[:128], labels[:128], 64, seed=0),
+                pipelines.evaluation_dataset(images[128:], labels[128:], 64),
+                epochs=2,
+                steps_per_epoch=2,
+                log_dir=os.path.join(root, "logs"),
+                backup_dir=os.path.join(root, "run"),
+            )
+            results.append((epochs, best_epoch, model.get_weights()))
+        self.assertEqual(backup.resumed_epoch(os.path.join(root, "run")), 2)
+        (first, first_best, first_weights), (second, second_best, second_weights) = results
+        self.assertEqual(second, first)
+        self.assertEqual(second_best, first_best)
+        for one, two in zip(first_weights, second_weights):
+            self.assertAllEqual(one, two)
 
 
 if __name__ == "__main__":

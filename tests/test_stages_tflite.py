@@ -1,10 +1,10 @@
-"""The tflite stage: a real export converted and run in the TFLite interpreter."""
+"""End to end: `--stage=tflite` converts the session's teacher export and runs
+it in the TFLite interpreter over the real MNIST test split."""
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import command_line, data, export, lite, reporting, stages
@@ -25,30 +25,19 @@ REPORT_KEYS = {
 }
 
 
-class TFLiteTest(tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.root = tempfile.mkdtemp()
-        cls.common = ["--train_examples=2048", "--validation_examples=256"]
-        cls.model_dir = stages.run(
-            command_line.parse(
-                [
-                    "--stage=scratch",
-                    "--epochs=2",
-                    "--batch_size=64",
-                    f"--export_dir={cls.root}/model",
-                    f"--log_dir={cls.root}/logs",
-                    *cls.common,
-                ]
-            )
-        )["export_dir"]
-        cls.test = data.read_packaged_mnist()[1]
+@pytest.fixture(scope="class")
+def model(request, class_root, class_teacher):
+    """The session's teacher as `cls.model_dir` (an MLP: the interpreter's
+    passes over the 10,000 test images stay cheap; trained to about 80 %, it
+    keeps int8 within half a point), and the test split as `cls.test`."""
+    request.cls.model_dir = class_teacher.export_dir
+    request.cls.test = data.read_packaged_mnist()[1]
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.root)
-        super().tearDownClass()
+
+@pytest.mark.usefixtures("model")
+class TFLiteStageTest(tf.test.TestCase):
+    # The slice whose training images calibrate int8 (--train_examples).
+    COMMON = ("--train_examples=2048", "--validation_examples=256")
 
     def _convert(self, quantize):
         path = os.path.join(self.root, f"model_{quantize}.tflite")
@@ -59,7 +48,7 @@ class TFLiteTest(tf.test.TestCase):
                     f"--model_dir={self.model_dir}",
                     f"--tflite_path={path}",
                     f"--quantize={quantize}",
-                    *self.common,
+                    *self.COMMON,
                 ]
             )
         )
@@ -122,7 +111,7 @@ class TFLiteTest(tf.test.TestCase):
                 "--stage=tflite",
                 f"--model_dir={self.model_dir}",
                 f"--tflite_path={path}",
-                *self.common,
+                *self.COMMON,
             ]
         )
         with self.assertRaisesRegex(UserError, "already exists"):
@@ -133,7 +122,3 @@ class TFLiteTest(tf.test.TestCase):
         with self.assertRaisesRegex(UserError, "needs tflite_path=FILE") as caught:
             stages.run(command_line.parse(["--stage=tflite", f"--model_dir={self.model_dir}"]))
         self.assertIn("--tflite_path=FILE", command_line.describe(caught.exception))
-
-
-if __name__ == "__main__":
-    tf.test.main()

@@ -1,0 +1,244 @@
+"""Helpers shared by the kd_tf tests; the pytest fixtures built on them are in
+tests/conftest.py.
+
+- `slice_argv`, `slice_config`: the flags of a stage run on a small slice of
+  real MNIST that writes everything under one directory; `TEACHER_ARGV`, the
+  session's teacher (`TrainedExport`).
+- `snapshot`: the SHA-256 of every file of a directory (exports, backups).
+- `read_report`, `exported_variables`: what an export holds.
+- `tiny_model`, `random_images`, `save_module`, `failing_writer`: synthetic
+  models, images and SavedModels for the fast tests, and a failing export;
+  `write_digit_files`: image files of test digits, as users pass them.
+- `start_kd_tf`, `run_kd_tf`, `wait_all`: `python -m kd_tf.main` processes;
+  `CommandTestCase`, its code path in process (`main.run_command`).
+
+pytest puts tests/ on `sys.path` (rootdir-relative "prepend" imports, no
+`__init__.py`), so the test files `import helpers`.
+"""
+
+import contextlib
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import command_line, export, main, reporting
+from kd_tf.export import writing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SHAPE = (28, 28, 1)
+# A run on a slice of real MNIST: a few steps per epoch, the full test split.
+SLICE = ("--epochs=2", "--train_examples=384", "--validation_examples=256", "--batch_size=64")
+PROCESS_TIMEOUT = 180
+
+# The session's teacher (tests/conftest.py, `mnist_teacher`): `seed_mlp`
+# through the teacher stage, 2 epochs on 2048 training images (about 80 %
+# test accuracy, a few seconds). Any test that needs "a teacher" or "an
+# export" rather than a particular model uses it; an MLP keeps the TFLite
+# interpreter's passes over the 10,000 test images cheap.
+TEACHER_MODEL = "seed_mlp"
+TEACHER_TRAIN_EXAMPLES = 2048
+TEACHER_ARGV = (
+    "--stage=teacher",
+    f"--model={TEACHER_MODEL}",
+    f"--train_examples={TEACHER_TRAIN_EXAMPLES}",
+)
+
+
+class TrainedExport(NamedTuple):
+    """A stage run that wrote everything under `root` (`saved_models/`,
+    `logs/`); `report` is what `stages.run` returned."""
+
+    root: str
+    report: dict
+
+    @property
+    def export_dir(self):
+        return self.report["export_dir"]
+
+
+def slice_argv(root, *argv):
+    """The flags of a run on `SLICE` exporting into `<root>/saved_models` and
+    logging into `<root>/logs`; `argv` comes last, so it overrides them."""
+    return [*SLICE, f"--saved_models_dir={root}/saved_models", f"--log_dir={root}/logs", *argv]
+
+
+def slice_config(root, *argv):
+    """The validated `Config` of `slice_argv(root, *argv)`."""
+    return command_line.parse(slice_argv(root, *argv))
+
+
+def snapshot(directory):
+    """`{path relative to directory: SHA-256 of its bytes}` of every file under
+    `directory`, hidden ones included."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return files
+
+
+def read_report(export_dir):
+    """The `report.json` an export holds."""
+    return reporting.read_json(os.path.join(export_dir, export.ASSETS_EXTRA, "report.json"))
+
+
+def exported_variables(export_dir):
+    """`{name: numpy value}` of every variable of the SavedModel in
+    `export_dir`, reloaded from disk.
+
+    The checkpoint lists the variables in an order that changes from one
+    process to the next, so they are keyed by name. Names are the same in
+    every process, but within one process Keras numbers its seed generators
+    (`seed_generator_1/...`); the order is stable within one process."""
+    return {v.name: v.numpy() for v in tf.saved_model.load(export_dir).variables}
+
+
+def tiny_model(num_classes=10, seed=0):
+    """An untrained, seeded dense model on uint8 images (rescale, flatten, dense)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(IMAGE_SHAPE, dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1.0 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def random_images(count):
+    """`count` uniformly random uint8 images of `IMAGE_SHAPE` (seeded)."""
+    return np.random.default_rng(0).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def save_module(path, fn, spec, signature="serving_default"):
+    """A SavedModel at `path` whose only signature, `signature`, is `fn` on `spec`."""
+    module = tf.Module()
+    module.fn = tf.function(fn, input_signature=[spec])
+    tf.saved_model.save(module, path, signatures={signature: module.fn})
+    return path
+
+
+def failing_writer(error):
+    """A stand-in for `kd_tf.export.writing._write_saved_model` that writes
+    the SavedModel, then raises `error` (a full disk, Ctrl-C, ...)."""
+    write = writing._write_saved_model
+
+    def write_then_fail(*args):
+        write(*args)
+        raise error
+
+    return write_then_fail
+
+
+def _write_png(path, image):
+    """`image` (uint8-valued, `[H, W, C]`) as a PNG file."""
+    tf.io.write_file(path, tf.io.encode_png(tf.cast(image, tf.uint8)))
+
+
+def write_digit_files(directory, digits):
+    """Image files made from the first 7 of `digits` (uint8 `[N, 28, 28, 1]`),
+    as a user would pass them to `--stage=predict`: 4 plain PNGs, a large
+    dark-on-light PNG, an RGB PNG, a large RGB JPEG, and a text file that is no
+    image. Returns `{file name: index of the digit it holds}`."""
+    os.makedirs(directory)
+    files = {}
+    for i in range(4):
+        files[f"plain{i}.png"] = i
+        _write_png(os.path.join(directory, f"plain{i}.png"), digits[i])
+    dark_on_light = tf.image.resize(255.0 - digits[4], (112, 112))
+    _write_png(os.path.join(directory, "inverted_large.png"), tf.round(dark_on_light))
+    files["inverted_large.png"] = 4
+    _write_png(os.path.join(directory, "rgb.png"), np.tile(digits[5], (1, 1, 3)))
+    files["rgb.png"] = 5
+    rgb_large = tf.image.resize(np.tile(digits[6], (1, 1, 3)), (84, 84))
+    tf.io.write_file(
+        os.path.join(directory, "rgb_large.jpg"),
+        tf.io.encode_jpeg(tf.cast(tf.round(rgb_large), tf.uint8), quality=95),
+    )
+    files["rgb_large.jpg"] = 6
+    with open(os.path.join(directory, "notes.txt"), "w") as f:
+        f.write("not an image")
+    return files
+
+
+def start_kd_tf(argv, *, env=None, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE):
+    """`python -m kd_tf.main *argv` started from the repository (so it runs
+    this checkout's kd_tf), with `env` added to the environment; stderr is
+    text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kd_tf.main", *argv],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def run_kd_tf(*argvs, timeout=PROCESS_TIMEOUT):
+    """Runs one `python -m kd_tf.main` process per argument list, all at once;
+    returns `[(exit status, stdout, stderr, seconds)]` in the same order."""
+    started = time.perf_counter()
+    processes = [start_kd_tf(argv, stdout=subprocess.PIPE) for argv in argvs]
+    results = []
+    try:
+        for process in processes:
+            left = max(1, started + timeout - time.perf_counter())
+            stdout, stderr = process.communicate(timeout=left)
+            results.append((process.returncode, stdout, stderr, time.perf_counter() - started))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    return results
+
+
+def kd_tf_lines(stderr):
+    """The lines kd_tf itself wrote to `stderr` (`kd_tf: ...`)."""
+    return [line for line in stderr.splitlines() if line.startswith("kd_tf:")]
+
+
+def wait_all(processes, timeout=PROCESS_TIMEOUT):
+    """Exit statuses of `processes`; kills them all if one outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(1, deadline - time.monotonic())) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+            p.wait()
+        raise
+
+
+class CommandTestCase(tf.test.TestCase):
+    """Runs `main.run_command` in process, on a one-epoch slice run that
+    writes under `self.root`, and checks the one-line contract of
+    `python -m kd_tf.main` (use with the `class_root` fixture)."""
+
+    def run_command(self, *argv):
+        """Returns `(status, kd_tf lines on stderr, seconds)`."""
+        stderr = io.StringIO()
+        started = time.perf_counter()
+        with contextlib.redirect_stderr(stderr):
+            status = main.run_command(
+                slice_argv(self.root, "--epochs=1", "--train_examples=256", *argv)
+            )
+        seconds = time.perf_counter() - started
+        lines = kd_tf_lines(stderr.getvalue())
+        self.assertNotIn("Traceback", stderr.getvalue())
+        return status, lines, seconds
+
+    def assert_refused(self, argv, status, pattern):
+        """`argv` ends with `status`, one line matching `pattern`, within 30 s."""
+        got, lines, seconds = self.run_command(*argv)
+        self.assertEqual(got, status, lines)
+        self.assertLen(lines, 1)
+        self.assertRegex(lines[0], pattern)
+        self.assertLess(seconds, 30)
+        return lines[0]

@@ -1,0 +1,154 @@
+"""End to end: training on several devices and machines gives the training of
+one device with the same global batch (README, Training on several devices
+and machines), on a slice of real MNIST.
+
+`ReplicaEquivalenceTest` uses the 2 logical CPU devices that
+tests/conftest.py configures; `MultiWorkerTest` starts two real
+`python -m kd_tf.main` workers on 127.0.0.1.
+"""
+
+import json
+import os
+import socket
+import sys
+
+import helpers
+import pytest
+import tensorflow as tf
+
+from kd_tf import export, stages
+
+# One epoch of 4 steps of the global batch of 64.
+SLICE = ("--epochs=1", "--train_examples=256", "--validation_examples=128")
+# README: "the tests check the weights of every stage on 1 and 2 devices to
+# 1e-5" (2 replicas sum two half-batch gradients in another order than one
+# device sums the whole batch's).
+ATOL = 1e-5
+
+
+class _SameWeights(tf.test.TestCase):
+    def assert_same_weights(self, export_dir, expected_dir):
+        """The variables of both exports, matched by name, agree to `ATOL`."""
+        weights = helpers.exported_variables(export_dir)
+        expected = helpers.exported_variables(expected_dir)
+        self.assertCountEqual(weights, expected)
+        for name, value in expected.items():
+            self.assertAllClose(weights[name], value, atol=ATOL, rtol=0, msg=name)
+
+    def run_on_one_device(self, export_dir, *argv):
+        """The reference: `argv` on `SLICE` with `--strategy=default`, in process."""
+        stages.run(
+            helpers.slice_config(
+                self.root, *SLICE, *argv, "--strategy=default", f"--export_dir={export_dir}"
+            )
+        )
+        return export_dir
+
+
+@pytest.mark.usefixtures("class_root")
+class ReplicaEquivalenceTest(_SameWeights):
+    """1 replica and 2 replicas (2 logical CPUs), same seed and global batch:
+    the same weights after one epoch of 4 steps, in every training stage.
+
+    Models without dropout (per-replica masks would differ), so not the
+    session's teacher: the teacher is `compact_cnn` (synchronized batch
+    norm), scratch and student `seed_mlp`.
+    """
+
+    def _assert_stage(self, name, *argv):
+        one = self.run_on_one_device(os.path.join(self.root, f"{name}-default"), *argv)
+        two = os.path.join(self.root, f"{name}-mirrored")
+        stages.run(
+            helpers.slice_config(
+                self.root,
+                *SLICE,
+                *argv,
+                "--strategy=mirrored",
+                "--cpu_devices=2",
+                f"--export_dir={two}",
+            )
+        )
+        for export_dir, strategy, replicas in ((one, "default", 1), (two, "mirrored", 2)):
+            report = helpers.read_report(export_dir)
+            self.assertEqual(report["replicas"], replicas)
+            self.assertEqual(report["strategy"], strategy)
+            self.assertEqual(report["workers"], 1)
+        self.assert_same_weights(two, one)
+        return one
+
+    def test_every_stage(self):
+        teacher = self._assert_stage("teacher", "--stage=teacher", "--model=compact_cnn")
+        self._assert_stage("scratch", "--stage=scratch")
+        for mode in ("cached", "online"):
+            with self.subTest(teacher_logits=mode):
+                self._assert_stage(
+                    f"student-{mode}",
+                    "--stage=student",
+                    f"--teacher_dir={teacher}",
+                    f"--teacher_logits={mode}",
+                )
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.usefixtures("class_root")
+class MultiWorkerTest(_SameWeights):
+    def _start_workers(self, argv, worker_tmp):
+        """Starts two workers of a cluster on 127.0.0.1 running `argv`, each
+        logging into `<root>/worker<i>.log`."""
+        cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+        workers = []
+        for index in range(2):
+            task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            with open(os.path.join(self.root, f"worker{index}.log"), "w") as log:
+                workers.append(
+                    helpers.start_kd_tf(
+                        argv,
+                        env={"TF_CONFIG": json.dumps(task), "TMPDIR": worker_tmp},
+                        stderr=log,
+                    )
+                )
+        return workers
+
+    def _wait_for(self, workers):
+        codes = helpers.wait_all(workers)
+        if codes != [0, 0]:
+            for index in range(2):
+                with open(os.path.join(self.root, f"worker{index}.log")) as f:
+                    print(f"worker {index}:", f.read()[-3000:], file=sys.stderr)
+        return codes
+
+    def test_two_workers_export_once_what_one_device_trains(self):
+        worker_tmp = os.path.join(self.root, "tmp")
+        os.makedirs(worker_tmp)
+        export_dir = os.path.join(self.root, "saved_models", "scratch", "1")
+        argv = helpers.slice_argv(
+            self.root,
+            *SLICE,
+            "--stage=scratch",
+            "--strategy=multi_worker",
+            f"--export_dir={export_dir}",
+        )
+        workers = self._start_workers(argv, worker_tmp)
+        # Meanwhile, the same run on one device.
+        one_device = self.run_on_one_device(
+            os.path.join(self.root, "one"), "--stage=scratch", f"--log_dir={self.root}/one_logs"
+        )
+        self.assertEqual(self._wait_for(workers), [0, 0])
+
+        self.assertEqual(os.listdir(os.path.dirname(export_dir)), ["1"])
+        report = helpers.read_report(export_dir)
+        self.assertEqual(report["workers"], 2)
+        self.assertEqual(report["replicas"], 2)
+        self.assertEqual(report["strategy"], "multi_worker")
+        served = export.load_serving_model(export_dir)
+        self.assertEqual(served.num_classes, 10)
+        self.assertEqual(os.listdir(os.path.join(self.root, "logs", "scratch")), ["1"])
+        # (tensorflow-datasets leaves empty tmp*tfds dirs of its own there.)
+        leftovers = [name for name in os.listdir(worker_tmp) if name.startswith("kd_tf-")]
+        self.assertEqual(leftovers, [], "the non-chief's temporary dirs are removed")
+        self.assert_same_weights(export_dir, one_device)
