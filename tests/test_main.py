@@ -115,10 +115,12 @@ class BadInputTest(helpers.CommandTestCase):
 
     def test_teachers_breaking_the_contract(self):
         images = tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")
-        float_input = helpers.save_module(
-            os.path.join(self.teachers, "float_input"),
-            lambda images: {"logits": tf.reduce_mean(images, [1, 2])},
-            tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="images"),
+        # A float input is a teacher's right (--teacher_pixel_range); an integer
+        # type other than uint8 is not.
+        int_input = helpers.save_module(
+            os.path.join(self.teachers, "int_input"),
+            lambda images: {"logits": tf.cast(tf.reduce_mean(images, [1, 2]), tf.float32)},
+            tf.TensorSpec([None, *IMAGE_SHAPE], tf.int32, name="images"),
         )
         flat_input = helpers.save_module(
             os.path.join(self.teachers, "flat_input"),
@@ -130,16 +132,18 @@ class BadInputTest(helpers.CommandTestCase):
             lambda images: {"scores": tf.zeros([tf.shape(images)[0], 10])},
             images,
         )
-        cifar_shape = export.export_model(
+        # Another size, or 3 channels for 1, is converted (tests/test_teacher_adapter.py);
+        # 4 channels cannot be made from 1.
+        four_channels = export.export_model(
             keras.Sequential(
                 [
-                    keras.Input((32, 32, 3), dtype="uint8"),
+                    keras.Input((32, 32, 4), dtype="uint8"),
                     keras.layers.Flatten(),
                     keras.layers.Dense(10),
                 ]
             ),
-            os.path.join(self.teachers, "cifar_shape"),
-            check_images=np.zeros((2, 32, 32, 3), np.uint8),
+            os.path.join(self.teachers, "four_channels"),
+            check_images=np.zeros((2, 32, 32, 4), np.uint8),
         )
         five_classes = export.export_model(
             helpers.tiny_model(num_classes=5),
@@ -153,10 +157,10 @@ class BadInputTest(helpers.CommandTestCase):
             lambda_keras
         )
         cases = {
-            float_input: "must take one uint8 input 'images' .*float32.*re-export it",
-            flat_input: "must take one uint8 input 'images' \\[batch, H, W, C\\]",
+            int_input: "must take one uint8 or float input 'images' .*int32.*re-export it",
+            flat_input: "must take one uint8 or float input 'images' \\[batch, H, W, C\\]",
             no_logits: "has no 'logits' output: re-export it",
-            cifar_shape: "takes images of shape \\(32, 32, 3\\) but mnist has \\(28, 28, 1\\)",
+            four_channels: "takes images of 4 channels but the data set's have 1: pass a teacher",
             five_classes: "predicts 5 classes but mnist has 10: use a teacher trained on",
             lambda_keras: "safe_mode=True .*Lambda.*re-save it without Lambda layers",
         }
