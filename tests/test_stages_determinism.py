@@ -1,6 +1,6 @@
 """End to end: the same flags give bitwise-identical weights (README,
 Reproducibility), twice in one process and in two separate
-`python -m kd_tf.main` processes."""
+`python -m kd_tf.main` processes, in float32 and in bfloat16."""
 
 import os
 
@@ -28,10 +28,20 @@ class SameSeedTest(helpers.CommandTestCase):
             self.assertTrue(np.array_equal(a, b), index)
 
     def test_two_processes_give_bitwise_identical_weights(self):
-        exports = [os.path.join(self.root, "processes", str(n)) for n in (1, 2)]
+        self._two_processes("processes")
+
+    def test_two_processes_in_bfloat16_give_bitwise_identical_weights(self):
+        # Same seed, same precision, same machine (README, Precision).
+        exports = self._two_processes("bfloat16", "--precision=mixed_bfloat16")
+        self.assertEqual(helpers.read_report(exports[0])["precision"], "mixed_bfloat16")
+
+    def _two_processes(self, name, *extra):
+        exports = [os.path.join(self.root, name, str(n)) for n in (1, 2)]
         results = helpers.run_kd_tf(
             *(
-                helpers.slice_argv(self.root, "--train_examples=256", *ARGV, f"--export_dir={d}")
+                helpers.slice_argv(
+                    self.root, "--train_examples=256", *ARGV, *extra, f"--export_dir={d}"
+                )
                 for d in exports
             )
         )
@@ -44,3 +54,4 @@ class SameSeedTest(helpers.CommandTestCase):
         self.assertCountEqual(second, first)
         for name, value in first.items():
             self.assertTrue(np.array_equal(value, second[name]), name)
+        return exports
