@@ -198,6 +198,25 @@ def strategy_for(runtime, batch_size):
     return strategy
 
 
+def steps_per_execution(requested):
+    """`requested`, or 1 inside the scope of a strategy of several replicas.
+
+    With TensorFlow 2.21 and Keras 3.15, `fit` with `steps_per_execution > 1`
+    under `MirroredStrategy` fails in Keras's multi-step loop ("You must feed a
+    value for placeholder tensor 'while/cond/Placeholder_1'"), for plain Keras
+    models too; one step per call trains the same weights, a little slower.
+    """
+    strategy = tf.distribute.get_strategy()
+    if requested > 1 and replicas(strategy) > 1:
+        logging.warning(
+            "steps_per_execution=%d is not supported by Keras under %s: training with 1",
+            requested,
+            strategy_name(strategy),
+        )
+        return 1
+    return requested
+
+
 def strategy_name(strategy):
     """The `--strategy` value that names `strategy` (what `auto` resolved to)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -10,7 +10,16 @@ from typing import NamedTuple
 
 import keras
 
-from kd_tf import data, determinism, distillation, models, pipelines, precision, training
+from kd_tf import (
+    data,
+    determinism,
+    distillation,
+    distribution,
+    models,
+    pipelines,
+    precision,
+    training,
+)
 from kd_tf import teacher as teacher_lib
 from kd_tf.stages.training_run import TrainingRun, load_data
 
@@ -105,7 +114,9 @@ def build_distiller(config, inputs, model_name, temperature, alpha, policy):
         distiller.compile(
             optimizer=training.optimizer_for(config.optimization, inputs.steps_per_epoch),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=config.optimization.steps_per_execution,
+            steps_per_execution=distribution.steps_per_execution(
+                config.optimization.steps_per_execution
+            ),
         )
     return distiller
 

@@ -7,7 +7,7 @@ a teacher, the baseline a distilled student is compared with.
 
 import keras
 
-from kd_tf import determinism, models, pipelines, precision
+from kd_tf import determinism, distribution, models, pipelines, precision
 from kd_tf.stages.training_run import TrainingInputs, TrainingRun, load_data
 
 
@@ -52,7 +52,9 @@ def train_supervised(config, stage, default_model):
                 optimizer=run.optimizer(inputs.steps_per_epoch),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                steps_per_execution=config.optimization.steps_per_execution,
+                steps_per_execution=distribution.steps_per_execution(
+                    config.optimization.steps_per_execution
+                ),
             )
         epochs, best_epoch = run.fit(model, model, inputs)
         return run.finish(model, inputs.splits, epochs, best_epoch)
