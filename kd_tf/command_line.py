@@ -140,7 +140,11 @@ _HELP = (
         "images must share one size.",
     ),
     ("test_fraction", "--data_source=directory without a test/ folder: share of each class held out as the test split."),
-    ("validation_examples", "Last training images held out for validation."),
+    (
+        "validation_examples",
+        "Last training images held out for validation; default: 5000, or a twelfth of the "
+        "training split when that is smaller (small data sets).",
+    ),
     ("train_examples", "Cap on the training split (smoke runs, tests)."),
     (
         "export_dir",
@@ -249,7 +253,7 @@ def _define(name, help_text, flag_values):
         flags.DEFINE_integer(name, default, help_text, **kwargs)
     elif isinstance(default, float):
         flags.DEFINE_float(name, default, help_text, **kwargs)
-    elif name == "train_examples":
+    elif name in ("train_examples", "validation_examples"):
         flags.DEFINE_integer(name, None, help_text, **kwargs)
     else:
         flags.DEFINE_string(name, default, help_text, **kwargs)

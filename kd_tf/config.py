@@ -50,7 +50,9 @@ class DataConfig:
     data_dir: str | None = None
     image_size: tuple[int, int] | None = None
     test_fraction: float = 0.2
-    validation_examples: int = 5000
+    # None: 5000, or a twelfth of the training split when that is smaller
+    # (see `kd_tf.data.splits.default_validation_examples`).
+    validation_examples: int | None = None
     train_examples: int | None = None
     augment: bool = False
     augment_views: int = 0

@@ -1,17 +1,22 @@
 """Predicting with an exported model on image files or test images.
 
-`find_images` expands `--images` into files, `load_images` turns PNG/JPEG
-files of any size into the model's uint8 input, and `predict` returns each
-image's class and top classes, which `format_prediction` renders as one line.
+`find_images` expands `--images` into files, `model_background` reads the
+background of a model's training images from its export's report,
+`load_images` turns PNG/JPEG files of any size into the model's uint8 input,
+and `predict` returns each image's class and top classes, which
+`format_prediction` renders as one line.
 
 What `load_images` does to every file, in this order:
 
 1. decode with `tf.image.decode_image` into uint8 with the model's number of
    channels: colour to grayscale (ITU-R 601 luma) for a 1-channel model,
    grayscale to RGB for a 3-channel one; an alpha channel is dropped;
-2. if the mean brightness of the outermost one-pixel frame is above mid-grey
-   (127.5), the image is taken as dark ink on light paper and inverted
-   (`255 - x`), since MNIST digits are light on a dark background;
+2. invert (`255 - x`) when the image's background and the model's disagree:
+   the image's is "light" when the mean brightness of its outermost one-pixel
+   frame is above mid-grey (127.5), else "dark" (`kd_tf.data.images.background`);
+   the model's is the one its report records for its training images (MNIST:
+   "dark", so dark ink on light paper is inverted for it). A model without
+   one (a foreign SavedModel, a `.keras` file) gets no image inverted;
 3. resize, keeping the aspect ratio, to fit the model's H x W (bilinear with
    anti-aliasing) and pad the short side equally on both ends with black;
 4. round to uint8.
@@ -21,7 +26,9 @@ Usage:
 ```python
 served = export.load_serving_model("saved_models/student/1")
 paths = inference.find_images("digits/*.png")
-predictions = inference.predict(served, inference.load_images(paths, served.image_shape))
+background = inference.model_background("saved_models/student/1")  # "dark", "light" or None
+images = inference.load_images(paths, served.image_shape, background)
+predictions = inference.predict(served, images)
 for path, prediction in zip(paths, predictions):
     print(inference.format_prediction(os.path.basename(path), prediction))
 ```
@@ -29,13 +36,17 @@ for path, prediction in zip(paths, predictions):
 
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from kd_tf import atomic, reporting
+from kd_tf.data import images as image_data
 from kd_tf.errors import ConfigError, UserError
+from kd_tf.export import ASSETS_EXTRA
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TOP_K = 3
@@ -113,39 +124,65 @@ def _check_image_shape(image_shape):
         )
 
 
-def convert_image(image, image_shape):
+def model_background(model_dir):
+    """The background of the model's training images, as the report of its
+    export (`assets.extra/report.json`, `data.background`) records it.
+
+    Args:
+        model_dir: `--model_dir`: an export directory or a `.keras` file.
+
+    Returns:
+        `"dark"` or `"light"`, or None when there is no such record (a
+        foreign SavedModel, a `.keras` file, an export older than the
+        record), which is logged: images are then not inverted.
+    """
+    path = os.path.join(model_dir, ASSETS_EXTRA, "report.json")
+    try:
+        with open(path) as f:
+            recorded = json.load(f).get("data", {}).get("background")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded in image_data.BACKGROUNDS:
+        logging.info("%s was trained on images with a %s background", model_dir, recorded)
+        return recorded
+    logging.warning(
+        "%s has no report recording the background of its training images (%s): "
+        "the images are not inverted",
+        model_dir,
+        path,
+    )
+    return None
+
+
+def convert_image(image, image_shape, background):
     """Convert one decoded image to the model's input (steps 2-4 above).
 
     Args:
         image: uint8 array or tensor `[h, w, C]` with the model's channels.
         image_shape: The model's `(H, W, C)`.
+        background: The model's training images' background (`"dark"` or
+            `"light"`, see `model_background`); the image is inverted when
+            its own differs. None: never inverted.
 
     Returns:
         uint8 array `[H, W, C]`.
     """
     height, width, _ = image_shape
     pixels = tf.cast(image, tf.float32)
-    frame = tf.concat(
-        [
-            tf.reshape(pixels[0], [-1]),
-            tf.reshape(pixels[-1], [-1]),
-            tf.reshape(pixels[:, 0], [-1]),
-            tf.reshape(pixels[:, -1], [-1]),
-        ],
-        axis=0,
-    )
-    if tf.reduce_mean(frame) > 127.5:
+    if background is not None and image_data.background(image) != background:
         pixels = 255.0 - pixels
     resized = tf.image.resize_with_pad(pixels, height, width, antialias=True)
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8).numpy()
 
 
-def load_images(paths, image_shape):
+def load_images(paths, image_shape, background):
     """Read image files as the model's uint8 input (see the module doc).
 
     Args:
         paths: PNG, JPEG (or GIF, BMP) files of any size, grayscale or colour.
         image_shape: The model's `(H, W, C)`, C being 1 or 3.
+        background: The model's training images' background, or None (see
+            `convert_image`).
 
     Returns:
         uint8 array `[len(paths), H, W, C]`.
@@ -166,7 +203,7 @@ def load_images(paths, image_shape):
                 f"cannot read {path} as an image ({e.message.splitlines()[0]}): "
                 "pass PNG or JPEG files"
             ) from e
-        images.append(convert_image(image, image_shape))
+        images.append(convert_image(image, image_shape, background))
     return np.stack(images)
 
 

@@ -363,6 +363,14 @@ class SplitArgumentsTest(tf.test.TestCase):
         self.assertLen(splits.train, 1)
         self.assertLen(splits.validation, 99)
 
+    def test_the_default_validation_split_is_a_twelfth_of_small_data(self):
+        splits = self.load()  # 100 training images: 100 // 12 = 8 for validation
+        self.assertAllEqual(splits.validation.images, self.train.images[92:])
+        self.assertLen(splits.train, 92)
+        self.assertEqual(self.load(validation_examples=30).summary()["validation_examples"], 30)
+        sizes = {11: 1, 100: 8, 1437: 119, 59999: 4999, 60000: 5000, 600000: 5000}
+        self.assertEqual({n: data.splits.default_validation_examples(n) for n in sizes}, sizes)
+
     def test_invalid_counts_are_refused(self):
         # Counts below 1 are refused by the config (tests/test_config.py); what
         # only the data can tell is a validation split that leaves nothing.

@@ -10,7 +10,7 @@ import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
 from kd_tf import command_line, data, main, reporting
-from kd_tf.data import directory, tfrecord
+from kd_tf.data import directory, images, tfrecord
 from kd_tf.errors import UserError
 
 
@@ -115,6 +115,14 @@ class DirectoryTest(tf.test.TestCase):
         self.assertEqual(splits.summary()["dataset"], "digits")
         self.assertEqual((splits.image_shape, splits.num_classes), ((8, 8, 1), 10))
 
+    def test_background_of_the_digits_and_of_their_negatives(self):
+        train = data.load_splits(source="directory", data_dir=self.digits, validation_examples=100).train
+        self.assertBetween(images.frame_mean(train.images), 30, 45)  # 8x8 digits touch the frame
+        self.assertEqual(images.background(train.images), "dark")
+        self.assertEqual(images.background(255 - train.images), "light")
+        self.assertEqual(images.background(np.full((8, 8, 1), 128, np.uint8)), "light")
+        self.assertEqual(images.background(np.full((3, 8, 8, 3), 127, np.uint8)), "dark")
+
     def test_a_stage_trains_on_the_folders(self):
         export_dir = os.path.join(self.root, "scratch")
         status = main.run_command([
@@ -125,6 +133,7 @@ class DirectoryTest(tf.test.TestCase):
         self.assertEqual(status, 0)
         report = reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))
         self.assertEqual(report["data"]["source"], "directory")
+        self.assertEqual(report["data"]["background"], "dark")
         counts = np.bincount(self.labels)
         self.assertEqual(report["data"]["train_examples"], sum(counts - counts // 5) - 200)
         self.assertEqual(report["data"]["test_examples"], sum(counts // 5))

@@ -3,15 +3,17 @@ the session's teacher export (real MNIST)."""
 
 import contextlib
 import io
+import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 
-from kd_tf import command_line, export, stages
+from kd_tf import command_line, export, inference, stages
 from kd_tf.errors import ConfigError, UserError
 
 LINE = re.compile(
@@ -94,3 +96,53 @@ class PredictStageTest(tf.test.TestCase):
             ):
                 command_line.parse(["--stage=predict", f"--test_index={value}"])
             self.assertIn("--test_index must be", command_line.describe(caught.exception))
+
+
+@pytest.mark.usefixtures("served", "digit_files")
+class PolarityTest(tf.test.TestCase):
+    """The teacher's export as it is (its report says "dark", as MNIST is),
+    with its report saying "light", and with no report (a foreign export)."""
+
+    def _copy(self, name, background):
+        model_dir = os.path.join(self.root, name)
+        shutil.copytree(self.model_dir, model_dir)
+        report_path = os.path.join(model_dir, "assets.extra", "report.json")
+        if background is None:
+            os.remove(report_path)
+            return model_dir
+        with open(report_path) as f:
+            report = json.load(f)
+        report["data"]["background"] = background
+        with open(report_path, "w") as f:
+            json.dump(report, f)
+        return model_dir
+
+    def _predictions(self, model_dir, path):
+        settings = command_line.parse(["--stage=predict", f"--model_dir={model_dir}", f"--images={path}"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            return stages.run(settings)["predictions"]
+
+    def _as_is(self, image):
+        """The model's predictions on `image`, resized but not inverted."""
+        path = os.path.join(self.root, "as_is.png")
+        tf.io.write_file(path, tf.io.encode_png(image))
+        return inference.predict(self.served, inference.load_images([path], (28, 28, 1), None))
+
+    def test_an_image_is_inverted_only_for_a_model_of_the_other_background(self):
+        with open(os.path.join(self.model_dir, "assets.extra", "report.json")) as f:
+            self.assertEqual(json.load(f)["data"]["background"], "dark")
+        models = {"dark": self.model_dir, "light": self._copy("light", "light")}
+        with self.assertLogs("absl", "WARNING") as logged:
+            models[None] = self._copy("foreign", None)
+            self._predictions(models[None], os.path.join(self.images_dir, "plain0.png"))
+        self.assertIn("the images are not inverted", "\n".join(logged.output))
+        for name in ("inverted_large.png", "plain0.png"):
+            path = os.path.join(self.images_dir, name)
+            image = tf.io.decode_png(tf.io.read_file(path), channels=1)
+            light = bool(np.mean(image[0]) > 127.5)
+            as_is, inverted = self._as_is(image), self._as_is(255 - image)
+            self.assertNotEqual(as_is, inverted)
+            for background, model_dir in models.items():
+                with self.subTest(image=name, model=background):
+                    invert = background is not None and (background == "light") != light
+                    self.assertEqual(self._predictions(model_dir, path), inverted if invert else as_is)

@@ -11,7 +11,8 @@
   get the data offline.
 
 The last `validation_examples` images of the original training split become
-the validation split; the test split is returned as is.
+the validation split (by default 5000, or a twelfth of the training split when
+that is smaller); the test split is returned as is.
 """
 
 import os
@@ -41,7 +42,7 @@ def load_splits(
     dataset="mnist",
     source="auto",
     *,
-    validation_examples=5000,
+    validation_examples=None,
     train_examples=None,
     tfds_data_dir=None,
     idx_dir=None,
@@ -57,7 +58,8 @@ def load_splits(
             has `"mnist"`; for `source="idx"` it is only recorded.
         source: One of `DATA_SOURCES`.
         validation_examples: Number of examples at the end of the original
-            training split that form the validation split.
+            training split that form the validation split; None: 5000, or a
+            twelfth of that split when smaller (`splits.default_validation_examples`).
         train_examples: If given, keep only the first `train_examples`
             examples of the training split (after the validation split is
             held out).

@@ -6,11 +6,16 @@ must share one size unless `image_size=(H, W)` is given, which resizes them
 (bilinear, antialiased); if any image is in colour, all become RGB (an alpha
 channel is dropped), else they stay grayscale.
 
+`background` tells whether images are light on a dark background or dark on
+a light one, from their outermost one-pixel frame: the training stages record
+it in the report, `predict` compares an image file's with its model's.
+
 Usage:
 
 ```python
 encoded = tf.data.Dataset.from_tensor_slices(paths).map(tf.io.read_file)
-images = images.decode_images(encoded, (64, 64), on_error=lambda: UserError("..."))
+pixels = images.decode_images(encoded, (64, 64), on_error=lambda: UserError("..."))
+images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 ```
 """
 
@@ -18,6 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.errors import ConfigError
+
+# The background's polarity, from the mean brightness of the images' frame.
+BACKGROUNDS = ("dark", "light")
+MID_GREY = 127.5
 
 
 def decode(encoded):
@@ -53,6 +62,30 @@ def decode_images(encoded, image_size, on_error):
         )
     colour = any(image.shape[-1] >= 3 and not _is_grey(image) for image in images)
     return np.stack([_with_channels(image, 3 if colour else 1) for image in images])
+
+
+def frame_mean(images):
+    """Mean brightness of the outermost one-pixel frame (its four edges, the
+    corners counted twice) of one image `[H, W, C]` or of all images
+    `[N, H, W, C]` (array or eager tensor, any numeric dtype)."""
+    images = np.asarray(images)
+    edges = (
+        images[..., 0, :, :],
+        images[..., -1, :, :],
+        images[..., :, 0, :],
+        images[..., :, -1, :],
+    )
+    total = sum(float(np.sum(edge, dtype=np.float64)) for edge in edges)
+    return total / sum(edge.size for edge in edges)
+
+
+def background(images):
+    """`"light"` when the frame of `images` (one or all, as `frame_mean`
+    takes them) is brighter than mid-grey (127.5) on average, else `"dark"`.
+
+    Usage: `background(splits.train.images)` is `"dark"` for MNIST.
+    """
+    return "light" if frame_mean(images) > MID_GREY else "dark"
 
 
 def _is_grey(image):

@@ -2,7 +2,8 @@
 
 Every source reads an original training and test split; `make_splits` holds
 out the last `validation_examples` training images as the validation split
-and assembles the `DataSplits`.
+(by default `default_validation_examples`: 5000, or a twelfth of the training
+split when that is smaller) and assembles the `DataSplits`.
 """
 
 import dataclasses
@@ -10,6 +11,11 @@ import dataclasses
 import numpy as np
 
 from kd_tf.errors import ConfigError, UserError
+
+# The default validation split: at most this many images ...
+MAX_DEFAULT_VALIDATION_EXAMPLES = 5000
+# ... and at most this share of the training split (MNIST's 60,000 / 12 = 5000).
+DEFAULT_VALIDATION_SHARE = 12
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +88,15 @@ class DataSplits:
         }
 
 
+def default_validation_examples(train_size):
+    """The validation split's size when none is given: 5000, or a twelfth of
+    the `train_size` training images when that is smaller (at least 1).
+
+    Usage: `default_validation_examples(60000)` is 5000, `(1437)` is 119.
+    """
+    return max(1, min(MAX_DEFAULT_VALIDATION_EXAMPLES, train_size // DEFAULT_VALIDATION_SHARE))
+
+
 def make_splits(
     dataset,
     source,
@@ -101,7 +116,7 @@ def make_splits(
         num_classes: Number of classes, or `None` to take the largest label
             plus one.
         validation_examples: Number of examples at the end of `train` that
-            form the validation split.
+            form the validation split; None: `default_validation_examples`.
         train_examples: Maximum number of training examples, or `None`.
 
     Returns:
@@ -111,6 +126,8 @@ def make_splits(
         UserError: If no training example would be left, or the train and
             test images differ in shape.
     """
+    if validation_examples is None:
+        validation_examples = default_validation_examples(len(train))
     if validation_examples >= len(train):
         raise ConfigError(
             ("validation_examples",),

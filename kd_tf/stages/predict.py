@@ -3,6 +3,9 @@
 Prints one line per image (see `kd_tf.inference.format_prediction`) and, with
 `output_image`, saves a grid of the images with their predictions (its
 directory is created, and checked writable, before anything is loaded).
+Image files are inverted only when their background is unlike the one the
+export's report records for the model's training images (none recorded:
+never; see `kd_tf.inference`).
 """
 
 import os
@@ -48,7 +51,8 @@ def _test_images(config):
 def _file_images(config):
     paths = inference.find_images(config.predict.images)
     served = export.load_serving_model(config.predict.model_dir)
-    images = inference.load_images(paths, served.image_shape)
+    background = inference.model_background(config.predict.model_dir)
+    images = inference.load_images(paths, served.image_shape, background)
     return served, images, None, paths, [os.path.basename(path) for path in paths]
 
 

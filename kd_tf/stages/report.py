@@ -15,11 +15,16 @@ reporting.write_json(report.as_json(), "report.json")
 
 import dataclasses
 
+from kd_tf.data import images
+
 
 def data_summary(splits, data_config):
-    """The data set's description in a report: its splits and augmentation."""
+    """The data set's description in a report: its splits, the training
+    images' background (`"dark"` or `"light"`, see `images.background`; what
+    `predict` matches image files to) and augmentation."""
     return {
         **splits.summary(),
+        "background": images.background(splits.train.images),
         "augment": data_config.augment,
         "augment_views": data_config.augment_views,
     }
