@@ -45,9 +45,9 @@ class RegistryTest(tf.test.TestCase):
                     keras.backend.clear_session()
 
     def test_the_colour_models_take_every_size_and_fit_their_roles(self):
-        for name in PARAMETERS:
+        for name, counts in PARAMETERS.items():
             self.assertEqual(models.MODELS[name].min_image_size, 1)
-            for shape, count in PARAMETERS[name].items():
+            for shape, count in counts.items():
                 with self.subTest(model=name, shape=shape):
                     self.assertEqual(models.build_model(name, shape, NUM_CLASSES).count_params(), count)
         self.assertEqual(models.MODELS["resnet_small"].role, "teacher")
@@ -120,21 +120,22 @@ class ModelFileTest(helpers.CommandTestCase):
     def test_architectures_that_do_not_fit_are_refused_with_one_line(self):
         lambda_images = keras.Input(helpers.IMAGE_SHAPE, dtype="float32")
         lambda_x = keras.layers.Lambda(lambda x: x / 255.0)(lambda_images)
+        int_images = keras.Input(helpers.IMAGE_SHAPE, dtype="int32")
         cases = {
             "wide.keras": (
                 _float_cnn(shape=(32, 32, 3)),
                 "takes float32 images 32x32x3, the data set's are uint8 28x28x1",
             ),
             "int32.keras": (
-                (lambda i: (i, keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(i))))(
-                    keras.Input(helpers.IMAGE_SHAPE, dtype="int32")
-                ),
+                (int_images, keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(int_images))),
                 "takes int32 images 28x28x1",
             ),
             "five.keras": (
                 _float_cnn(classes=5),
-                r"must output logits \[batch, 10\] for the data set's 10 classes, it outputs "
-                r"\['5'\]",
+                (
+                    r"must output logits \[batch, 10\] for the data set's 10 classes, it outputs "
+                    r"\['5'\]"
+                ),
             ),
             "lambda.keras": (
                 (lambda_images, keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(lambda_x))),
