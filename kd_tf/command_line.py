@@ -39,8 +39,12 @@ _HELP = (
     ("stage", "What to run: " + ", ".join(config_lib.STAGES) + "."),
     (
         "model",
-        f"Architecture to train; default: {models.DEFAULT_TEACHER} for the teacher stage, "
-        f"{models.DEFAULT_STUDENT} for student and scratch. Registered models:\n"
+        f"Architecture to train: a registered model or the path of a .keras file (loaded "
+        f"with safe_mode=True; training starts from its weights; it must take uint8 or "
+        f"float images of the data set's shape and output [batch, classes] logits); "
+        f"default: {models.DEFAULT_TEACHER} for the teacher stage, {models.DEFAULT_STUDENT} "
+        f"for student and scratch; for colour photos resnet_small and mobilenet_small. "
+        f"Registered models:\n"
         + models.describe_models(),
     ),
     ("epochs", "Passes over the training split."),

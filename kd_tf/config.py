@@ -254,10 +254,10 @@ _RULES = {
     "temperature_min": (lambda v: v > 0, "{0} must be > 0 (e.g. 1)"),
     "alpha_min": _IN_UNIT_INTERVAL,
     "alpha_max": _IN_UNIT_INTERVAL,
+    "model": (models.is_model, models.MODEL_PROBLEM),
 }
 CHOICES = {
     "stage": STAGES,
-    "model": tuple(models.MODELS),
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
     "teacher_logits": distillation.TEACHER_LOGITS_MODES,

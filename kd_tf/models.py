@@ -6,10 +6,14 @@ itself (so exports accept pixels as they are) and returns float32 logits
 and class count. Built under a mixed-precision policy (`kd_tf.precision`), the
 hidden layers compute in 16 bits and the `logits` layer stays in float32.
 
+`--model` also takes the path of a `.keras` file, whose architecture (and
+weights) is trained instead (`kd_tf.model_file`).
+
 Usage:
 
 ```python
 model = models.build_model("compact_cnn", image_shape=(28, 28, 1), num_classes=10)
+model = models.build_model("net.keras", image_shape=(32, 32, 3), num_classes=10)
 ```
 """
 
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from kd_tf import model_file
 from kd_tf.errors import ConfigError
 
 
@@ -39,6 +44,64 @@ def _dense_bn_relu(x, units, name):
     x = layers.Dense(units, use_bias=False, name=f"{name}_dense")(x)
     x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _same_conv_bn(x, filters, strides, name, kernel_size=3):
+    """A same-padded convolution and batch norm (no activation)."""
+    x = layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    return layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
+
+
+def _residual_block(x, filters, strides, name):
+    """conv3x3 -> bn -> relu -> conv3x3 -> bn, plus the input (through a
+    strided 1x1 convolution and bn where the shape changes), then relu."""
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _same_conv_bn(x, filters, strides, f"{name}_project", kernel_size=1)
+    x = layers.ReLU(name=f"{name}_relu1")(_same_conv_bn(x, filters, strides, f"{name}_a"))
+    x = _same_conv_bn(x, filters, 1, f"{name}_b")
+    return layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([x, shortcut]))
+
+
+def resnet_small(image_shape, num_classes):
+    """The colour teacher: a small ResNet, conv3x3 32 stem -> residual stages
+    of 32, 64 (stride 2) and 2 x 128 (stride 2) filters -> global average
+    pooling -> logits (604 k parameters on 32x32x3). Same padding: any image
+    size from 1x1 up."""
+    images, x = _scaled_input(image_shape, "resnet_small")
+    x = layers.ReLU(name="stem_relu")(_same_conv_bn(x, 32, 1, "stem"))
+    for index, (filters, strides) in enumerate(((32, 1), (64, 2), (128, 2), (128, 1))):
+        x = _residual_block(x, filters, strides, f"res{index + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    return keras.Model(images, logits, name="resnet_small")
+
+
+def _separable_block(x, filters, strides, name):
+    """depthwise conv3x3 (stride) -> bn -> relu -> pointwise conv1x1 -> bn -> relu."""
+    x = layers.DepthwiseConv2D(
+        3, strides=strides, padding="same", use_bias=False, name=f"{name}_depthwise"
+    )(x)
+    x = layers.BatchNormalization(synchronized=True, name=f"{name}_depthwise_bn")(x)
+    x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    x = _same_conv_bn(x, filters, 1, f"{name}_pointwise", kernel_size=1)
+    return layers.ReLU(name=f"{name}_pointwise_relu")(x)
+
+
+def mobilenet_small(image_shape, num_classes):
+    """The colour student: MobileNet-shaped, conv3x3 16 stem -> depthwise-
+    separable blocks of 32, 64 (stride 2), 64, 128 (stride 2), 128 filters ->
+    global average pooling -> logits (38 k parameters on 32x32x3). Same
+    padding: any image size from 1x1 up."""
+    images, x = _scaled_input(image_shape, "mobilenet_small")
+    x = layers.ReLU(name="stem_relu")(_same_conv_bn(x, 16, 1, "stem"))
+    for index, (filters, strides) in enumerate(((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))):
+        x = _separable_block(x, filters, strides, f"block{index + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    return keras.Model(images, logits, name="mobilenet_small")
 
 
 def seed_cnn(image_shape, num_classes):
@@ -128,16 +191,34 @@ MODELS = {
         seed_mlp, "student", "the reference student (MLP 128, 64), the default student"
     ),
     "compact_cnn": ModelSpec(compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)", 16),
+    "resnet_small": ModelSpec(
+        resnet_small, "teacher", "small ResNet with batch norm, the teacher for colour photos"
+    ),
+    "mobilenet_small": ModelSpec(
+        mobilenet_small,
+        "student",
+        "depthwise-separable convolutions, the student for colour photos",
+    ),
 }
 DEFAULT_TEACHER = "lenet_bn"
 DEFAULT_STUDENT = "seed_mlp"
+MODEL_PROBLEM = (
+    "{0} must be a registered model (" + ", ".join(MODELS) + ") or the path of a .keras file"
+)
+
+
+def is_model(value):
+    """Whether `value` is something `--model` takes: a registry name or a
+    path ending in `.keras`."""
+    return value in MODELS or model_file.is_model_file(value)
 
 
 def build_model(name, image_shape, num_classes):
-    """Builds registered model `name` for the given data.
+    """Builds registered model `name` for the given data, or loads the
+    architecture in the `.keras` file `name` (see `kd_tf.model_file`).
 
     Args:
-        name: a key of `MODELS`.
+        name: a key of `MODELS`, or the path of a `.keras` file.
         image_shape: `(H, W, C)` of the data set's images.
         num_classes: number of classes of the data set.
 
@@ -146,10 +227,13 @@ def build_model(name, image_shape, num_classes):
 
     Raises:
         ConfigError: the images are smaller than the model takes
-            (`ModelSpec.min_image_size`).
+            (`ModelSpec.min_image_size`), or the `.keras` file does not fit
+            the data.
     """
+    if model_file.is_model_file(name):
+        return model_file.load_architecture(name, tuple(image_shape), int(num_classes))
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+        raise ValueError(MODEL_PROBLEM.format(repr(name)))
     height, width = image_shape[:2]
     needed = MODELS[name].min_image_size
     if min(height, width) < needed:

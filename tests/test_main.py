@@ -183,7 +183,8 @@ class BadInputTest(helpers.CommandTestCase):
             "--alpha=-0.1": "--alpha must be in \\[0, 1\\]",
             "--epochs=0": "--epochs must be >= 1",
             "--batch_size=0": "--batch_size must be >= 1",
-            "--model=resnet9000": "--model=resnet9000: value should be one of",
+            "--model=resnet9000": "--model=resnet9000: --model must be a registered model "
+            "\\(lenet_bn, .*mobilenet_small\\) or the path of a .keras file",
             "--stage=deploy": "--stage=deploy: value should be one of",
         }
         for argument, pattern in cases.items():

@@ -265,7 +265,8 @@ class ImagesTooSmallTest(_Command):
         self.assertEqual(
             line,
             "kd_tf: error: --model=lenet_bn needs images of at least 16x16 pixels, the data "
-            "set's are 8x8: pick another --model (seed_cnn, seed_mlp take them)",
+            "set's are 8x8: pick another --model (seed_cnn, seed_mlp, resnet_small, "
+            "mobilenet_small take them)",
         )
         self.assertFalse(os.path.exists(os.path.join(self.root, "saved_models")))
         self.succeeds(*self.teacher(_idx_dir(self.root, 8), "seed_mlp"))
@@ -292,7 +293,8 @@ class ImagesTooSmallTest(_Command):
             [
                 (
                     "kd_tf: error: --model=compact_cnn needs images of at least 16x16 pixels, "
-                    "the data set's are 8x8: pick another --model (seed_cnn, seed_mlp take them)"
+                    "the data set's are 8x8: pick another --model (seed_cnn, seed_mlp, "
+                    "resnet_small, mobilenet_small take them)"
                 )
             ],
         )

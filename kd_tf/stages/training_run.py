@@ -89,7 +89,8 @@ class TrainingRun:
     Args:
         config: the run's `config.Config`.
         stage: "teacher", "scratch" or "student".
-        model_name: the architecture trained (a `models.MODELS` key).
+        model_name: the architecture trained (a `models.MODELS` key or a
+            `.keras` file), as the report's `model` shows it.
 
     Raises:
         UserError: the export directory is taken, or the backup directory
