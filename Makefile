@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/python -m kd_tf.main --flagfile=flags/compare.cfg
 
 test: setup
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n 2
 
 clean:
 	rm -rf $(VENV) *.egg-info

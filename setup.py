@@ -15,5 +15,6 @@ setup(
         "matplotlib>=3.8",
         "ai-edge-litert>=2.3",  # LiteRT's interpreter for the tflite stage
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # pytest-xdist: `make test` runs the suite on 2 workers (README, The two commands).
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
 )
