@@ -111,6 +111,12 @@ def tiny_model(num_classes=10, seed=0):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
+def tiny_export(path, overwrite=False):
+    """`tiny_model()` exported at `path` (a stand-in teacher or model)."""
+    images = np.zeros((2, *IMAGE_SHAPE), np.uint8)
+    return export.export_model(tiny_model(), path, check_images=images, overwrite=overwrite)
+
+
 def random_images(count):
     """`count` uniformly random uint8 images of `IMAGE_SHAPE` (seeded)."""
     return np.random.default_rng(0).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from unittest import mock
 
-import keras
+import helpers
 import numpy as np
 import tensorflow as tf
 
@@ -53,15 +53,6 @@ def _cli(*argv, timeout=300):
         timeout=timeout,
         check=False,
     )
-
-
-def _tiny_export(path, overwrite=False):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((28, 28, 1), dtype="uint8")
-    x = keras.layers.Flatten()(keras.layers.Rescaling(1.0 / 255)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(10)(x))
-    images = np.zeros((2, 28, 28, 1), np.uint8)
-    return export.export_model(model, path, check_images=images, overwrite=overwrite)
 
 
 class HelpTest(tf.test.TestCase):
@@ -114,7 +105,7 @@ class CtrlCTest(tf.test.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.root = tempfile.mkdtemp()
-        cls.teacher_dir = _tiny_export(os.path.join(cls.root, "teacher"))
+        cls.teacher_dir = helpers.tiny_export(os.path.join(cls.root, "teacher"))
 
     def interrupted(self, *argv):
         stderr = io.StringIO()
@@ -192,7 +183,7 @@ class CtrlCTest(tf.test.TestCase):
         self.assertTrue(os.path.exists(tflite))
 
     def test_while_the_replaced_export_is_deleted(self):
-        target = _tiny_export(os.path.join(self.root, "replaced"))
+        target = helpers.tiny_export(os.path.join(self.root, "replaced"))
         rmtree = shutil.rmtree
 
         def interrupted_while_deleting_the_old_export(path, *args, **kwargs):
@@ -206,7 +197,7 @@ class CtrlCTest(tf.test.TestCase):
             ),
             self.assertRaises(interrupts.Interrupted) as caught,
         ):
-            _tiny_export(target, overwrite=True)
+            helpers.tiny_export(target, overwrite=True)
         self.assertRegex(
             caught.exception.outcome,
             f"^the new output is complete at {re.escape(target)}; the old one may remain in "
@@ -217,7 +208,7 @@ class CtrlCTest(tf.test.TestCase):
 
 class LiteRTTest(tf.test.TestCase):
     def test_tflite_files_run_in_litert_not_tf_lite(self):
-        model_dir = _tiny_export(os.path.join(self.get_temp_dir(), "model"))
+        model_dir = helpers.tiny_export(os.path.join(self.get_temp_dir(), "model"))
         content = lite.convert(model_dir)
         images = np.random.default_rng(0).integers(0, 256, (300, 28, 28, 1), dtype=np.uint8)
         with mock.patch.object(tf.lite, "Interpreter", side_effect=AssertionError("tf.lite")):

@@ -20,11 +20,11 @@ import time
 import unittest
 from unittest import mock
 
-import keras
+import helpers
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import atomic, export, lite, main, models
+from kd_tf import atomic, lite, main, models
 from kd_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,14 +48,6 @@ def _unwritable_dir(parent):
         if os.path.isdir(candidate) and not _writable(candidate):
             return candidate
     raise unittest.SkipTest("no unwritable directory on this machine")
-
-
-def _tiny_export(path):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((28, 28, 1), dtype="uint8")
-    x = keras.layers.Flatten()(keras.layers.Rescaling(1.0 / 255)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(10)(x))
-    return export.export_model(model, path, check_images=np.zeros((2, 28, 28, 1), np.uint8))
 
 
 def _write_idx(path, array):
@@ -85,7 +77,7 @@ class _Command(tf.test.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.root = tempfile.mkdtemp()
-        cls.model_dir = _tiny_export(os.path.join(cls.root, "model"))
+        cls.model_dir = helpers.tiny_export(os.path.join(cls.root, "model"))
 
     @classmethod
     def tearDownClass(cls):
