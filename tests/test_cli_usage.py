@@ -8,8 +8,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from unittest import mock
 
@@ -30,7 +28,6 @@ from kd_tf import (
     tuning,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_RUN = ("--epochs=1", "--train_examples=256", "--validation_examples=256", "--batch_size=64")
 # The flags `--help` shows for each stage, besides --stage and --flagfile.
 STAGE_FLAGS = {
@@ -44,25 +41,13 @@ STAGE_FLAGS = {
 }
 
 
-def _cli(*argv, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "kd_tf.main", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 class HelpTest(tf.test.TestCase):
     def test_help_shows_every_stage_its_flag_files_and_main_flags(self):
-        process = _cli("--help", timeout=120)
+        ((_, usage, stderr, _),) = helpers.run_kd_tf(["--help"], timeout=120)
         # absl's --help exits with status 1 after the usage text, on stdout.
-        self.assertNotIn("Traceback", process.stderr)
-        usage = process.stdout
+        self.assertNotIn("Traceback", stderr)
         self.assertIn("python -m kd_tf.main --flagfile=flags/", usage)
-        for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))):
+        for path in sorted(glob.glob(os.path.join(helpers.REPO, "flags", "*.cfg"))):
             self.assertIn(f"flags/{os.path.basename(path)}", usage)
         for stage, flags in STAGE_FLAGS.items():
             with self.subTest(stage=stage):
@@ -75,20 +60,22 @@ class HelpTest(tf.test.TestCase):
 class EpochLogTest(tf.test.TestCase):
     def test_one_line_per_epoch_and_no_tensorflow_error_lines(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
-        process = _cli(
-            "--flagfile=flags/teacher.cfg",
-            "--train_examples=1024",
-            "--epochs=2",
-            "--monitor_test",
-            f"--export_dir={root}/teacher",
-            f"--log_dir={root}/logs",
+        ((status, stdout, stderr, _),) = helpers.run_kd_tf(
+            [
+                "--flagfile=flags/teacher.cfg",
+                "--train_examples=1024",
+                "--epochs=2",
+                "--monitor_test",
+                f"--export_dir={root}/teacher",
+                f"--log_dir={root}/logs",
+            ]
         )
-        self.assertEqual(process.returncode, 0, process.stderr[-3000:])
-        self.assertNotIn("NodeDef mentions attribute", process.stderr)
-        self.assertNotIn("Epoch 1/2", process.stdout)
-        self.assertNotIn("/step", process.stdout)
-        lines = [line for line in process.stderr.splitlines() if re.search(r"\] epoch \d", line)]
-        self.assertLen(lines, 2, process.stderr[-3000:])
+        self.assertEqual(status, 0, stderr[-3000:])
+        self.assertNotIn("NodeDef mentions attribute", stderr)
+        self.assertNotIn("Epoch 1/2", stdout)
+        self.assertNotIn("/step", stdout)
+        lines = [line for line in stderr.splitlines() if re.search(r"\] epoch \d", line)]
+        self.assertLen(lines, 2, stderr[-3000:])
         for epoch, line in enumerate(lines, 1):
             self.assertRegex(
                 line,
@@ -144,7 +131,7 @@ class CtrlCTest(tf.test.TestCase):
             line = self.interrupted(
                 "--stage=compare",
                 *(
-                    f"--{s}_flagfile={REPO}/flags/{s}.cfg"
+                    f"--{s}_flagfile={helpers.REPO}/flags/{s}.cfg"
                     for s in ("teacher", "student", "scratch")
                 ),
                 f"--saved_models_dir={saved_models}",

@@ -16,13 +16,13 @@ import tempfile
 import time
 from unittest import mock
 
+import helpers
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kd_tf import data, export, logits_cache, main, models, training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = {"image_shape": (28, 28, 1), "num_classes": 10}
 EXAMPLES = 1000
 BATCH = 100
@@ -179,17 +179,8 @@ class ShardLifetimeTest(tf.test.TestCase):
             self.assertEqual(os.listdir(self.cache_dir), [], f"after {type(error).__name__}")
 
     def test_shards_of_a_killed_run_are_removed_by_the_next_run(self):
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kd_tf.main",
-                *_student_argv(self.root, self.teacher_dir, self.cache_dir, "--epochs=500"),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        process = helpers.start_kd_tf(
+            _student_argv(self.root, self.teacher_dir, self.cache_dir, "--epochs=500")
         )
         self.addCleanup(process.kill)
         started = time.monotonic()
@@ -218,7 +209,7 @@ class ShardLifetimeTest(tf.test.TestCase):
                     "print(shards.path, flush=True); sys.stdin.read()"
                 ),
             ],
-            cwd=REPO,
+            cwd=helpers.REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

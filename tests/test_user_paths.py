@@ -13,8 +13,6 @@ import io
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -26,8 +24,6 @@ import tensorflow as tf
 
 from kd_tf import atomic, lite, main, models
 from kd_tf.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _writable(directory):
@@ -264,24 +260,13 @@ class ImagesTooSmallTest(_Command):
         self.succeeds(*self.teacher(_idx_dir(self.root, 8), "seed_mlp"))
 
     def test_through_the_command_line(self):
-        process = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kd_tf.main",
-                *self.teacher(_idx_dir(self.root, 8), "compact_cnn"),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        ((status, _, stderr, _),) = helpers.run_kd_tf(
+            self.teacher(_idx_dir(self.root, 8), "compact_cnn"), timeout=120
         )
-        self.assertEqual(process.returncode, 2, process.stderr[-2000:])
-        self.assertNotIn("Traceback", process.stderr)
-        lines = [line for line in process.stderr.splitlines() if line.startswith("kd_tf:")]
+        self.assertEqual(status, 2, stderr[-2000:])
+        self.assertNotIn("Traceback", stderr)
         self.assertEqual(
-            lines,
+            helpers.kd_tf_lines(stderr),
             [
                 (
                     "kd_tf: error: --model=compact_cnn needs images of at least 16x16 pixels, "
