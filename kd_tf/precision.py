@@ -32,6 +32,7 @@ import contextlib
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
@@ -106,6 +107,13 @@ def float32_copy(model):
     copy = keras.models.clone_model(model, clone_function=as_float32)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def resolve_for_run(requested):
+    """`resolve(requested)`, logged: what a run trains in."""
+    name = resolve(requested)
+    logging.info("precision: %s (asked for %s)", name, requested)
+    return name
 
 
 @contextlib.contextmanager

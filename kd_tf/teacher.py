@@ -27,26 +27,7 @@ import time
 import tensorflow as tf
 
 from kd_tf import distillation, export, logits_cache, pipelines, teacher_adapter
-from kd_tf.errors import ConfigError, UserError
-
-
-def check_fits(model, what, splits):
-    """Checks that `model` (a `ServingModel`) takes the data set's images and
-    predicts its classes; `what` names it in messages (e.g. "teacher")."""
-    if tuple(model.image_shape) != tuple(splits.image_shape):
-        raise UserError(
-            f"{what} {model.path} takes images of shape {tuple(model.image_shape)} "
-            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
-        )
-    _check_classes(model, what, splits)
-
-
-def _check_classes(model, what, splits):
-    if model.num_classes != splits.num_classes:
-        raise UserError(
-            f"{what} {model.path} predicts {model.num_classes} classes but "
-            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
-        )
+from kd_tf.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +99,7 @@ class Teacher:
     def check_fits(self, splits):
         """Checks that the teacher predicts the data set's classes and takes
         images its images can be converted to; sets `adapter`."""
-        _check_classes(self.model, "teacher", splits)
+        export.check_classes(self.model, "teacher", splits)
         teacher_adapter.check_input(self.model, splits.image_shape)
         self.adapter = teacher_adapter.TeacherAdapter(
             self.model, splits.image_shape, self.pixel_range, self.output

@@ -66,6 +66,28 @@ def load_serving_model(path, float_input=False):
     return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype)
 
 
+def check_fits(model, what, splits):
+    """Checks that `model` (a `ServingModel`) takes the data set's images as
+    they are and predicts its classes; `what` names it in messages (e.g.
+    "model"). A teacher may take other images (`kd_tf.teacher_adapter`) and
+    is checked with `check_classes` only."""
+    if tuple(model.image_shape) != tuple(splits.image_shape):
+        raise UserError(
+            f"{what} {model.path} takes images of shape {tuple(model.image_shape)} "
+            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
+        )
+    check_classes(model, what, splits)
+
+
+def check_classes(model, what, splits):
+    """Checks that `model` predicts the data set's number of classes."""
+    if model.num_classes != splits.num_classes:
+        raise UserError(
+            f"{what} {model.path} predicts {model.num_classes} classes but "
+            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
+        )
+
+
 def _input_dtypes(float_input):
     return ("uint8", *FLOAT_INPUT_DTYPES) if float_input else ("uint8",)
 

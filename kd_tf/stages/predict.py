@@ -12,7 +12,7 @@ import os
 
 from absl import logging
 
-from kd_tf import atomic, export, inference, interrupts, teacher
+from kd_tf import atomic, export, inference, interrupts
 from kd_tf.errors import ConfigError
 from kd_tf.stages.training_run import load_data
 
@@ -29,7 +29,7 @@ def require_model_dir(config):
 def load_matching_model(config, splits):
     """The export in `model_dir`, checked against the data set."""
     served = export.load_serving_model(config.predict.model_dir)
-    teacher.check_fits(served, "model", splits)
+    export.check_fits(served, "model", splits)
     return served
 
 

@@ -107,8 +107,7 @@ class TrainingRun:
         self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
         self.run_fields = backup.run_fields(config_lib.fields(config), stage, model_name)
         self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
-        self.precision = precision.resolve(config.runtime.precision)
-        logging.info("--precision=%s: %s", config.runtime.precision, self.precision)
+        self.precision = precision.resolve_for_run(config.runtime.precision)
 
     @staticmethod
     def not_exported():

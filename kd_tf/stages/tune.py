@@ -7,8 +7,6 @@ keeps the search state in `tune_dir`: the same command resumes it.
 
 import time
 
-from absl import logging
-
 from kd_tf import config as config_lib
 from kd_tf import distribution, interrupts, models, precision, tuning
 from kd_tf.stages.report import data_summary
@@ -28,8 +26,7 @@ def _search(config):
     model_name = config.model.model or models.DEFAULT_STUDENT
     tuning.check_tune_dir(config.tune.tune_dir)
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
-    policy = precision.resolve(config.runtime.precision)
-    logging.info("--precision=%s: %s", config.runtime.precision, policy)
+    policy = precision.resolve_for_run(config.runtime.precision)
     with prepare_distillation(config, strategy, policy) as inputs:
 
         def build(temperature, alpha):
