@@ -17,6 +17,7 @@ config.optimization.epochs  # 1
 
 import dataclasses
 import os
+import typing
 
 from absl import flags
 
@@ -244,23 +245,33 @@ _HELP = (
 )
 
 
+def _field_type(name):
+    """The declared type of config field `name`, without `None` (`int` for
+    `int | None`, `tuple` for `tuple[int, ...] | None`)."""
+    group = config_lib.FIELD_GROUPS[name]
+    owner = config_lib.Config if group is None else type(getattr(config_lib.Config(), group))
+    declared = {field.name: field.type for field in dataclasses.fields(owner)}[name]
+    types = [t for t in typing.get_args(declared) if t is not type(None)] or [declared]
+    return typing.get_origin(types[0]) or types[0]
+
+
+# absl flag definers by the field's type; anything else is a string flag.
+_DEFINERS = {
+    tuple: flags.DEFINE_list,
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+}
+
+
 def _define(name, help_text, flag_values):
     default = _DEFAULTS[name]
-    kwargs = {"flag_values": flag_values}
     if name in config_lib.CHOICES:
-        flags.DEFINE_enum(name, default, list(config_lib.CHOICES[name]), help_text, **kwargs)
-    elif name in ("test_index", "image_size"):
-        flags.DEFINE_list(name, None, help_text, **kwargs)
-    elif isinstance(default, bool):
-        flags.DEFINE_bool(name, default, help_text, **kwargs)
-    elif isinstance(default, int):
-        flags.DEFINE_integer(name, default, help_text, **kwargs)
-    elif isinstance(default, float):
-        flags.DEFINE_float(name, default, help_text, **kwargs)
-    elif name in ("train_examples", "validation_examples"):
-        flags.DEFINE_integer(name, None, help_text, **kwargs)
-    else:
-        flags.DEFINE_string(name, default, help_text, **kwargs)
+        choices = list(config_lib.CHOICES[name])
+        flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
+        return
+    define = _DEFINERS.get(_field_type(name), flags.DEFINE_string)
+    define(name, default, help_text, flag_values=flag_values)
 
 
 def define_flags(flag_values):
