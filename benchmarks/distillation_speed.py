@@ -42,6 +42,7 @@ from kd_tf import (
     data,
     distillation,
     export,
+    logits_cache,
     models,
     pipelines,
     reporting,
@@ -175,12 +176,11 @@ def _fit(model, splits, optimizer, epochs, compile_args):
     )
     recorder = training.EpochRecorder()
     model.fit(
-        pipelines.training_dataset(splits.train.images, splits.train.labels, BATCH, seed=SEED),
+        pipelines.training_dataset(splits.train, BATCH, seed=SEED),
         epochs=epochs,
         steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), BATCH),
         validation_data=pipelines.evaluation_dataset(
-            splits.validation.images, splits.validation.labels, 1024
-        ),
+splits.validation, 1024),
         callbacks=[recorder],
         verbose=0,
     )
@@ -293,7 +293,7 @@ def _lookup_pipeline(splits, train_logits):
 
 def _kd_tf_pipeline(splits, train_logits):
     return pipelines.training_dataset(
-        splits.train.images, splits.train.labels, BATCH, seed=SEED, teacher_logits=train_logits
+        splits.train, BATCH, seed=SEED, logits=logits_cache.LogitsTable(train_logits[:, None])
     )
 
 
@@ -315,10 +315,9 @@ def _lever_run(splits, logits, *, pipeline, steps_per_execution, jit_compile, ev
         epochs=_LEVER_EPOCHS.value,
         steps_per_epoch=steps,
         validation_data=pipelines.evaluation_dataset(
-            splits.validation.images,
-            splits.validation.labels,
+            splits.validation,
             eval_batch_size,
-            teacher_logits=logits["validation"],
+            logits=logits_cache.LogitsTable(logits["validation"][:, None]),
         ),
         callbacks=[recorder],
         verbose=0,

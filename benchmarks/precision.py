@@ -33,7 +33,7 @@ import time
 import keras
 import numpy as np
 
-from kd_tf import data, distillation, models, pipelines, precision, training
+from kd_tf import data, distillation, logits_cache, models, pipelines, precision, training
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BATCH = 128
@@ -66,7 +66,7 @@ def _teacher(splits, policy, epochs):
             steps_per_execution=8,
         )
     train = pipelines.training_dataset(
-        splits.train.images, splits.train.labels, BATCH, seed=0, augment=True
+        splits.train, BATCH, seed=0, augment=True
     )
     timer = _EpochTimer()
     model.fit(train, epochs=epochs, steps_per_epoch=steps, callbacks=[timer], verbose=0)
@@ -86,7 +86,7 @@ def _student_epoch(splits, policy, logits, epochs):
             steps_per_execution=8,
         )
     train = pipelines.training_dataset(
-        splits.train.images, splits.train.labels, BATCH, seed=0, teacher_logits=logits
+        splits.train, BATCH, seed=0, logits=logits_cache.LogitsTable(logits[:, None])
     )
     timer = _EpochTimer()
     distiller.fit(train, epochs=epochs, steps_per_epoch=steps, callbacks=[timer], verbose=0)

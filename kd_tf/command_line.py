@@ -141,8 +141,13 @@ _HELP = (
     ),
     (
         "image_size",
-        "--data_source=directory|tfrecord: H,W to resize every image to; without it, all "
+        "--data_source=directory|tfrecord|tfds: H,W to resize every image to; without it, all "
         "images must share one size.",
+    ),
+    (
+        "data_memory_mb",
+        "--data_source=directory|tfrecord|tfds: a split whose decoded images take more MiB is "
+        "read from its files while training instead of held in memory (0: always).",
     ),
     ("test_fraction", "--data_source=directory without a test/ folder: share of each class held out as the test split."),
     (

@@ -50,6 +50,9 @@ class DataConfig:
     data_dir: str | None = None
     image_size: tuple[int, int] | None = None
     test_fraction: float = 0.2
+    # The largest split (decoded images, MiB) held in memory; larger ones are
+    # read from their files while training (see `kd_tf.data.streaming`).
+    data_memory_mb: int = data.scan.DEFAULT_MEMORY_MB
     # None: 5000, or a twelfth of the training split when that is smaller
     # (see `kd_tf.data.splits.default_validation_examples`).
     validation_examples: int | None = None
@@ -243,6 +246,7 @@ _RULES = {
     "alpha": _IN_UNIT_INTERVAL,
     "augment_views": _at_least(0),
     "logits_memory_mb": _at_least(0),
+    "data_memory_mb": _at_least(0),
     "validation_examples": _at_least(1),
     "train_examples": _at_least(1),
     "test_index": (lambda v: len(v) > 0 and min(v) >= 0, TEST_INDEX_PROBLEM),

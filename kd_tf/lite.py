@@ -22,8 +22,8 @@ Quantisation (`QUANTIZATIONS`):
 Usage:
 
 ```python
-content = lite.convert("saved_models/student/1", "int8", splits.train.images[:500])
-logits = lite.tflite_logits(content, splits.test.images)
+content = lite.convert("saved_models/student/1", "int8", splits.train.head(500))
+logits = lite.tflite_logits(content, splits.test.head(1000))
 ```
 """
 
@@ -122,7 +122,7 @@ def pick_representative_images(train, seed=0):
     (all of them if there are fewer), for int8 calibration."""
     count = min(REPRESENTATIVE_EXAMPLES, len(train))
     picked = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
-    return train.images[np.sort(picked)]
+    return train.take(np.sort(picked))
 
 
 def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1024):
@@ -193,8 +193,10 @@ def _check_paths(served, tflite_path):
 def _measure(served, content, test, batch_size, quantize):
     """Test accuracy and size of the SavedModel and of its conversion `content`,
     and whether the drop stays within `PARITY_POINTS[quantize]`."""
-    saved_logits = served.predict_logits(test.images, batch_size=batch_size)
-    lite_logits = tflite_logits(content, test.images, batch_size=batch_size)
+    saved_logits = test.map_batches(served.logits, batch_size)
+    lite_logits = np.concatenate(
+        [tflite_logits(content, images.numpy()) for images, _ in test.batches(batch_size)]
+    )
     saved_accuracy = training.evaluate_logits(saved_logits, test.labels)["accuracy"]
     lite_accuracy = training.evaluate_logits(lite_logits, test.labels)["accuracy"]
     drop = 100 * (saved_accuracy - lite_accuracy)

@@ -1,15 +1,15 @@
-"""The teacher's logits computed once, kept in memory or streamed from disk.
+"""The teacher's logits computed once, kept in memory or in a file on disk.
 
-In the student stage's `cached` mode the teacher runs once over each split.
-Logits that fit in `--logits_memory_mb` stay in memory and travel in the same
-`tf.data` element as their images (`kd_tf.pipelines`). Larger ones (or all, with
-`--logits_cache=disk`) are written batch by batch, together with their images
-and labels, into TFRecord shards and read back by a streaming pipeline: neither
-the logits nor a second copy of the images is ever held in memory whole. The
-training stream is a function of the seed and the epoch alone, as the
-in-memory one (see `training_stream`).
+In the student stage's `cached` mode the teacher runs once over each view of
+each split, and its logits, `[N, K, classes]` (`LogitsTable`), are joined to
+the images by index and view as the training stream reads them
+(`kd_tf.pipelines`). Images are never copied: the views are drawn again from
+`(seed, view, index)` when an example is read. Logits that fit in
+`--logits_memory_mb` stay in memory; larger ones (or all, with
+`--logits_cache=disk`) are written to a file and read back through
+`numpy.memmap`, so memory holds only the pages in use.
 
-The shards of a run live in a `ShardDirectory`, `kd_tf_logits_<pid>_<random>`
+The file of a run lives in a `ShardDirectory`, `kd_tf_logits_<pid>_<random>`
 in `--logits_cache_dir`, removed when the run ends, however it ends. A killed
 run cannot remove its own: the next run that creates a `ShardDirectory` in the
 same directory removes those whose process is gone (`remove_abandoned`).
@@ -17,11 +17,11 @@ same directory removes those whose process is gone (`remove_abandoned`).
 Usage:
 
 ```python
-if logits_cache.resolve_cache("auto", len(images), teacher.num_classes, 2048) == "disk":
+if logits_cache.resolve_cache("auto", len(split) * views, classes, 2048) == "disk":
     with logits_cache.ShardDirectory(None) as shards:  # the system's temp directory
-        paths = logits_cache.write_shards(teacher, images, labels, f"{shards.path}/train")
-        train = logits_cache.training_stream(paths, 128, seed=0, image_shape=(28, 28, 1),
-                                             num_classes=10)
+        table = logits_cache.LogitsTable.compute(
+            adapter, split, num_views=4, seed=0, path=f"{shards.path}/train.npy")
+        train = pipelines.training_dataset(split, 128, seed=0, views=4, logits=table)
 ```
 """
 
@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import weakref
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -40,21 +41,9 @@ from kd_tf import atomic, pipelines
 from kd_tf.errors import ConfigError
 
 LOGITS_CACHES = ("auto", "memory", "disk")
-# Examples per TFRecord shard, and the window of examples the training stream
-# permutes at a time (see `training_stream`).
-EXAMPLES_PER_SHARD = 16384
-SHUFFLE_BUFFER = 16384
-# Shards read at once while training.
-INTERLEAVE_SHARDS = 4
 
 SHARD_DIR_PREFIX = "kd_tf_logits_"
 _SHARD_DIR = re.compile(rf"^{SHARD_DIR_PREFIX}(\d+)_")
-
-_FEATURES = {
-    "images": tf.io.FixedLenFeature([], tf.string),
-    "labels": tf.io.FixedLenFeature([], tf.string),
-    "logits": tf.io.FixedLenFeature([], tf.string),
-}
 
 
 def logits_megabytes(num_examples, num_classes):
@@ -81,144 +70,56 @@ def resolve_cache(mode, num_examples, num_classes, memory_mb):
     return mode
 
 
-def write_shards(teacher, images, labels, directory, *, batch_size=1024):
-    """Runs the teacher over `images` and writes images, labels and logits to
-    TFRecord shards, one record per batch, in order.
+class LogitsTable:
+    """The teacher's float32 logits of view k of example i, `[N, K, classes]`,
+    held in memory or in a file of a `ShardDirectory` (`numpy.memmap`), and
+    joined to their images by index and view (`lookup`).
 
-    Args:
-        teacher: a `kd_tf.export.ServingModel` (or anything with `.logits`).
-        images: uint8 array `[N, H, W, C]`.
-        labels: int array `[N]`.
-        directory: where the shards go (created; must not hold shards yet).
-        batch_size: images per teacher call and per record.
+    Usage:
 
-    Returns:
-        The shard paths, in order.
+    ```python
+    table = LogitsTable.compute(adapter, splits.train, num_views=4, seed=0)
+    logits = table.lookup(indices, views)   # in a tf.data map
+    ```
     """
-    os.makedirs(directory, exist_ok=True)
-    if os.listdir(directory):
-        raise ValueError(f"{directory} is not empty: pass a fresh directory for the shards")
-    examples_per_shard = max(batch_size, EXAMPLES_PER_SHARD // batch_size * batch_size)
-    paths = []
-    for shard_start in range(0, len(images), examples_per_shard):
-        path = os.path.join(directory, f"logits-{len(paths):05d}.tfrecord")
-        with tf.io.TFRecordWriter(path) as writer:
-            shard_end = min(shard_start + examples_per_shard, len(images))
-            for start in range(shard_start, shard_end, batch_size):
-                batch = images[start : min(start + batch_size, shard_end)]
-                logits = teacher.logits(tf.constant(batch))
-                writer.write(_record(batch, labels[start : start + len(batch)], logits))
-        paths.append(path)
-    return paths
 
+    def __init__(self, array):
+        self.array = array
 
-def _record(images, labels, logits):
-    def feature(tensor):
-        serialized = tf.io.serialize_tensor(tensor).numpy()
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[serialized]))
+    @classmethod
+    def compute(cls, teacher, split, *, num_views, seed, batch_size=1024, path=None):
+        """Runs `teacher` (a `teacher_adapter.TeacherAdapter`) over each
+        view of `split` (`pipelines.views_in_order`), view 0 being the images
+        themselves, into memory or, with `path`, into a file there."""
+        shape = (len(split), max(1, num_views), int(teacher.model.num_classes))
+        if path is None:
+            array = np.zeros(shape, np.float32)
+        else:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        for view in range(shape[1]):
+            for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
+                array[indices.numpy(), view] = teacher.logits(images).numpy()
+        if path is not None:
+            array.flush()
+        return cls(array)
 
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "images": feature(tf.constant(images, tf.uint8)),
-                "labels": feature(tf.constant(labels, tf.int64)),
-                "logits": feature(tf.cast(logits, tf.float32)),
-            }
+    @property
+    def megabytes(self):
+        return self.array.nbytes / 2**20
+
+    def lookup(self, indices, views):
+        """The logits `[batch, classes]` of examples `indices` in views `views`
+        (int64 tensors `[batch]`)."""
+        positions = tf.stack([indices, tf.cast(views, tf.int64)], axis=1)
+        if not isinstance(self.array, np.memmap):
+            return tf.gather_nd(tf.constant(self.array), positions)
+        logits = tf.numpy_function(
+            lambda where: np.asarray(self.array[where[:, 0], where[:, 1]]),
+            [positions],
+            tf.float32,
+            stateful=False,
         )
-    )
-    return example.SerializeToString()
-
-
-def _examples(records, image_shape, num_classes):
-    """Record batches -> examples `((image, logits), label)`."""
-
-    def parse(record):
-        parsed = tf.io.parse_single_example(record, _FEATURES)
-        images = tf.ensure_shape(
-            tf.io.parse_tensor(parsed["images"], tf.uint8), [None, *image_shape]
-        )
-        labels = tf.ensure_shape(tf.io.parse_tensor(parsed["labels"], tf.int64), [None])
-        logits = tf.ensure_shape(
-            tf.io.parse_tensor(parsed["logits"], tf.float32), [None, num_classes]
-        )
-        return (images, logits), labels
-
-    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-
-
-def training_stream(shards, batch_size, *, seed, image_shape, num_classes):
-    """An endless, shuffled, batched stream of `((images, teacher_logits), labels)`
-    read from the shards.
-
-    Like `pipelines.training_dataset`, the stream is a function of `seed`
-    alone: pass e (an epoch) reads the shards in the order of a permutation
-    drawn from `(seed, e)`, up to `INTERLEAVE_SHARDS` at once, and permutes
-    each window of `SHUFFLE_BUFFER` consecutive examples with a permutation
-    drawn from `(seed, e)` folded with the window's index; each example is
-    seen once per pass. Every iterator over the dataset yields the same
-    batches (each keras-tuner trial, Keras's extra iterator under a
-    strategy), and `skip(n)` continues exactly where batch n left off (a
-    resumed run).
-
-    Args:
-        shards: paths from `write_shards`.
-        batch_size: global batch size.
-        seed: shuffle seed.
-        image_shape: `(H, W, C)`.
-        num_classes: logits per example.
-
-    Returns:
-        A `tf.data.Dataset`, elements as `pipelines.training_dataset`'s.
-    """
-    paths = tf.constant(shards)
-    window = SHUFFLE_BUFFER
-
-    def one_pass(epoch):
-        key = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(len(shards), dtype=tf.int64), seed=key
-        )
-        records = tf.data.Dataset.from_tensor_slices(tf.gather(paths, order)).interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(INTERLEAVE_SHARDS, len(shards)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        windows = _examples(records, image_shape, num_classes).batch(window)
-        return (
-            tf.data.Dataset.zip((windows, tf.data.Dataset.counter()))
-            .map(lambda examples, index: _permuted(examples, key, index))
-            .unbatch()
-        )
-
-    return pipelines.prefetched(tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size))
-
-
-def _permuted(examples, key, index):
-    """`examples` (a window) in the order of a permutation drawn from `key`
-    folded with `index`."""
-    count = tf.shape(examples[1], out_type=tf.int64)[0]
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(count), seed=tf.random.experimental.stateless_fold_in(key, index)
-    )
-    return tf.nest.map_structure(lambda t: tf.gather(t, order), examples)
-
-
-def evaluation_stream(shards, batch_size, *, image_shape, num_classes):
-    """A finite stream of `((images, teacher_logits), labels)` in the order the
-    shards were written, batched by `batch_size`.
-
-    Args:
-        shards: paths from `write_shards`.
-        batch_size: examples per batch.
-        image_shape: `(H, W, C)`.
-        num_classes: logits per example.
-
-    Returns:
-        A `tf.data.Dataset`, elements as `pipelines.evaluation_dataset`'s.
-    """
-    records = tf.data.TFRecordDataset(shards)
-    return pipelines.prefetched(_examples(records, image_shape, num_classes).batch(batch_size))
+        return tf.ensure_shape(logits, [None, self.array.shape[-1]])
 
 
 class ShardDirectory:

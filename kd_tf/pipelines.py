@@ -12,14 +12,13 @@ random, after one run in three); these small pipelines do not need it.
 Usage:
 
 ```python
-train = pipelines.training_dataset(images, labels, 128, seed=0, augment=True)
-val = pipelines.evaluation_dataset(val_images, val_labels, 1024)
+train = pipelines.training_dataset(splits.train, 128, seed=0, augment=True)
+val = pipelines.evaluation_dataset(splits.validation, 1024)
 ```
 """
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 MAX_ROTATION_DEGREES = 10.0
@@ -27,6 +26,7 @@ MAX_SCALE_CHANGE = 0.1
 MAX_SHIFT_FRACTION = 0.08
 # Batches each pipeline prepares ahead of the training or evaluation step.
 PREFETCH_BATCHES = 2
+
 
 
 def augment_images(images, seed):
@@ -41,9 +41,22 @@ def augment_images(images, seed):
         uint8 tensor of the same shape; the background is filled with 0.
     """
     images = tf.convert_to_tensor(images)
-    batch = tf.shape(images)[0]
+    return distort(images, tf.random.stateless_uniform([tf.shape(images)[0], 4], seed, -1.0, 1.0))
+
+
+def distort(images, draws):
+    """The affine distortion of each image of a batch that its draws give.
+
+    Args:
+        images: uint8 tensor `[batch, H, W, C]`.
+        draws: float32 `[batch, 4]` in [-1, 1]: rotation, scale, shift x and
+            shift y, as shares of their largest change; zeros leave an image
+            unchanged.
+
+    Returns:
+        uint8 tensor of the same shape; the background is filled with 0.
+    """
     height, width = images.shape[1], images.shape[2]
-    draws = tf.random.stateless_uniform([batch, 4], seed, -1.0, 1.0)
     angle = draws[:, 0] * (MAX_ROTATION_DEGREES * math.pi / 180.0)
     scale = 1.0 + MAX_SCALE_CHANGE * draws[:, 1]
     shift_x = draws[:, 2] * MAX_SHIFT_FRACTION * width
@@ -67,96 +80,92 @@ def augment_images(images, seed):
     return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8)
 
 
-def augmented_views(images, num_views, seed, batch_size=4096):
-    """Fixed augmented copies of a data set, so that teacher logits on them can
-    be computed once and cached.
-
-    Args:
-        images: uint8 array `[N, H, W, C]`.
-        num_views: how many copies; view 0 is the original images.
-        seed: int; the same seed gives the same views.
-        batch_size: images distorted per call.
-
-    Returns:
-        uint8 array `[num_views * N, H, W, C]`, view after view.
-    """
-    views = [images]
-    for view in range(1, num_views):
-        views.extend(
-            augment_images(
-                images[start : start + batch_size],
-                tf.constant([seed, view * len(images) + start], tf.int64),
-            ).numpy()
-            for start in range(0, len(images), batch_size)
-        )
-    return np.concatenate(views)
+def view_draws(seed, view, index, num_examples):
+    """The draws (as `distort` takes them) of view `view` of example `index`:
+    drawn from `(seed, view * num_examples + index)` alone, so the teacher's
+    cached logits and every training pass see the same view; view 0 is the
+    image itself."""
+    key = tf.stack([tf.constant(seed, tf.int64), view * num_examples + index])
+    draws = tf.random.stateless_uniform([4], key, -1.0, 1.0)
+    return tf.where(view > 0, draws, tf.zeros_like(draws))
 
 
-def training_examples(split, *, augment, augment_views, seed):
-    """The images and labels a training stage trains on.
-
-    Args:
-        split: the training `data.Split`.
-        augment: whether the images are distorted.
-        augment_views: with `augment`, 0 draws distortions afresh every step;
-            K > 0 appends K fixed views of the split (see `augmented_views`).
-        seed: the views' seed.
-
-    Returns:
-        `(images, labels, random_augment)`: `random_augment` says whether the
-        pipeline must draw distortions afresh.
-    """
-    if augment and augment_views > 0:
-        images = augmented_views(split.images, augment_views, seed)
-        return images, np.tile(split.labels, augment_views), False
-    return split.images, split.labels, augment
+def view_of(index, num_views, pass_number):
+    """The view a training pass shows of an example: `(pass + index) mod K`,
+    so K passes show each example in each of its K views once (0 without views)."""
+    if not num_views:
+        return tf.zeros_like(index)
+    return (pass_number + index) % num_views
 
 
-def training_dataset(images, labels, batch_size, *, seed, teacher_logits=None, augment=False):
+def views_in_order(split, view, seed, batch_size):
+    """View `view` of every example of `split`, in order, as batches of
+    `(indices, images)` (what the teacher's cached logits are computed on)."""
+    num_examples = len(split)
+    examples = split.in_order().map(
+        lambda index, image: (index, image, view_draws(seed, view, index, num_examples))
+    )
+    return examples.batch(batch_size).map(
+        lambda indices, images, draws: (indices, distort(images, draws) if view else images)
+    )
+
+
+def augmentation(augment, augment_views):
+    """`(views, random_augment)` of `--augment` and `--augment_views`: K fixed
+    views with both, distortions drawn afresh every step with `--augment`
+    alone, neither without it."""
+    views = augment_views if augment else 0
+    return views, augment and not views
+
+
+def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=False):
     """An endless, shuffled, batched training stream.
 
     Elements are `(images, labels)`, or `((images, teacher_logits), labels)`
-    when `teacher_logits` is given (cached teacher logits travel in the same
-    element as their images). Pass `steps_per_epoch` to `fit`.
+    with cached `logits` (joined to their images by index and view). Pass
+    `steps_per_epoch` to `fit`.
 
-    The stream is a function of `seed` alone: epoch e visits the examples in
-    the order of a permutation drawn from `(seed, e)`, and batch b's
-    distortions are drawn from `(seed, b)`. Every iterator over the dataset
-    therefore yields the same batches (Keras opens an extra iterator under a
-    `tf.distribute` strategy, and the workers of a cluster each open their
-    own), and `skip(n)` continues exactly where batch n left off.
+    The stream is a function of `seed` alone: pass p visits the examples in
+    the order `split.shuffled_pass` draws from `(seed, p)`, showing example
+    i as view `view_of(i, K, p)`; with `augment`, batch b's distortions are
+    drawn from `(seed, b)`. Every iterator yields the same batches (Keras's
+    extra one under a strategy, each worker's), and `skip(n)` continues
+    exactly where batch n left off.
 
     Args:
-        images: uint8 array `[N, H, W, C]`.
-        labels: int array `[N]`.
+        split: a `data.Split` or `data.StreamedSplit`.
         batch_size: global batch size.
-        seed: shuffle and augmentation seed.
-        teacher_logits: optional float32 array `[N, classes]`.
+        seed: shuffle, view and augmentation seed.
+        views: K > 0 trains on K fixed augmented views of each example.
+        logits: a `logits_cache.LogitsTable` of the teacher's logits of
+            every view, or None.
         augment: draw a fresh random distortion for every image at every step
-            (not allowed with cached `teacher_logits`, which would no longer
-            match their images).
+            (not allowed with cached `logits`, which would no longer match
+            their images).
 
     Returns:
         A `tf.data.Dataset`.
     """
-    if augment and teacher_logits is not None:
+    if augment and logits is not None:
         raise ValueError("random augmentation needs an online teacher, not cached logits")
-    features = images if teacher_logits is None else (images, teacher_logits)
-    examples = tf.nest.map_structure(tf.constant, (features, labels))
-    num_examples = len(labels)
+    labels, num_examples = tf.constant(split.labels), len(split)
 
-    def epoch_order(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(num_examples, dtype=tf.int64),
-            seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+    def one_pass(pass_number):
+        examples = split.shuffled_pass(tf.stack([tf.constant(seed, tf.int64), pass_number]))
+        return examples.map(
+            lambda index, image: (index, view_of(index, views, pass_number), image)
         )
-        return tf.data.Dataset.from_tensor_slices(order)
 
-    dataset = (
-        tf.data.Dataset.counter()
-        .flat_map(epoch_order)
-        .batch(batch_size)
-        .map(lambda indices: tf.nest.map_structure(lambda t: tf.gather(t, indices), examples))
+    def element(index, view, image):
+        if not views:
+            return index, view, image, tf.zeros([4])
+        return index, view, image, view_draws(seed, view, index, num_examples)
+
+    dataset = tf.data.Dataset.counter().flat_map(one_pass).map(element).batch(batch_size)
+    dataset = dataset.map(
+        lambda indices, view, images, draws: _joined(
+            indices, view, distort(images, draws) if views else images, labels, logits
+        )
     )
     if augment:
         steps = tf.data.Dataset.counter()
@@ -171,23 +180,30 @@ def training_dataset(images, labels, batch_size, *, seed, teacher_logits=None, a
     return prefetched(dataset)
 
 
-def evaluation_dataset(images, labels, batch_size, *, teacher_logits=None):
+def _joined(indices, view, images, labels, logits):
+    features = images if logits is None else (images, logits.lookup(indices, view))
+    return features, tf.gather(labels, indices)
+
+
+def evaluation_dataset(split, batch_size, *, logits=None):
     """A finite, ordered, batched stream for validation and test.
 
     Args:
-        images: uint8 array `[N, H, W, C]`.
-        labels: int array `[N]`.
+        split: a `data.Split` or `data.StreamedSplit`.
         batch_size: examples per batch (evaluation can take large batches).
-        teacher_logits: optional float32 array `[N, classes]`, as in
-            `training_dataset`.
+        logits: optional `logits_cache.LogitsTable` of the split's images
+            (view 0), as in `training_dataset`.
 
     Returns:
-        A `tf.data.Dataset`.
+        A `tf.data.Dataset` (cached when the split is in memory).
     """
-    features = images if teacher_logits is None else (images, teacher_logits)
-    return prefetched(
-        tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size).cache()
+    labels = tf.constant(split.labels)
+    dataset = split.in_order().batch(batch_size).map(
+        lambda indices, images: _joined(
+            indices, tf.zeros_like(indices), images, labels, logits
+        )
     )
+    return prefetched(dataset.cache() if split.in_memory else dataset)
 
 
 def prefetched(dataset):

@@ -3,17 +3,17 @@
 `Teacher.load` loads a model that follows the serving contract (see
 `kd_tf.export`) under the run's strategy; `check_fits` refuses one that does
 not take the data set's images or classes; `datasets` decides how its
-logits reach the `Distiller` (computed once and cached in memory or in
-TFRecord shards on disk, or run online every step) and builds the training
-and validation datasets. The shards belong to the `Teacher`: leaving its
-`with` block (or `close()`) removes them, whether the run ended well or not.
+logits reach the `Distiller` (computed once for every view and cached in
+memory or in a file on disk, or run online every step) and builds the
+training and validation datasets. The file belongs to the `Teacher`: leaving
+its `with` block (or `close()`) removes it, whether the run ended well or not.
 
 Usage:
 
 ```python
 with teacher.Teacher.load("saved_models/teacher/1", strategy, stage="student") as t:
     t.check_fits(splits)
-    logits = t.datasets(images, labels, splits.validation, random_augment=False,
+    logits = t.datasets(splits.train, splits.validation, views=4, random_augment=False,
                         distillation=config.distillation, batch_size=128,
                         eval_batch_size=1024, seed=0)
     distiller.fit(logits.train, validation_data=logits.validation, ...)
@@ -67,6 +67,7 @@ class Teacher:
         self.output = output
         self.adapter = None
         self._shards = None
+        self._cache_dir = None
 
     @classmethod
     def load(cls, teacher_dir, strategy, stage, *, pixel_range="0-255", output="auto"):
@@ -91,7 +92,7 @@ class Teacher:
         self.close()
 
     def close(self):
-        """Removes the on-disk logit shards, if any."""
+        """Removes the on-disk logits, if any."""
         if self._shards is not None:
             self._shards.close()
             self._shards = None
@@ -106,14 +107,15 @@ class Teacher:
         )
 
     def datasets(
-        self, images, labels, validation, *, random_augment, distillation, batch_size,
+        self, train, validation, *, views, random_augment, distillation, batch_size,
         eval_batch_size, seed,
     ):
         """The training and validation datasets with the teacher's logits.
 
         Args:
-            images, labels: the training examples (fixed views included).
-            validation: the validation `data.Split`.
+            train, validation: the training and validation splits.
+            views: K > 0 trains on K fixed views of each training example
+                (see `pipelines.training_dataset`).
             random_augment: whether the pipeline draws distortions afresh.
             distillation: a `config.DistillationConfig` (`teacher_logits`,
                 `logits_cache`, `logits_memory_mb`, `logits_cache_dir`).
@@ -124,65 +126,40 @@ class Teacher:
         Returns:
             A `TeacherLogits`.
         """
-        self.adapter.resolve_output(validation.images)
+        self.adapter.resolve_output(validation.head(teacher_adapter.PROBE_EXAMPLES))
+        self._cache_dir = distillation.logits_cache_dir
         mode = _logits_mode(distillation.teacher_logits, random_augment)
-        cache = None
+        started = time.perf_counter()
+        cache, train_logits, validation_logits = None, None, None
         if mode == "cached":
             cache = logits_cache.resolve_cache(
-                distillation.logits_cache, len(images), self.model.num_classes,
+                distillation.logits_cache, len(train) * max(1, views), self.model.num_classes,
                 distillation.logits_memory_mb,
             )
-        started = time.perf_counter()
-        if cache == "disk":
-            self._shards = logits_cache.ShardDirectory(distillation.logits_cache_dir)
-            train, validation_dataset = self._streamed(
-                images, labels, validation, batch_size, eval_batch_size, seed
-            )
-        else:
-            train, validation_dataset = self._in_memory(
-                images, labels, validation, cache, random_augment, batch_size, eval_batch_size, seed
-            )
-        megabytes = logits_cache.logits_megabytes(len(images), self.model.num_classes)
+            train_logits = self._table(train, views, seed, eval_batch_size, cache, "train")
+        validation_logits = self._table(validation, 0, seed, eval_batch_size, cache, "validation")
         return TeacherLogits(
-            mode, cache, train, validation_dataset, time.perf_counter() - started,
-            megabytes if cache else 0.0,
+            mode,
+            cache,
+            pipelines.training_dataset(
+                train, batch_size, seed=seed, views=views, logits=train_logits,
+                augment=random_augment,
+            ),
+            pipelines.evaluation_dataset(validation, eval_batch_size, logits=validation_logits),
+            time.perf_counter() - started,
+            train_logits.megabytes if train_logits else 0.0,
         )
 
-    def _in_memory(
-        self, images, labels, validation, cache, random_augment, batch_size, eval_batch_size, seed
-    ):
-        train_logits = None
-        if cache == "memory":
-            train_logits = self.adapter.predict_logits(images, batch_size=eval_batch_size)
-        validation_logits = self.adapter.predict_logits(
-            validation.images, batch_size=eval_batch_size
-        )
-        train = pipelines.training_dataset(
-            images, labels, batch_size, seed=seed, teacher_logits=train_logits,
-            augment=random_augment,
-        )
-        validation_dataset = pipelines.evaluation_dataset(
-            validation.images, validation.labels, eval_batch_size,
-            teacher_logits=validation_logits,
-        )
-        return train, validation_dataset
-
-    def _streamed(self, images, labels, validation, batch_size, eval_batch_size, seed):
-        """Datasets whose logits are written to shards in `self._shards` and read back."""
-        shape = {"image_shape": images.shape[1:], "num_classes": self.model.num_classes}
-        train_shards, validation_shards = (
-            logits_cache.write_shards(
-                self.adapter, split_images, split_labels,
-                os.path.join(self._shards.path, name), batch_size=eval_batch_size,
-            )
-            for name, split_images, split_labels in (
-                ("train", images, labels),
-                ("validation", validation.images, validation.labels),
-            )
-        )
-        return (
-            logits_cache.training_stream(train_shards, batch_size, seed=seed, **shape),
-            logits_cache.evaluation_stream(validation_shards, eval_batch_size, **shape),
+    def _table(self, split, views, seed, batch_size, cache, name):
+        """The `LogitsTable` of `split`'s views, in a file of this teacher's
+        `ShardDirectory` when `cache` is "disk"."""
+        path = None
+        if cache == "disk":
+            if self._shards is None:
+                self._shards = logits_cache.ShardDirectory(self._cache_dir)
+            path = os.path.join(self._shards.path, f"{name}.npy")
+        return logits_cache.LogitsTable.compute(
+            self.adapter, split, num_views=views, seed=seed, batch_size=batch_size, path=path
         )
 
     def report_fields(self, logits):

@@ -23,8 +23,8 @@ Usage:
 ```python
 teacher_adapter.check_input(model, splits.image_shape)
 adapter = teacher_adapter.TeacherAdapter(model, splits.image_shape, "0-1", "auto")
-adapter.resolve_output(splits.validation.images[:256])
-logits = adapter.predict_logits(splits.train.images)
+adapter.resolve_output(splits.validation.head(256))
+logits = adapter.predict_logits(splits.train.head(1000))
 ```
 """
 

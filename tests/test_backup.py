@@ -127,8 +127,8 @@ class _FitTest(tf.test.TestCase):
         )
         records, best_epoch = training.fit_and_restore_best(
             model,
-            pipelines.training_dataset(splits.train.images, splits.train.labels, BATCH, seed=0),
-            pipelines.evaluation_dataset(splits.validation.images, splits.validation.labels, 64),
+            pipelines.training_dataset(splits.train, BATCH, seed=0),
+            pipelines.evaluation_dataset(splits.validation, 64),
             epochs=epochs,
             steps_per_epoch=STEPS,
             log_dir=os.path.join(cls.root, "logs"),

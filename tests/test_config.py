@@ -15,7 +15,7 @@ from kd_tf.errors import ConfigError, UserError
 # --data_dir, --image_size and --test_fraction.
 REPORT_FLAGS = (
     "alpha alpha_max alpha_min augment augment_views backup_dir batch_size cpu_devices "
-    "data_dir data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
+    "data_dir data_memory_mb data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
     "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
     "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "

@@ -481,8 +481,8 @@ class TfdsTest(tf.test.TestCase):
                     data.load_splits("no_such_dataset", source, tfds_data_dir=self.tfds_dir)
 
     def test_non_classification_tfds_data_set_is_refused(self):
-        with self.assertRaisesRegex(UserError, "fixed-size uint8 images"):
-            data.load_splits("cats_vs_dogs", "tfds", tfds_data_dir=self.tfds_dir)
+        with self.assertRaisesRegex(UserError, "uint8 images of 1 or 3 channels"):
+            data.load_splits("imdb_reviews", "tfds", tfds_data_dir=self.tfds_dir)
         self.reachable.assert_not_called()
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import distillation, pipelines
+from kd_tf import data, distillation, logits_cache, pipelines
 
 STUDENT = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], np.float32)
 TEACHER = np.array([[3.0, 1.0, -2.0], [-1.0, 0.0, 4.0]], np.float32)
@@ -82,6 +82,7 @@ class DistillerTest(tf.test.TestCase):
         rng = np.random.default_rng(0)
         self.images = rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8)
         self.labels = rng.integers(0, 3, 64).astype(np.int64)
+        self.split = data.Split(self.images, self.labels)
         self.teacher = _tiny_student(seed=1)
 
     def _distiller(self, online):
@@ -100,13 +101,13 @@ class DistillerTest(tf.test.TestCase):
             model.compile(optimizer="sgd")
         cached_result = cached.evaluate(
             pipelines.evaluation_dataset(
-                self.images, self.labels, 16, teacher_logits=cached_logits
+                self.split, 16, logits=logits_cache.LogitsTable(cached_logits[:, None])
             ),
             return_dict=True,
             verbose=0,
         )
         online_result = online.evaluate(
-            pipelines.evaluation_dataset(self.images, self.labels, 16), return_dict=True, verbose=0
+            pipelines.evaluation_dataset(self.split, 16), return_dict=True, verbose=0
         )
         self.assertAllClose(cached_result["loss"], online_result["loss"], rtol=1e-5)
         expected = np.mean(
@@ -122,7 +123,7 @@ class DistillerTest(tf.test.TestCase):
         student_before = [w.copy() for w in distiller.student.get_weights()]
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))
         distiller.fit(
-            pipelines.evaluation_dataset(self.images, self.labels, 16), epochs=1, verbose=0
+            pipelines.evaluation_dataset(self.split, 16), epochs=1, verbose=0
         )
         for before, after in zip(teacher_before, self.teacher.get_weights()):
             self.assertAllEqual(before, after)

@@ -1,9 +1,8 @@
-"""The on-disk logits stream (`--logits_cache=disk`): a function of the seed and
-the epoch alone, and shards that never outlive their run.
+"""The on-disk logits (`--logits_cache=disk`) never outlive their run.
 
-Defect 2: every iterator (each keras-tuner trial, a resumed run, Keras's extra
-iterator under a strategy) must see the same batches. Defect 3: the shards are
-removed on every path, and the shards of a killed run by the next run.
+Defect 3: the file is removed on every path, and the file of a killed run by
+the next run. (That the training stream over them is a function of the seed
+alone, defect 2, is tested in tests/test_streaming.py.)
 """
 
 import contextlib
@@ -18,107 +17,14 @@ from unittest import mock
 
 import helpers
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kd_tf import data, export, logits_cache, main, models, training
-
-SHAPE = {"image_shape": (28, 28, 1), "num_classes": 10}
-EXAMPLES = 1000
-BATCH = 100
-
-
-def _arrays(dataset, batches):
-    """`(images, logits, labels)` of the first `batches` batches of a new iterator."""
-    parts = list(dataset.take(batches).as_numpy_iterator())
-    return (
-        np.concatenate([p[0][0] for p in parts]),
-        np.concatenate([p[0][1] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-    )
-
 
 def _teacher(directory, images):
     keras.utils.set_random_seed(0)
     model = models.build_model("compact_cnn", (28, 28, 1), 10)
     return export.export_model(model, os.path.join(directory, "teacher"), check_images=images[:8])
-
-
-class SeedOnlyStreamTest(tf.test.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tmp = tempfile.mkdtemp()
-        splits = data.load_splits(
-            "mnist",
-            "packaged",
-            validation_examples=100,
-            train_examples=EXAMPLES,
-            tfds_data_dir=None,
-            idx_dir=None,
-        )
-        cls.images, cls.labels = splits.train.images, splits.train.labels
-        cls.teacher = export.load_serving_model(_teacher(cls.tmp, cls.images))
-        # 256 examples a shard: 4 shards, and a shuffle window smaller than a pass.
-        with mock.patch.object(logits_cache, "EXAMPLES_PER_SHARD", 256):
-            cls.shards = logits_cache.write_shards(
-                cls.teacher, cls.images, cls.labels, os.path.join(cls.tmp, "shards"), batch_size=64
-            )
-        assert len(cls.shards) == 4
-
-    def stream(self, seed=3):
-        with mock.patch.object(logits_cache, "SHUFFLE_BUFFER", 300):
-            return logits_cache.training_stream(self.shards, BATCH, seed=seed, **SHAPE)
-
-    def positions(self, images):
-        index = {image.tobytes(): i for i, image in enumerate(self.images)}
-        return np.array([index[image.tobytes()] for image in images])
-
-    def test_two_iterators_see_the_same_batches(self):
-        stream = self.stream()
-        first = _arrays(stream, 30)
-        second = _arrays(stream, 30)
-        for one, two in zip(first, second):
-            self.assertAllEqual(one, two)
-        # And a stream built again from the same seed.
-        self.assertAllEqual(_arrays(self.stream(), 30)[0], first[0])
-        self.assertNotAllEqual(_arrays(self.stream(seed=4), 30)[0], first[0])
-
-    def test_a_resumed_run_continues_with_the_same_batches(self):
-        stream = self.stream()
-        whole = _arrays(stream, 30)
-        # A run resumed after epoch 1 (10 batches) skips them on a new iterator.
-        resumed = _arrays(stream.skip(10), 20)
-        for one, two in zip(whole, resumed):
-            self.assertAllEqual(one[10 * BATCH :], two)
-
-    def test_each_epoch_is_another_permutation_of_every_example(self):
-        images, logits, labels = _arrays(self.stream(), 30)
-        positions = self.positions(images)
-        self.assertAllEqual(labels, self.labels[positions])
-        self.assertAllEqual(logits, self.teacher.predict_logits(self.images)[positions])
-        epochs = positions.reshape(3, EXAMPLES)
-        for epoch in epochs:
-            self.assertAllEqual(np.sort(epoch), np.arange(EXAMPLES))
-        self.assertNotAllEqual(epochs[0], epochs[1])
-        self.assertNotAllEqual(epochs[1], epochs[2])
-        self.assertNotAllEqual(epochs[0], np.arange(EXAMPLES))
-
-    def test_two_trials_on_one_stream_train_alike(self):
-        """keras-tuner fits every trial on the same dataset object."""
-        stream = self.stream()
-        histories = []
-        for _ in range(2):
-            keras.utils.set_random_seed(0)
-            model = models.build_model("seed_mlp", (28, 28, 1), 10)
-            model.compile(
-                optimizer="adam",
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            only_images = stream.map(lambda features, labels: (features[0], labels))
-            history = model.fit(only_images, epochs=2, steps_per_epoch=10, verbose=0)
-            histories.append(history.history["loss"])
-        self.assertAllEqual(histories[0], histories[1])
 
 
 def _student_argv(root, teacher_dir, cache_dir, *argv):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import backup, models, pipelines, training
+from kd_tf import backup, data, models, pipelines, training
 
 
 class EvaluateLogitsTest(tf.test.TestCase):
@@ -69,8 +69,8 @@ class FitAndRestoreBestTest(tf.test.TestCase):
             )
             epochs, best_epoch = training.fit_and_restore_best(
                 model,
-                pipelines.training_dataset(images[:128], labels[:128], 64, seed=0),
-                pipelines.evaluation_dataset(images[128:], labels[128:], 64),
+                pipelines.training_dataset(data.Split(images[:128], labels[:128]), 64, seed=0),
+                pipelines.evaluation_dataset(data.Split(images[128:], labels[128:]), 64),
                 epochs=2,
                 steps_per_epoch=2,
                 log_dir=os.path.join(root, "logs"),

@@ -1,4 +1,4 @@
-"""Data sets: loading image classification splits as numpy arrays.
+"""Data sets: loading image classification splits, in memory or streamed.
 
 `load_splits` reads a data set from one of `DATA_SOURCES`:
 
@@ -13,14 +13,20 @@
 The last `validation_examples` images of the original training split become
 the validation split (by default 5000, or a twelfth of the training split when
 that is smaller); the test split is returned as is.
+
+The image sources (`directory`, `tfrecord`, `tfds`) hold a split in memory
+(a `Split`) when its decoded images fit `memory_mb`, else read it from its
+files while training (a `StreamedSplit`, see `kd_tf.data.streaming`);
+`packaged` and `idx` are MNIST-sized formats, always read whole.
 """
 
 import os
 
-from kd_tf.data import directory, idx, tfds_source, tfrecord
+from kd_tf.data import directory, idx, scan, tfds_source, tfrecord
 from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
 from kd_tf.data.splits import DataSplits, Split, make_splits
+from kd_tf.data.streaming import StreamedSplit
 from kd_tf.errors import ConfigError
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "PACKAGED_MNIST_SHA256",
     "DataSplits",
     "Split",
+    "StreamedSplit",
     "load_splits",
     "read_idx_dir",
     "read_packaged_mnist",
@@ -49,32 +56,27 @@ def load_splits(
     data_dir=None,
     image_size=None,
     test_fraction=directory.DEFAULT_TEST_FRACTION,
+    memory_mb=scan.DEFAULT_MEMORY_MB,
 ):
-    """Load the train, validation and test splits of a data set.
+    """Load the train, validation and test splits of a data set (a `DataSplits`).
 
     Arguments:
-        dataset: Name of the data set. For `source="tfds"` and
-            `source="auto"` it is a TFDS name; `source="packaged"` only
-            has `"mnist"`; for `source="idx"` it is only recorded.
+        dataset: Name of the data set: a TFDS name for `tfds` and `auto`,
+            `"mnist"` for `packaged`, only recorded for `idx`.
         source: One of `DATA_SOURCES`.
-        validation_examples: Number of examples at the end of the original
-            training split that form the validation split; None: 5000, or a
-            twelfth of that split when smaller (`splits.default_validation_examples`).
+        validation_examples: Examples at the end of the original training
+            split held out for validation; None: `splits.default_validation_examples`.
         train_examples: If given, keep only the first `train_examples`
-            examples of the training split (after the validation split is
-            held out).
+            training examples (after the validation split is held out).
         tfds_data_dir: TFDS data directory; `None` means the TFDS default.
         idx_dir: Directory of the IDX files, for `source="idx"`.
-        data_dir: For `source="directory"`, the root of the image folders
-            (see `kd_tf.data.directory`); for `source="tfrecord"`, the
-            directory of the TFRecord files (see `kd_tf.data.tfrecord`). The
-            data set is named after it.
-        image_size: For those sources, `(H, W)` to resize to, or None.
+        data_dir: For `directory` and `tfrecord`, the folder of the files
+            (see those modules); the data set is named after it.
+        image_size: For those sources and `tfds`, `(H, W)` to resize to, or None.
         test_fraction: For `source="directory"` without a `test/` folder, the
             share of each class held out as the test split.
-
-    Returns:
-        A `DataSplits`.
+        memory_mb: For the file sources and `tfds`, the largest split held
+            in memory (decoded, MiB); larger ones are streamed.
 
     Raises:
         UserError: If an argument is invalid or the data cannot be read.
@@ -85,9 +87,13 @@ def load_splits(
         )
     if source in FILE_SOURCES:
         dataset = os.path.basename(os.path.normpath(data_dir or ""))
-        train, test, num_classes = _read_files(source, data_dir, image_size, test_fraction)
+        train, test, num_classes = _read_files(
+            source, data_dir, image_size, test_fraction, memory_mb
+        )
     else:
-        source, train, test, num_classes = _read_source(dataset, source, tfds_data_dir, idx_dir)
+        source, train, test, num_classes = _read_source(
+            dataset, source, tfds_data_dir, idx_dir, image_size, memory_mb
+        )
     return make_splits(
         dataset,
         source,
@@ -99,18 +105,20 @@ def load_splits(
     )
 
 
-def _read_files(source, data_dir, image_size, test_fraction):
+def _read_files(source, data_dir, image_size, test_fraction, memory_mb):
     """`(train, test, num_classes)` of a source in `FILE_SOURCES` (`num_classes`
     None when it is to be taken from the labels)."""
     if data_dir is None:
         raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
     if source == "directory":
-        train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+        train, test, classes = directory.read_directory(
+            data_dir, image_size, test_fraction, memory_mb
+        )
         return train, test, len(classes)
-    return (*tfrecord.read_tfrecords(data_dir, image_size), None)
+    return (*tfrecord.read_tfrecords(data_dir, image_size, memory_mb), None)
 
 
-def _read_source(dataset, source, tfds_data_dir, idx_dir):
+def _read_source(dataset, source, tfds_data_dir, idx_dir, image_size, memory_mb):
     """Read the original train and test splits of a data set from a source.
 
     Arguments:
@@ -118,6 +126,7 @@ def _read_source(dataset, source, tfds_data_dir, idx_dir):
         source: One of `DATA_SOURCES`.
         tfds_data_dir: TFDS data directory, or `None` for the default.
         idx_dir: Directory of the IDX files, or `None`.
+        image_size, memory_mb: as `load_splits` takes them (for TFDS).
 
     Returns:
         A tuple `(source, train, test, num_classes)`: the source the data
@@ -141,5 +150,6 @@ def _read_source(dataset, source, tfds_data_dir, idx_dir):
             )
         return (source, *read_packaged_mnist(), None)
     if source == "tfds":
-        return (source, *tfds_source.read_tfds(tfds_source.tfds_builder(dataset, tfds_data_dir)))
-    return tfds_source.read_auto(dataset, tfds_data_dir)
+        builder = tfds_source.tfds_builder(dataset, tfds_data_dir)
+        return (source, *tfds_source.read_tfds(builder, image_size, memory_mb))
+    return tfds_source.read_auto(dataset, tfds_data_dir, image_size, memory_mb)

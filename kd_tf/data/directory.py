@@ -11,9 +11,11 @@ GIF; grayscale or colour; other files are ignored). Either
 Classes are numbered in the sorted order of their folder names. The training
 images come in a fixed pseudo-random order (the same on every run, whatever
 `--seed`), so that the validation split, held out from their end, covers
-every class; the test images stay in class and file-name order. Images keep
-their size, channels and pixels as `kd_tf.data.images.decode_images` decodes
-them; the decoded splits are held in memory.
+every class; the test images stay in class and file-name order. Images are
+decoded as `kd_tf.data.images.decode` decodes them; one scan
+(`kd_tf.data.scan`) checks them all, and each split is then held in memory
+when it fits `--data_memory_mb`, else read from its files while training
+(`kd_tf.data.streaming.FileReader`).
 
 Usage:
 
@@ -27,24 +29,29 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.data.images import decode, decode_images
-from kd_tf.data.splits import Split
+from kd_tf.data.images import decode
+from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split
+from kd_tf.data.streaming import FileReader
 from kd_tf.errors import ConfigError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DEFAULT_TEST_FRACTION = 0.2
 
 
-def read_directory(data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTION):
+def read_directory(
+    data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTION, memory_mb=DEFAULT_MEMORY_MB
+):
     """The train and test splits of an image-folder tree (see the module doc).
 
     Args:
         data_dir: the tree's root.
         image_size: `(H, W)` to resize every image to, or None.
         test_fraction: without `test/`, the share of each class held out.
+        memory_mb: the largest split (decoded, MiB) held in memory.
 
     Returns:
-        `(train, test, class_names)`: two `Split`s and the sorted class names.
+        `(train, test, class_names)`: two splits (`Split` or
+        `StreamedSplit`) and the sorted class names.
 
     Raises:
         ConfigError: the directory is missing or empty, holds one class, an
@@ -64,14 +71,25 @@ def read_directory(data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTIO
     # A fixed shuffle, so that the validation split (the last training images)
     # covers every class; it does not depend on --seed, so neither do the splits.
     train_files = [train_files[i] for i in np.random.default_rng(0).permutation(len(train_files))]
-    paths = [path for path, _ in train_files + test_files]
-    encoded = tf.data.Dataset.from_tensor_slices(paths).map(
-        tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    images = decode_images(encoded, image_size, lambda: _unreadable(paths))
-    labels = np.array([label for _, label in train_files + test_files], np.int64)
-    cut = len(train_files)
-    return Split(images[:cut], labels[:cut]), Split(images[cut:], labels[cut:]), classes
+    readers = [FileReader([path for path, _ in files]) for files in (train_files, test_files)]
+    scans = [
+        scan_split(
+            tf.data.Dataset.from_tensor_slices(
+                (
+                    tf.constant(files.paths, tf.string),
+                    tf.constant([label for _, label in listed], tf.int64),
+                    tf.zeros([len(listed)], tf.int64),
+                )
+            ).map(lambda path, label, part: (tf.io.read_file(path), label, part)),
+            files.decode,
+            image_size,
+            memory_mb,
+            lambda paths=files.paths: _unreadable(paths),
+        )
+        for files, listed in zip(readers, (train_files, test_files))
+    ]
+    train, test = assemble(scans, readers, image_size)
+    return train, test, classes
 
 
 def _classes(root):

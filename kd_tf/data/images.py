@@ -1,10 +1,11 @@
-"""Decoding encoded images (PNG, JPEG, BMP, GIF) into one uint8 array.
+"""Decoding images (PNG, JPEG, BMP, GIF) and what is known of their pixels.
 
-Shared by the sources that read image files or image bytes (`directory`,
-`tfrecord`). `decode_images` decodes in parallel with `tf.data`; all images
-must share one size unless `image_size=(H, W)` is given, which resizes them
-(bilinear, antialiased); if any image is in colour, all become RGB (an alpha
-channel is dropped), else they stay grayscale.
+Shared by the sources that read image files, image bytes or TFDS images
+(`directory`, `tfrecord`, `tfds`): `decode` gives every image as RGB;
+`resized` brings it to `--image_size` (bilinear, antialiased);
+`image_facts` is what a scan (`kd_tf.data.scan`) learns of each image (its
+size, whether it is in colour); `with_channels` then keeps one channel when
+no image of the data set is in colour, else three.
 
 `background` tells whether images are light on a dark background or dark on
 a light one, from their outermost one-pixel frame: the training stages record
@@ -13,8 +14,7 @@ it in the report, `predict` compares an image file's with its model's.
 Usage:
 
 ```python
-encoded = tf.data.Dataset.from_tensor_slices(paths).map(tf.io.read_file)
-pixels = images.decode_images(encoded, (64, 64), on_error=lambda: UserError("..."))
+image = images.with_channels(images.resized(images.decode(png_bytes), (64, 64)), 3)
 images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 ```
 """
@@ -22,7 +22,6 @@ images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.errors import ConfigError
 
 # The background's polarity, from the mean brightness of the images' frame.
 BACKGROUNDS = ("dark", "light")
@@ -30,38 +29,18 @@ MID_GREY = 127.5
 
 
 def decode(encoded):
-    """One image's bytes as a uint8 tensor `[h, w, channels]` (its own channels)."""
-    return tf.io.decode_image(encoded, expand_animations=False)
+    """One image's bytes as a uint8 RGB tensor `[h, w, 3]`: grey is repeated
+    into the three channels, an alpha channel dropped, a GIF's first frame
+    kept."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def decode_images(encoded, image_size, on_error):
-    """uint8 array `[N, H, W, C]` of the images whose bytes `encoded` yields.
-
-    Args:
-        encoded: a `tf.data.Dataset` of encoded images (scalar strings).
-        image_size: `(H, W)` to resize every image to, or None.
-        on_error: callable returning the exception to raise when an image does
-            not decode (e.g. naming its file).
-
-    Raises:
-        ConfigError: the images differ in size and `image_size` is None.
-    """
-    dataset = encoded.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if image_size is not None:
-        dataset = dataset.map(lambda image: _resized(image, image_size))
-    try:
-        images = list(dataset.as_numpy_iterator())
-    except tf.errors.InvalidArgumentError:
-        raise on_error() from None
-    sizes = sorted({image.shape[:2] for image in images})
-    if len(sizes) > 1:
-        raise ConfigError(
-            ("image_size",),
-            f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
-            f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
-        )
-    colour = any(image.shape[-1] >= 3 and not _is_grey(image) for image in images)
-    return np.stack([_with_channels(image, 3 if colour else 1) for image in images])
+def as_rgb(image):
+    """A uint8 image `[h, w, 1 or 3]` (a TFDS data set's) as `[h, w, 3]`."""
+    image = tf.convert_to_tensor(image)
+    if image.shape[-1] == 3:
+        return image
+    return tf.tile(image, [1, 1, 3])
 
 
 def frame_mean(images):
@@ -88,19 +67,29 @@ def background(images):
     return "light" if frame_mean(images) > MID_GREY else "dark"
 
 
-def _is_grey(image):
-    return bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
+def resized(image, image_size):
+    """`image` resized to `image_size` `(H, W)` (bilinear, antialiased), uint8."""
+    scaled = tf.image.resize(image, image_size, antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(scaled, 0.0, 255.0)), tf.uint8)
 
 
-def _with_channels(image, channels):
-    """An image of 1 to 4 channels as `channels` (1 or 3); alpha dropped."""
-    if image.shape[-1] in (2, 4):
-        image = image[..., :-1]
-    if image.shape[-1] == channels:
-        return image
-    return np.repeat(image, 3, axis=-1) if channels == 3 else image[..., :1]
+def with_channels(image, channels):
+    """An RGB image `[..., 3]` (as `decode` gives it) with `channels` channels:
+    a grey data set (every image's channels equal, see `image_facts`) keeps
+    the first."""
+    return image if channels == 3 else image[..., :1]
 
 
-def _resized(image, image_size):
-    resized = tf.image.resize(image, image_size, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+def image_facts(image):
+    """What a scan of the data set needs of one RGB image: its height and
+    width, whether it is in colour (channels that differ somewhere), and the
+    sum and pixel count of its outermost frame (as `frame_mean` counts it)."""
+    pixels = tf.cast(image, tf.float64)
+    edges = (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1])
+    return {
+        "size": tf.shape(image, out_type=tf.int64)[:2],
+        "colour": tf.reduce_any(image[..., 0] != image[..., 1])
+        | tf.reduce_any(image[..., 1] != image[..., 2]),
+        "frame_sum": tf.add_n([tf.reduce_sum(edge) for edge in edges]) / 3.0,
+        "frame_count": tf.add_n([tf.size(edge[..., 0], out_type=tf.int64) for edge in edges]),
+    }

@@ -9,7 +9,9 @@ split when that is smaller) and assembles the `DataSplits`.
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
+from kd_tf.data import images as images_lib
 from kd_tf.errors import ConfigError, UserError
 
 # The default validation split: at most this many images ...
@@ -18,17 +20,58 @@ MAX_DEFAULT_VALIDATION_EXAMPLES = 5000
 DEFAULT_VALIDATION_SHARE = 12
 
 
+class SplitReading:
+    """What every split offers besides its `labels`, built on `in_order()`
+    (a `tf.data.Dataset` of `(index, image)`, in index order)."""
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batches(self, batch_size):
+        """A finite, ordered `tf.data.Dataset` of `(images, labels)` batches."""
+        labels = tf.constant(self.labels)
+        return self.in_order().map(lambda index, image: (image, tf.gather(labels, index))).batch(
+            batch_size
+        )
+
+    def map_batches(self, function, batch_size):
+        """`function` (uint8 images -> `[batch, ...]` tensor) over the split,
+        in order, as one numpy array."""
+        outputs = [function(images).numpy() for images, _ in self.batches(batch_size)]
+        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+    def head(self, count):
+        """The first `count` images, uint8 `[count, H, W, C]`."""
+        return self.take(np.arange(min(count, len(self))))
+
+    def take(self, indices):
+        """The images at `indices` (in that order), uint8 `[len(indices), H, W, C]`."""
+        indices = np.asarray(indices, np.int64)
+        wanted = tf.constant(np.unique(indices))
+        picked = self.in_order().filter(
+            lambda index, image: tf.reduce_any(tf.equal(index, wanted))
+        )
+        found = {int(index): image for index, image in picked.as_numpy_iterator()}
+        if not indices.size:
+            return np.zeros((0, *self.image_shape), np.uint8)
+        return np.stack([found[int(index)] for index in indices])
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-    """One split of an image classification data set.
+class Split(SplitReading):
+    """One split of an image classification data set, held in memory.
 
     Arguments:
         images: `uint8` array of shape `[N, H, W, C]`.
         labels: `int64` array of shape `[N]`, the class of each image.
+        known_background: the polarity of the images the split was cut
+            from (a scan's), or None to take it from `images`.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    known_background: str | None = None
+    in_memory = True
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -42,8 +85,38 @@ class Split:
                 f"got {self.labels.dtype} of shape {self.labels.shape}."
             )
 
-    def __len__(self):
-        return len(self.labels)
+    @property
+    def image_shape(self):
+        return tuple(int(d) for d in self.images.shape[1:])
+
+    @property
+    def background(self):
+        """`images.background` of the split (or `known_background`)."""
+        return self.known_background or images_lib.background(self.images)
+
+    def subset(self, start, end):
+        """Examples `start` to `end` (excluded), as a `Split`."""
+        return Split(self.images[start:end], self.labels[start:end], self.known_background)
+
+    def in_order(self):
+        images = tf.constant(self.images)
+        return tf.data.Dataset.range(len(self)).map(
+            lambda index: (index, tf.gather(images, index))
+        )
+
+    def shuffled_pass(self, key):
+        """One pass over the split as `(index, image)`, in the order of a
+        permutation drawn from `key` (int64 `[2]`)."""
+        images = tf.constant(self.images)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(self), dtype=tf.int64), seed=key
+        )
+        return tf.data.Dataset.from_tensor_slices(order).map(
+            lambda index: (index, tf.gather(images, index))
+        )
+
+    def take(self, indices):
+        return self.images[np.asarray(indices, np.int64)]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -136,8 +209,7 @@ def make_splits(
         )
     cut = len(train) - validation_examples
     end = cut if train_examples is None else min(cut, train_examples)
-    image_shape = tuple(int(d) for d in train.images.shape[1:])
-    test_shape = tuple(int(d) for d in test.images.shape[1:])
+    image_shape, test_shape = train.image_shape, test.image_shape
     if test_shape != image_shape:
         raise UserError(
             f"train images have shape {image_shape} but test images "
@@ -148,8 +220,8 @@ def make_splits(
     return DataSplits(
         dataset=dataset,
         source=source,
-        train=Split(train.images[:end], train.labels[:end]),
-        validation=Split(train.images[cut:], train.labels[cut:]),
+        train=train.subset(0, end),
+        validation=train.subset(cut, len(train)),
         test=test,
         num_classes=int(num_classes),
         image_shape=image_shape,

@@ -4,13 +4,14 @@ It also makes the `auto` choice: a prepared TFDS copy, else the packaged
 MNIST copy, else a TFDS download when the download host answers.
 """
 
+import functools
+
 import numpy as np
 
-from kd_tf.data import download_probe, packaged
-from kd_tf.data.splits import Split
+from kd_tf.data import download_probe, packaged, scan
+from kd_tf.data.streaming import DatasetReader
 from kd_tf.errors import UserError
 
-_TFDS_BATCH = 10000
 
 
 def tfds_builder(dataset, tfds_data_dir):
@@ -39,7 +40,7 @@ def tfds_builder(dataset, tfds_data_dir):
         ) from None
 
 
-def read_auto(dataset, tfds_data_dir):
+def read_auto(dataset, tfds_data_dir, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
     """Read a data set from the first source that has it.
 
     Arguments:
@@ -55,13 +56,13 @@ def read_auto(dataset, tfds_data_dir):
     """
     builder = tfds_builder(dataset, tfds_data_dir)
     if builder.is_prepared():
-        return ("tfds", *read_tfds(builder))
+        return ("tfds", *read_tfds(builder, image_size, memory_mb))
     if dataset == "mnist" and packaged.packaged_mnist_path() is not None:
         return ("packaged", *packaged.read_packaged_mnist(), None)
-    return ("tfds", *read_tfds(builder))
+    return ("tfds", *read_tfds(builder, image_size, memory_mb))
 
 
-def read_tfds(builder):
+def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
     """Read the train and test splits of a TFDS data set.
 
     If the data set is not prepared yet, it is downloaded, but only after
@@ -89,17 +90,33 @@ def read_tfds(builder):
             f"TFDS data set {builder.name!r} has splits {sorted(splits)}, not "
             "train and test: pick a data set with both"
         )
-    train, test = builder.as_dataset(
-        split=["train", "test"],
-        as_supervised=True,
-        batch_size=_TFDS_BATCH,
-        shuffle_files=False,
+    readers = [
+        DatasetReader(functools.partial(_images_of, builder, name)) for name in ("train", "test")
+    ]
+    scans = [
+        scan.scan_split(
+            builder.as_dataset(split=name, as_supervised=True, shuffle_files=False).map(
+                lambda image, label: (image, label, 0)
+            ),
+            reader.decode,
+            image_size,
+            memory_mb,
+            lambda: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
+        )
+        for name, reader in zip(("train", "test"), readers)
+    ]
+    return (*scan.assemble(scans, readers, image_size), num_classes)
+
+
+def _images_of(builder, split):
+    """The images of a TFDS split, in order."""
+    return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).map(
+        lambda image, label: image
     )
-    return _split_from_tfds(train), _split_from_tfds(test), num_classes
 
 
 def _tfds_num_classes(builder):
-    """Check that a TFDS data set classifies fixed-size uint8 images.
+    """Check that a TFDS data set classifies uint8 images of 1 or 3 channels.
 
     Arguments:
         builder: The `tfds.core.DatasetBuilder` of the data set.
@@ -116,7 +133,7 @@ def _tfds_num_classes(builder):
     keys = info.supervised_keys
     problem = UserError(
         f"TFDS data set {builder.name!r} is not an image classification data "
-        "set with fixed-size uint8 images: pick one such as mnist, "
+        "set with uint8 images of 1 or 3 channels: pick one such as mnist, "
         "fashion_mnist or cifar10"
     )
     if not (
@@ -126,30 +143,9 @@ def _tfds_num_classes(builder):
     image, label = info.features[keys[0]], info.features[keys[1]]
     if (
         not isinstance(image, tfds.features.Image)
-        or None in image.shape
+        or image.shape[-1] not in (1, 3)
         or np.dtype(image.np_dtype) != np.uint8
         or not isinstance(label, tfds.features.ClassLabel)
     ):
         raise problem
     return int(label.num_classes)
-
-
-def _split_from_tfds(dataset):
-    """Gather a batched `(image, label)` `tf.data.Dataset` into a `Split`.
-
-    Arguments:
-        dataset: A batched supervised `tf.data.Dataset`.
-
-    Returns:
-        A `Split`.
-    """
-    import tensorflow_datasets as tfds
-
-    images, labels = [], []
-    for image_batch, label_batch in tfds.as_numpy(dataset):
-        images.append(image_batch)
-        labels.append(label_batch)
-    images = np.concatenate(images).astype(np.uint8, copy=False)
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    return Split(images, np.concatenate(labels).astype(np.int64, copy=False))

@@ -10,9 +10,12 @@ with the features of TensorFlow's image-classification TFRecords:
 | `image/encoded` | bytes | the encoded image: PNG, JPEG, BMP or GIF |
 | `image/class/label` | int64 | the class, from 0 |
 
-Other features are ignored. Records are read in file-name order, then decoded
-as `kd_tf.data.images.decode_images` does (one size unless `image_size`,
+Other features are ignored. Records are numbered in file-name order and
+decoded as `kd_tf.data.images.decode` does (one size unless `image_size`,
 grayscale or colour); the number of classes is the largest label plus one.
+One scan (`kd_tf.data.scan`) reads labels and checks images in the same
+pass; a split is then held in memory when it fits `--data_memory_mb`, else
+read from its files while training (`kd_tf.data.streaming.RecordReader`).
 
 Usage:
 
@@ -25,11 +28,11 @@ tfrecord.example(png_bytes, 3)  # one record, as a writer of such files makes it
 import glob
 import os
 
-import numpy as np
 import tensorflow as tf
 
-from kd_tf.data.images import decode_images
-from kd_tf.data.splits import Split
+from kd_tf.data import images
+from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split
+from kd_tf.data.streaming import RecordReader, records_of
 from kd_tf.errors import ConfigError
 
 FEATURES = {
@@ -47,7 +50,7 @@ def example(encoded_image, label):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def read_tfrecords(data_dir, image_size=None):
+def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
     """The train and test splits of the TFRecord files in `data_dir`.
 
     Raises:
@@ -57,10 +60,30 @@ def read_tfrecords(data_dir, image_size=None):
     if not os.path.isdir(data_dir):
         raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the "
                           "directory of the train*.tfrecord and test*.tfrecord files")
-    return tuple(_read_split(data_dir, name, image_size) for name in ("train", "test"))
+    files = [_files(data_dir, name) for name in ("train", "test")]
+    scans = [
+        scan_split(
+            tf.data.Dataset.from_tensor_slices(paths)
+            .enumerate()
+            .flat_map(
+                lambda part, path: records_of(path).map(
+                    lambda record: (*_image_and_label(record), part)
+                )
+            ),
+            images.decode,
+            image_size,
+            memory_mb,
+            lambda paths=paths: _malformed(", ".join(paths)),
+        )
+        for paths in files
+    ]
+    readers = [
+        RecordReader(paths, scan.counts(len(paths)), _image) for paths, scan in zip(files, scans)
+    ]
+    return tuple(assemble(scans, readers, image_size))
 
 
-def _read_split(data_dir, name, image_size):
+def _files(data_dir, name):
     files = sorted(glob.glob(os.path.join(data_dir, f"{name}*.tfrecord*")))
     if not files:
         raise ConfigError(
@@ -68,31 +91,16 @@ def _read_split(data_dir, name, image_size):
             f"{{0}}={data_dir} has no {name}*.tfrecord files: pass a directory holding both "
             "the train and the test files",
         )
-    labels = []
-    for path in files:
-        try:
-            labels += [int(label) for label in _records(path).map(_label)]
-        except tf.errors.InvalidArgumentError:
-            raise _malformed(path) from None
-    if min(labels, default=0) < 0:
-        raise ConfigError(("data_dir",), f"{name} records of {{0}} hold negative labels: "
-                          "number the classes from 0")
-    encoded = tf.data.Dataset.from_tensor_slices(files).flat_map(_records).map(_image)
-    images = decode_images(encoded, image_size, lambda: _malformed(", ".join(files)))
-    return Split(images, np.array(labels, np.int64))
-
-
-def _records(path):
-    compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
-    return tf.data.TFRecordDataset(path, compression_type=compression)
+    return files
 
 
 def _parse(record):
     return tf.io.parse_single_example(record, FEATURES)
 
 
-def _label(record):
-    return _parse(record)["image/class/label"]
+def _image_and_label(record):
+    parsed = _parse(record)
+    return parsed["image/encoded"], parsed["image/class/label"]
 
 
 def _image(record):

@@ -45,7 +45,7 @@ def _test_images(config):
         )
     names = [f"{splits.dataset}_test[{i}]" for i in indices]
     grid_names = [f"test[{i}]" for i in indices]
-    return served, splits.test.images[indices], splits.test.labels[indices], names, grid_names
+    return served, splits.test.take(indices), splits.test.labels[indices], names, grid_names
 
 
 def _file_images(config):

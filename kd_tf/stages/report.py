@@ -15,7 +15,6 @@ reporting.write_json(report.as_json(), "report.json")
 
 import dataclasses
 
-from kd_tf.data import images
 
 
 def data_summary(splits, data_config):
@@ -24,7 +23,7 @@ def data_summary(splits, data_config):
     `predict` matches image files to) and augmentation."""
     return {
         **splits.summary(),
-        "background": images.background(splits.train.images),
+        "background": splits.train.background,
         "augment": data_config.augment,
         "augment_views": data_config.augment_views,
     }

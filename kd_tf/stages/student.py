@@ -65,17 +65,14 @@ def prepare_distillation(config, strategy, policy):
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
         teacher.check_fits(splits)
-        images, labels, random_augment = pipelines.training_examples(
-            splits.train,
-            augment=config.data.augment,
-            augment_views=config.data.augment_views,
-            seed=runtime.seed,
+        views, random_augment = pipelines.augmentation(
+            config.data.augment, config.data.augment_views
         )
         with precision.graph_rewrite(policy):
             logits = teacher.datasets(
-                images,
-                labels,
+                splits.train,
                 splits.validation,
+                views=views,
                 random_augment=random_augment,
                 distillation=config.distillation,
                 batch_size=opt.batch_size,

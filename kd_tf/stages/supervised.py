@@ -15,21 +15,15 @@ def _inputs(config):
     """The training stream (fixed views appended, or distortions drawn afresh)
     and the validation stream."""
     splits = load_data(config.data)
-    images, labels, random_augment = pipelines.training_examples(
-        splits.train,
-        augment=config.data.augment,
-        augment_views=config.data.augment_views,
-        seed=config.runtime.seed,
-    )
+    views, random_augment = pipelines.augmentation(config.data.augment, config.data.augment_views)
     opt = config.optimization
     return TrainingInputs(
         splits=splits,
         train=pipelines.training_dataset(
-            images, labels, opt.batch_size, seed=config.runtime.seed, augment=random_augment
+            splits.train, opt.batch_size, seed=config.runtime.seed, views=views,
+            augment=random_augment,
         ),
-        validation=pipelines.evaluation_dataset(
-            splits.validation.images, splits.validation.labels, opt.eval_batch_size
-        ),
+        validation=pipelines.evaluation_dataset(splits.validation, opt.eval_batch_size),
         steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), opt.batch_size),
     )
 

@@ -70,6 +70,7 @@ def load_data(data_config):
         data_dir=data_config.data_dir,
         image_size=data_config.image_size,
         test_fraction=data_config.test_fraction,
+        memory_mb=data_config.data_memory_mb,
     )
 
 
@@ -147,9 +148,7 @@ class TrainingRun:
         # op's attribute, and TensorFlow logs "NodeDef mentions attribute
         # use_unbounded_threadpool which is not in the op definition" as an error.
         dataset = distribution.distributable(
-            pipelines.evaluation_dataset(
-                test.images, test.labels, self.config.optimization.eval_batch_size
-            )
+            pipelines.evaluation_dataset(test, self.config.optimization.eval_batch_size)
         )
         return lambda: (model.predict(dataset, verbose=0), test.labels)
 
@@ -191,7 +190,7 @@ class TrainingRun:
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
-            logits = served.predict_logits(splits.test.images, batch_size=eval_batch_size)
+            logits = splits.test.map_batches(served.logits, eval_batch_size)
             test = training.evaluate_logits(logits, splits.test.labels)
             report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
             assets = export.assets_extra_dir(staging_dir)
@@ -205,7 +204,7 @@ class TrainingRun:
         export.export_model(
             precision.float32_copy(model),
             self.export_dir,
-            check_images=splits.validation.images[:CHECK_EXAMPLES],
+            check_images=splits.validation.head(CHECK_EXAMPLES),
             finalize=finalize,
             overwrite=self.config.export.overwrite,
         )

@@ -1,0 +1,140 @@
+"""One pass over a file-based source's splits before training: what they hold.
+
+`scan_split` reads every image of a split once, in order, with `tf.data`,
+and keeps only what the run needs to know: the labels, the image sizes,
+whether any image is in colour, the background's polarity, and the records
+of each file. While the decoded images fit the memory budget
+(`--data_memory_mb`) it keeps them too, so that a small data set is read
+once and then trained on from memory; past the budget it drops them, and the
+split is streamed from its files (`kd_tf.data.streaming`). An image that does
+not decode stops the scan with the source's error.
+
+`assemble` then gives both splits one image shape and their channels.
+
+Usage:
+
+```python
+scans = [scan_split(examples, reader.decode, None, budget, on_error) for ...]
+train, test = assemble(scans, readers, image_size=None)
+```
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from kd_tf.data import images as images_lib
+from kd_tf.data.splits import Split
+from kd_tf.data.streaming import StreamedSplit
+from kd_tf.errors import ConfigError
+
+MEBIBYTE = 2**20
+# The largest split, decoded, held in memory (MiB); larger ones are streamed.
+DEFAULT_MEMORY_MB = 1024
+
+
+@dataclasses.dataclass
+class SplitScan:
+    """What `scan_split` found in one split (see the module doc)."""
+
+    labels: list = dataclasses.field(default_factory=list)
+    parts: list = dataclasses.field(default_factory=list)
+    sizes: set = dataclasses.field(default_factory=set)
+    colour: bool = False
+    frame_sum: float = 0.0
+    frame_count: int = 0
+    images: list | None = dataclasses.field(default_factory=list)
+    bytes: int = 0
+
+    def counts(self, parts):
+        """Examples in each of `parts` parts (files)."""
+        return np.bincount(np.asarray(self.parts, np.int64), minlength=parts).tolist()
+
+
+def scan_split(examples, decode, image_size, memory_mb, on_error):
+    """Scans one split.
+
+    Args:
+        examples: a `tf.data.Dataset` of `(raw, label, part)`: a reader's raw
+            image, its label and the number of the file it is in.
+        decode: raw -> uint8 RGB image (the reader's `decode`).
+        image_size: `(H, W)` to resize to, or None.
+        memory_mb: the most decoded images (MiB) kept.
+        on_error: () -> the exception to raise when an image does not decode.
+
+    Returns:
+        A `SplitScan`; its `images` is None when they did not fit.
+    """
+
+    def facts(raw, label, part):
+        image = decode(raw)
+        if image_size is not None:
+            image = images_lib.resized(image, image_size)
+        return image, label, part, images_lib.image_facts(image)
+
+    found = SplitScan()
+    mapped = examples.map(facts, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    try:
+        for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
+            _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+    except tf.errors.InvalidArgumentError:
+        raise on_error() from None
+    return found
+
+
+def _add(found, image, label, part, fact, budget):
+    found.labels.append(int(label))
+    found.parts.append(int(part))
+    found.sizes.add(tuple(int(d) for d in fact["size"]))
+    found.colour = found.colour or bool(fact["colour"])
+    found.frame_sum += float(fact["frame_sum"])
+    found.frame_count += int(fact["frame_count"])
+    if found.images is None:
+        return
+    found.bytes += image.nbytes
+    if found.bytes > budget:
+        found.images = None
+    else:
+        found.images.append(image)
+
+
+def assemble(scans, readers, image_size):
+    """The `Split`s (in memory) or `StreamedSplit`s of scanned splits.
+
+    Args:
+        scans: the `SplitScan` of each split (train first).
+        readers: the reader of each split.
+        image_size: `(H, W)` the images were resized to, or None.
+
+    Raises:
+        ConfigError: the images differ in size and `image_size` is None, or
+            a split has negative labels.
+    """
+    sizes = sorted(set().union(*(scan.sizes for scan in scans)))
+    if len(sizes) > 1:
+        raise ConfigError(
+            ("image_size",),
+            f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
+            f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
+        )
+    if any(min(scan.labels, default=0) < 0 for scan in scans):
+        raise ConfigError(("data_dir",), "the data in {0} hold negative labels: number the "
+                          "classes from 0")
+    channels = 3 if any(scan.colour for scan in scans) else 1
+    shape = (*sizes[0], channels)
+    train_scan = scans[0]
+    background = images_lib.MID_GREY < train_scan.frame_sum / max(1, train_scan.frame_count)
+    return [
+        _split(scan, reader, shape, image_size, "light" if background else "dark")
+        for scan, reader in zip(scans, readers)
+    ]
+
+
+def _split(scan, reader, shape, image_size, background):
+    labels = np.array(scan.labels, np.int64)
+    if scan.images is None:
+        return StreamedSplit(reader, labels, shape, image_size, background)
+    images = np.stack(scan.images) if scan.images else np.zeros((0, *shape), np.uint8)
+    images = np.ascontiguousarray(images_lib.with_channels(images, shape[-1]))
+    return Split(images, labels, background)
