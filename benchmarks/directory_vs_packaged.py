@@ -66,13 +66,23 @@ def _arguments():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", required=True, help="MNIST as class folders (mnist_as_files.py)")
     parser.add_argument("--out", required=True, help="directory for exports, logs and results")
-    parser.add_argument("--student_only", action="store_true",
-                        help="no teacher runs: both students from --teacher_dir")
+    parser.add_argument(
+        "--student_only",
+        action="store_true",
+        help="no teacher runs: both students from --teacher_dir",
+    )
     parser.add_argument("--teacher_dir", help="the teacher export for --student_only")
-    parser.add_argument("--epochs_scale", type=float, default=1.0,
-                        help="multiply the flag files' --epochs (at least 2)")
-    parser.add_argument("--extra_flags", default="",
-                        help='flags appended to every kd_tf command, e.g. --extra_flags="--epochs=2"')
+    parser.add_argument(
+        "--epochs_scale",
+        type=float,
+        default=1.0,
+        help="multiply the flag files' --epochs (at least 2)",
+    )
+    parser.add_argument(
+        "--extra_flags",
+        default="",
+        help='flags appended to every kd_tf command, e.g. --extra_flags="--epochs=2"',
+    )
     args = parser.parse_args()
     if args.student_only != bool(args.teacher_dir):
         parser.error("--student_only and --teacher_dir go together")
@@ -160,23 +170,31 @@ def _comparison(runs):
 
 def _table(runs, comparison):
     """A Markdown table: one row per stage and source, then the verdicts."""
-    lines = ["| stage | source | test accuracy | epochs | median epoch s (2nd on) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| stage | source | test accuracy | epochs | median epoch s (2nd on) |",
+        "|---|---|---|---|---|",
+    ]
     for stage, by_source in runs.items():
         for source, run in by_source.items():
             median = run["median_epoch_seconds"]
-            lines.append(f"| {stage} | {source} | {100 * run['test_accuracy']:.2f} % | "
-                         f"{run['epochs']} | {'-' if median is None else f'{median:.3f}'} |")
+            lines.append(
+                f"| {stage} | {source} | {100 * run['test_accuracy']:.2f} % | "
+                f"{run['epochs']} | {'-' if median is None else f'{median:.3f}'} |"
+            )
     for stage, verdict in comparison.items():
-        lines.append(f"\n{stage}: directory - packaged = "
-                     f"{verdict['accuracy_points_directory_minus_packaged']:+.2f} points "
-                     f"(within {MAX_POINTS}: {verdict['accuracy_within_0.15_point']}); "
-                     f"epoch seconds directory / packaged = "
-                     f"{verdict['epoch_seconds_ratio_directory_over_packaged']}")
+        lines.append(
+            f"\n{stage}: directory - packaged = "
+            f"{verdict['accuracy_points_directory_minus_packaged']:+.2f} points "
+            f"(within {MAX_POINTS}: {verdict['accuracy_within_0.15_point']}); "
+            f"epoch seconds directory / packaged = "
+            f"{verdict['epoch_seconds_ratio_directory_over_packaged']}"
+        )
     student = comparison["student"]
     if "epoch_ratio_at_most_1.3" in student:
-        lines.append(f"student epoch ratio <= {MAX_STUDENT_EPOCH_RATIO}: "
-                     f"{student['epoch_ratio_at_most_1.3']}")
+        lines.append(
+            f"student epoch ratio <= {MAX_STUDENT_EPOCH_RATIO}: "
+            f"{student['epoch_ratio_at_most_1.3']}"
+        )
     else:
         lines.append("student epoch ratio: not measured (a run had only one epoch)")
     return "\n".join(lines)
@@ -189,10 +207,14 @@ def main():
         runs["teacher"] = {s: _summary(*_run_stage("teacher", s, args)) for s in SOURCES}
     # The two students back to back, so that the machine is in the same state for both.
     runs["student"] = {
-        s: _summary(*_run_stage(
-            "student", s, args,
-            teacher_dir=args.teacher_dir or runs["teacher"][s]["export_dir"],
-        ))
+        s: _summary(
+            *_run_stage(
+                "student",
+                s,
+                args,
+                teacher_dir=args.teacher_dir or runs["teacher"][s]["export_dir"],
+            )
+        )
         for s in SOURCES
     }
     comparison = _comparison(runs)

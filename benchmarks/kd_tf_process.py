@@ -72,8 +72,12 @@ def run(argv, log_path, *, repo=REPO, measure_memory=False):
     started = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            command, cwd=repo, env={**os.environ, "PYTHONPATH": repo},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": repo},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for line in process.stdout:
             sys.stdout.write(line)
@@ -108,10 +112,16 @@ def read_report(export_dir):
 def checkout_commit(repo=REPO):
     """The commit `repo` has checked out (with `+changes` if its tree differs), or None."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                 cwd=repo, capture_output=True, text=True, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+changes" if changed.strip() else "")

@@ -39,10 +39,9 @@ import multiprocessing
 import os
 import time
 
+import image_folders
 import numpy as np
 from PIL import Image
-
-import image_folders
 
 TEST_EVERY = 12  # every 12th image is a test image
 
@@ -83,7 +82,9 @@ def draw_images(rng, labels, layout):
     stripes = 0.5 + 0.5 * np.sin(np.pi * cycles[:, None, None] * along + phase[:, None, None])
     first = 0.5 * tints[labels] + 0.5 * rng.uniform(0, 255, (count, 3))
     second = rng.uniform(0, 255, (count, 3))
-    image = stripes[..., None] * first[:, None, None] + (1 - stripes[..., None]) * second[:, None, None]
+    image = (
+        stripes[..., None] * first[:, None, None] + (1 - stripes[..., None]) * second[:, None, None]
+    )
     centre = centres[labels] + rng.normal(0, 0.08, (count, 2))
     radius = rng.uniform(0.15, 0.3, count)
     distance = (x - centre[:, None, None, 1]) ** 2 + (y - centre[:, None, None, 0]) ** 2
@@ -130,8 +131,11 @@ def write_until(layout, target_bytes, processes):
             reached = size >= target_bytes
             if files % (50 * layout.batch) == 0 or reached:
                 rate = size / (time.perf_counter() - started)
-                print(f"{files} files, {size / 1e9:.3f} GB, {rate / 1e6:.1f} MB/s, "
-                      f"{max(0, target_bytes - size) / rate:.0f} s to go", flush=True)
+                print(
+                    f"{files} files, {size / 1e9:.3f} GB, {rate / 1e6:.1f} MB/s, "
+                    f"{max(0, target_bytes - size) / rate:.0f} s to go",
+                    flush=True,
+                )
     return files, size
 
 
@@ -150,12 +154,16 @@ def main():
     with image_folders.built_atomically(args.out) as root:
         for split in ("train", "test"):
             for label in range(args.classes):
-                os.makedirs(os.path.join(root, split, image_folders.class_folder(label, args.classes)))
+                os.makedirs(
+                    os.path.join(root, split, image_folders.class_folder(label, args.classes))
+                )
         layout = Layout(root, args.seed, args.size, args.classes, args.noise, args.batch)
         files, size = write_until(layout, args.gigabytes * 1e9, args.processes)
     seconds = time.perf_counter() - started
-    print(f"{args.out}: {files} files ({image_folders.split_counts(args.out)}), {size} bytes "
-          f"({size / 1e9:.3f} GB, {size / files / 1024:.1f} KiB a file), {seconds:.1f} s")
+    print(
+        f"{args.out}: {files} files ({image_folders.split_counts(args.out)}), {size} bytes "
+        f"({size / 1e9:.3f} GB, {size / files / 1024:.1f} KiB a file), {seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import argparse
 import os
 import time
 
+import image_folders
 from PIL import Image
 
-import image_folders
 from kd_tf import data
 
 SPLITS = ("train", "test")
