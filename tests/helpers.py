@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import command_line, export, main, reporting
+from kd_tf import command_line, data, export, main, reporting
 from kd_tf.export import writing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +145,23 @@ def failing_writer(error):
 def _write_png(path, image):
     """`image` (uint8-valued, `[H, W, C]`) as a PNG file."""
     tf.io.write_file(path, tf.io.encode_png(tf.cast(image, tf.uint8)))
+
+
+def write_image_tree(root, split, images, labels):
+    """`images` as PNG files in Keras's class folders, `root/split/<label>/NNNNN.png`."""
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = os.path.join(root, split, str(label))
+        os.makedirs(folder, exist_ok=True)
+        _write_png(os.path.join(folder, f"{i:05d}.png"), image)
+
+
+def write_mnist_tree(root, train_count, test_count):
+    """The first `train_count` and `test_count` real MNIST training and test
+    images as a class-folder tree with `train/` and `test/`; returns `root`."""
+    train, test = data.read_packaged_mnist()
+    write_image_tree(root, "train", train.images[:train_count], train.labels[:train_count])
+    write_image_tree(root, "test", test.images[:test_count], test.labels[:test_count])
+    return root
 
 
 def write_digit_files(directory, digits):

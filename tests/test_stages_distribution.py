@@ -20,6 +20,17 @@ from kd_tf import export, stages
 
 # One epoch of 4 steps of the global batch of 64.
 SLICE = ("--epochs=1", "--train_examples=256", "--validation_examples=128")
+# The files of a streamed data set (issue 12): real MNIST images as a
+# class-folder tree, read from the files while training.
+STREAMED = ("--data_source=directory", "--data_memory_mb=0")
+
+
+def _streamed(root):
+    """`STREAMED` flags for a tree of 400 + 100 real MNIST images under `root`."""
+    tree = os.path.join(root, "mnist_tree")
+    if not os.path.isdir(tree):
+        helpers.write_mnist_tree(tree, 400, 100)
+    return (*STREAMED, f"--data_dir={tree}")
 # README: "the tests check the weights of every stage on 1 and 2 devices to
 # 1e-5" (2 replicas sum two half-batch gradients in another order than one
 # device sums the whole batch's).
@@ -90,6 +101,16 @@ class ReplicaEquivalenceTest(_SameWeights):
                     f"--teacher_logits={mode}",
                     "--steps_per_execution=4",
                 )
+        with self.subTest("streamed files, 2 views, logits on disk"):
+            self._assert_stage(
+                "student-streamed",
+                "--stage=student",
+                f"--teacher_dir={teacher}",
+                *_streamed(self.root),
+                "--augment",
+                "--augment_views=2",
+                "--logits_cache=disk",
+            )
 
 
 def _free_port():
@@ -126,12 +147,15 @@ class MultiWorkerTest(_SameWeights):
         return codes
 
     def test_two_workers_export_once_what_one_device_trains(self):
+        """On files streamed while training, with 2 fixed views."""
         worker_tmp = os.path.join(self.root, "tmp")
         os.makedirs(worker_tmp)
         export_dir = os.path.join(self.root, "saved_models", "scratch", "1")
+        data_flags = (*_streamed(self.root), "--augment", "--augment_views=2")
         argv = helpers.slice_argv(
             self.root,
             *SLICE,
+            *data_flags,
             "--stage=scratch",
             "--strategy=multi_worker",
             f"--export_dir={export_dir}",
@@ -139,7 +163,10 @@ class MultiWorkerTest(_SameWeights):
         workers = self._start_workers(argv, worker_tmp)
         # Meanwhile, the same run on one device.
         one_device = self.run_on_one_device(
-            os.path.join(self.root, "one"), "--stage=scratch", f"--log_dir={self.root}/one_logs"
+            os.path.join(self.root, "one"),
+            *data_flags,
+            "--stage=scratch",
+            f"--log_dir={self.root}/one_logs",
         )
         self.assertEqual(self._wait_for(workers), [0, 0])
 
@@ -148,6 +175,8 @@ class MultiWorkerTest(_SameWeights):
         self.assertEqual(report["workers"], 2)
         self.assertEqual(report["replicas"], 2)
         self.assertEqual(report["strategy"], "multi_worker")
+        self.assertEqual(report["data"]["source"], "directory")
+        self.assertTrue(report["data"]["streamed"])
         served = export.load_serving_model(export_dir)
         self.assertEqual(served.num_classes, 10)
         self.assertEqual(os.listdir(os.path.join(self.root, "logs", "scratch")), ["1"])

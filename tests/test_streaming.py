@@ -18,6 +18,7 @@ teacher (the cached logits must be what it predicts, whatever it predicts):
 import os
 from unittest import mock
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -29,13 +30,6 @@ from kd_tf.data import streaming, tfrecord
 TRAIN, TEST = 600, 100
 BATCH = 50
 VIEWS = 3
-
-
-def _write_tree(root, images, labels, split):
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = os.path.join(root, split, str(label))
-        os.makedirs(folder, exist_ok=True)
-        tf.io.write_file(os.path.join(folder, f"{i:05d}.png"), tf.io.encode_png(image))
 
 
 def _write_records(root, images, labels, split, files):
@@ -55,7 +49,7 @@ def mnist_files(request, class_root):
     cls.tree, cls.records = os.path.join(class_root, "tree"), os.path.join(class_root, "rec")
     os.makedirs(cls.records)
     for name, split, count, files in (("train", train, TRAIN, 3), ("test", test, TEST, 1)):
-        _write_tree(cls.tree, split.images[:count], split.labels[:count], name)
+        helpers.write_image_tree(cls.tree, name, split.images[:count], split.labels[:count])
         _write_records(cls.records, split.images[:count], split.labels[:count], name, files)
     keras.utils.set_random_seed(0)
     model = models.build_model("compact_cnn", (28, 28, 1), 10)

@@ -20,10 +20,12 @@ import dataclasses
 def data_summary(splits, data_config):
     """The data set's description in a report: its splits, the training
     images' background (`"dark"` or `"light"`, see `images.background`; what
-    `predict` matches image files to) and augmentation."""
+    `predict` matches image files to), whether the training split was read
+    from its files while training (`streamed`) and augmentation."""
     return {
         **splits.summary(),
         "background": splits.train.background,
+        "streamed": not splits.train.in_memory,
         "augment": data_config.augment,
         "augment_views": data_config.augment_views,
     }
