@@ -106,6 +106,8 @@ def _read_files(source, data_dir, image_size, test_fraction):
         raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
     if source == "directory":
         train, test, classes = directory.read_directory(data_dir, image_size, test_fraction)
+        if not len(test):
+            raise directory.no_test_images(data_dir, test_fraction)
         return train, test, len(classes)
     return (*tfrecord.read_tfrecords(data_dir, image_size), None)
 

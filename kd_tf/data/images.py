@@ -27,6 +27,14 @@ from kd_tf.errors import ConfigError
 # The background's polarity, from the mean brightness of the images' frame.
 BACKGROUNDS = ("dark", "light")
 MID_GREY = 127.5
+# What reading and decoding an image file raises when the file is not a
+# readable image: not an image, a dangling link, a directory, no permission.
+UNREADABLE = (
+    tf.errors.InvalidArgumentError,
+    tf.errors.NotFoundError,
+    tf.errors.FailedPreconditionError,
+    tf.errors.PermissionDeniedError,
+)
 
 
 def decode(encoded):
@@ -51,17 +59,23 @@ def decode_images(encoded, image_size, on_error):
         dataset = dataset.map(lambda image: _resized(image, image_size))
     try:
         images = list(dataset.as_numpy_iterator())
-    except tf.errors.InvalidArgumentError:
+    except UNREADABLE:
         raise on_error() from None
-    sizes = sorted({image.shape[:2] for image in images})
+    sizes = {image.shape[:2] for image in images}
     if len(sizes) > 1:
-        raise ConfigError(
-            ("image_size",),
-            f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
-            f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
-        )
+        raise mixed_sizes(sizes)
     colour = any(image.shape[-1] >= 3 and not _is_grey(image) for image in images)
     return np.stack([_with_channels(image, 3 if colour else 1) for image in images])
+
+
+def mixed_sizes(sizes):
+    """The error for images of several `(H, W)` `sizes` without `image_size`."""
+    sizes = sorted(sizes)
+    return ConfigError(
+        ("image_size",),
+        f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
+        f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
+    )
 
 
 def frame_mean(images):

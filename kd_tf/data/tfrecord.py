@@ -28,7 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.data.images import decode_images
+from kd_tf.data.images import UNREADABLE, decode_images, mixed_sizes
 from kd_tf.data.splits import Split
 from kd_tf.errors import ConfigError
 
@@ -51,13 +51,22 @@ def read_tfrecords(data_dir, image_size=None):
     """The train and test splits of the TFRecord files in `data_dir`.
 
     Raises:
-        ConfigError: the directory or a split's files are missing, a record
-            does not follow the feature spec, or an image does not decode.
+        ConfigError: the directory or a split's files are missing, a file is
+            not TFRecords, a split has no record, the training records hold one
+            class, a record does not follow the feature spec, an image does not
+            decode, or images differ in size without `image_size`.
     """
     if not os.path.isdir(data_dir):
         raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the "
                           "directory of the train*.tfrecord and test*.tfrecord files")
-    return tuple(_read_split(data_dir, name, image_size) for name in ("train", "test"))
+    train, test = (_read_split(data_dir, name, image_size) for name in ("train", "test"))
+    if len(set(train.labels)) < 2:
+        raise ConfigError(("data_dir",), f"the train records of {{0}}={data_dir} hold one class "
+                          f"only (label {train.labels[0]}): pass records of at least two classes")
+    sizes = {train.images.shape[1:3], test.images.shape[1:3]}
+    if len(sizes) > 1:
+        raise mixed_sizes(sizes)
+    return train, test
 
 
 def _read_split(data_dir, name, image_size):
@@ -74,6 +83,12 @@ def _read_split(data_dir, name, image_size):
             labels += [int(label) for label in _records(path).map(_label)]
         except tf.errors.InvalidArgumentError:
             raise _malformed(path) from None
+        except (tf.errors.DataLossError, *UNREADABLE):
+            raise ConfigError(("data_dir",), f"cannot read {path} as a TFRecord file (truncated, "
+                              "corrupt or another format): fix the files in {0}") from None
+    if not labels:
+        raise ConfigError(("data_dir",), f"the {name}*.tfrecord files of {{0}}={data_dir} hold no "
+                          "record: pass a directory holding both the train and the test records")
     if min(labels, default=0) < 0:
         raise ConfigError(("data_dir",), f"{name} records of {{0}} hold negative labels: "
                           "number the classes from 0")
