@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError
 from kd_tf.export.contract import batched_outputs
 
 PIXEL_RANGES = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
@@ -52,14 +52,15 @@ def check_input(model, data_shape):
         data_shape: `(H, W, C)` of the data set's images.
 
     Raises:
-        UserError: the channels differ and are not 1 and 3.
+        ConfigError: the channels differ and are not 1 and 3 (`--teacher_dir`).
     """
     height, width, channels = model.image_shape
     data_height, data_width, data_channels = data_shape
     if channels not in (None, data_channels) and {channels, data_channels} != {1, 3}:
-        raise UserError(
+        raise ConfigError(
+            ("teacher_dir",),
             f"teacher {model.path} takes images of {channels} channels but the data set's have "
-            f"{data_channels}: pass a teacher taking 1 or 3 channels"
+            f"{data_channels}: pass a teacher taking 1 or 3 channels as {{0}}",
         )
     if channels not in (None, data_channels):
         logging.info("teacher %s takes %d channels: images are converted from %d", model.path,

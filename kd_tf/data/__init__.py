@@ -114,6 +114,8 @@ def _read_files(source, data_dir, image_size, test_fraction, memory_mb):
         train, test, classes = directory.read_directory(
             data_dir, image_size, test_fraction, memory_mb
         )
+        if not len(test):
+            raise directory.no_test_images(data_dir, test_fraction)
         return train, test, len(classes)
     return (*tfrecord.read_tfrecords(data_dir, image_size, memory_mb), None)
 

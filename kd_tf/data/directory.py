@@ -29,7 +29,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.data.images import decode
+from kd_tf.data.images import UNREADABLE, decode
 from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split
 from kd_tf.data.streaming import FileReader
 from kd_tf.errors import ConfigError, UserError
@@ -84,7 +84,7 @@ def read_directory(
             files.decode,
             image_size,
             memory_mb,
-            lambda paths=files.paths: _unreadable(paths),
+            lambda error, paths=files.paths: _unreadable(paths),
         )
         for files, listed in zip(readers, (train_files, test_files))
     ]
@@ -126,7 +126,7 @@ def _files(root, classes):
 
 def _held_out(files, test_fraction):
     """Every `round(1 / test_fraction)`-th file of each class goes to the test split."""
-    step = max(2, round(1 / test_fraction))
+    step = _step(test_fraction)
     train, test, seen = [], [], {}
     for path, label in files:
         seen[label] = seen.get(label, 0) + 1
@@ -134,12 +134,27 @@ def _held_out(files, test_fraction):
     return train, test
 
 
+def _step(test_fraction):
+    return max(2, round(1 / test_fraction))
+
+
+def no_test_images(data_dir, test_fraction):
+    """The error for class folders too small to hold out a test image (a run
+    needs one; `read_directory` returns an empty test split)."""
+    step = _step(test_fraction)
+    return ConfigError(
+        ("data_dir", "test_fraction"),
+        f"{{0}}={data_dir} leaves no test image: {{1}}={test_fraction} holds out one image in "
+        f"{step} of a class and no class has {step}: add images, or train/ and test/ folders",
+    )
+
+
 def _unreadable(paths):
     """The error naming the first of `paths` that does not decode."""
     for path in paths:
         try:
             decode(tf.io.read_file(path))
-        except tf.errors.InvalidArgumentError:
+        except UNREADABLE:
             return ConfigError(
                 ("data_dir",), f"cannot read {path} as an image: fix or remove it from {{0}}"
             )

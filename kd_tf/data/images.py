@@ -22,10 +22,20 @@ images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.errors import ConfigError
+
 
 # The background's polarity, from the mean brightness of the images' frame.
 BACKGROUNDS = ("dark", "light")
 MID_GREY = 127.5
+# What reading and decoding an image file raises when the file is not a
+# readable image: not an image, a dangling link, a directory, no permission.
+UNREADABLE = (
+    tf.errors.InvalidArgumentError,
+    tf.errors.NotFoundError,
+    tf.errors.FailedPreconditionError,
+    tf.errors.PermissionDeniedError,
+)
 
 
 def decode(encoded):
@@ -41,6 +51,16 @@ def as_rgb(image):
     if image.shape[-1] == 3:
         return image
     return tf.tile(image, [1, 1, 3])
+
+
+def mixed_sizes(sizes):
+    """The error for images of several `(H, W)` `sizes` without `image_size`."""
+    sizes = sorted(sizes)
+    return ConfigError(
+        ("image_size",),
+        f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
+        f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
+    )
 
 
 def frame_mean(images):

@@ -61,7 +61,9 @@ def scan_split(examples, decode, image_size, memory_mb, on_error):
         decode: raw -> uint8 RGB image (the reader's `decode`).
         image_size: `(H, W)` to resize to, or None.
         memory_mb: the most decoded images (MiB) kept.
-        on_error: () -> the exception to raise when an image does not decode.
+        on_error: (the error) -> the exception to raise when an image or a
+            file cannot be read (`images.UNREADABLE`, or a corrupt file's
+            `DataLossError`).
 
     Returns:
         A `SplitScan`; its `images` is None when they did not fit.
@@ -78,8 +80,8 @@ def scan_split(examples, decode, image_size, memory_mb, on_error):
     try:
         for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
             _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
-    except tf.errors.InvalidArgumentError:
-        raise on_error() from None
+    except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
+        raise on_error(error) from None
     return found
 
 
@@ -113,11 +115,7 @@ def assemble(scans, readers, image_size):
     """
     sizes = sorted(set().union(*(scan.sizes for scan in scans)))
     if len(sizes) > 1:
-        raise ConfigError(
-            ("image_size",),
-            f"the images have {len(sizes)} sizes (e.g. {sizes[0][0]}x{sizes[0][1]} and "
-            f"{sizes[-1][0]}x{sizes[-1][1]}): pass {{0}}=H,W to resize them all",
-        )
+        raise images_lib.mixed_sizes(sizes)
     if any(min(scan.labels, default=0) < 0 for scan in scans):
         raise ConfigError(("data_dir",), "the data in {0} hold negative labels: number the "
                           "classes from 0")

@@ -101,7 +101,7 @@ def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
             reader.decode,
             image_size,
             memory_mb,
-            lambda: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
+            lambda error: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
         )
         for name, reader in zip(("train", "test"), readers)
     ]

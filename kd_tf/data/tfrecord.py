@@ -54,8 +54,10 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
     """The train and test splits of the TFRecord files in `data_dir`.
 
     Raises:
-        ConfigError: the directory or a split's files are missing, a record
-            does not follow the feature spec, or an image does not decode.
+        ConfigError: the directory or a split's files are missing, a file is
+            not TFRecords, a split has no record, the training records hold one
+            class, a record does not follow the feature spec, an image does not
+            decode, or images differ in size without `image_size`.
     """
     if not os.path.isdir(data_dir):
         raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the "
@@ -73,10 +75,19 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
             images.decode,
             image_size,
             memory_mb,
-            lambda paths=paths: _malformed(", ".join(paths)),
+            lambda error, paths=paths: _unreadable(error, paths),
         )
         for paths in files
     ]
+    for name, paths, scan in zip(("train", "test"), files, scans):
+        if not scan.labels:
+            raise ConfigError(("data_dir",), f"the {name}*.tfrecord files of {{0}}={data_dir} "
+                              "hold no record: pass a directory holding both the train and the "
+                              "test records")
+    if len(set(scans[0].labels)) < 2:
+        raise ConfigError(("data_dir",), f"the train records of {{0}}={data_dir} hold one class "
+                          f"only (label {scans[0].labels[0]}): pass records of at least two "
+                          "classes")
     readers = [
         RecordReader(paths, scan.counts(len(paths)), _image) for paths, scan in zip(files, scans)
     ]
@@ -105,6 +116,21 @@ def _image_and_label(record):
 
 def _image(record):
     return _parse(record)["image/encoded"]
+
+
+def _unreadable(error, paths):
+    """The error for a scan of `paths` stopped by `error`: a file that is not
+    TFRecords (named), else a record that is not an image example."""
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return _malformed(", ".join(paths))
+    for path in paths:
+        try:
+            for _ in records_of(path):
+                pass
+        except (tf.errors.DataLossError, *images.UNREADABLE):
+            return ConfigError(("data_dir",), f"cannot read {path} as a TFRecord file (truncated, "
+                               "corrupt or another format): fix the files in {0}")
+    return _malformed(", ".join(paths))
 
 
 def _malformed(where):

@@ -5,7 +5,7 @@ import os
 import keras
 import tensorflow as tf
 
-from kd_tf.errors import UserError
+from kd_tf.errors import ConfigError, UserError
 from kd_tf.export.contract import (
     FLOAT_INPUT_DTYPES,
     INPUT_NAME,
@@ -69,22 +69,27 @@ def load_serving_model(path, float_input=False):
 def check_fits(model, what, splits):
     """Checks that `model` (a `ServingModel`) takes the data set's images as
     they are and predicts its classes; `what` names it in messages (e.g.
-    "model"). A teacher may take other images (`kd_tf.teacher_adapter`) and
-    is checked with `check_classes` only."""
+    "model", given as `--model_dir`: the config field `<what>_dir`). A teacher
+    may take other images (`kd_tf.teacher_adapter`) and is checked with
+    `check_classes` only."""
     if tuple(model.image_shape) != tuple(splits.image_shape):
-        raise UserError(
+        raise ConfigError(
+            (f"{what}_dir",),
             f"{what} {model.path} takes images of shape {tuple(model.image_shape)} "
-            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this data"
+            f"but {splits.dataset} has {tuple(splits.image_shape)}: use a {what} trained on this "
+            "data as {0}",
         )
     check_classes(model, what, splits)
 
 
 def check_classes(model, what, splits):
-    """Checks that `model` predicts the data set's number of classes."""
+    """Checks that `model` predicts the data set's number of classes (`what`
+    as in `check_fits`)."""
     if model.num_classes != splits.num_classes:
-        raise UserError(
+        raise ConfigError(
+            (f"{what}_dir",),
             f"{what} {model.path} predicts {model.num_classes} classes but "
-            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data"
+            f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data as {{0}}",
         )
 
 
