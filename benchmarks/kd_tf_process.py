@@ -4,6 +4,8 @@ depend on kd_tf's internals: a child process, its output, its export's report.
 `run` starts `python -m kd_tf.main ARGV` in a checkout (this one by default;
 the child imports that checkout's kd_tf, as its current directory and
 `PYTHONPATH`), shows its output as it comes and keeps it in a log file. With
+`separate_stderr`, stdout alone is shown and logged, and stderr goes to its own
+file, both kept as text on the result (`stdout`, `stderr`). With
 `measure_memory`, the command runs under GNU time (`/usr/bin/time -v`), whose
 figures are parsed into `peak_rss_kib` and `elapsed_seconds`. Paths in ARGV
 should be absolute, since the child runs in the checkout.
@@ -46,6 +48,8 @@ class FinishedRun:
         seconds: wall seconds, measured here.
         peak_rss_kib, elapsed_seconds: GNU time's maximum resident set size
             and wall clock, with `measure_memory` (else None).
+        stdout, stderr: the child's two streams as text, with
+            `separate_stderr` (else None).
     """
 
     command: list
@@ -54,11 +58,14 @@ class FinishedRun:
     seconds: float
     peak_rss_kib: int | None = None
     elapsed_seconds: float | None = None
+    stdout: str | None = None
+    stderr: str | None = None
 
 
-def run(argv, log_path, *, repo=REPO, measure_memory=False):
+def run(argv, log_path, *, repo=REPO, measure_memory=False, separate_stderr=False):
     """Runs `python -m kd_tf.main ARGV` in `repo`, its output shown and saved
-    to `log_path` (GNU time's report to `log_path + ".time"`).
+    to `log_path` (GNU time's report to `log_path + ".time"`; with
+    `separate_stderr`, stderr to `log_path + ".stderr"`, shown once it ends).
 
     Returns:
         A `FinishedRun`; a failed run is returned, not raised.
@@ -69,21 +76,29 @@ def run(argv, log_path, *, repo=REPO, measure_memory=False):
         command = [GNU_TIME, "-v", "-o", time_path, *command]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     print("$", " ".join(command), flush=True)
+    stderr_path = log_path + ".stderr" if separate_stderr else os.devnull
     started = time.perf_counter()
-    with open(log_path, "w") as log:
+    lines = []
+    with open(log_path, "w") as log, open(stderr_path, "w") as err:
         process = subprocess.Popen(
             command,
             cwd=repo,
             env={**os.environ, "PYTHONPATH": repo},
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=err if separate_stderr else subprocess.STDOUT,
             text=True,
         )
         for line in process.stdout:
             sys.stdout.write(line)
             log.write(line)
+            if separate_stderr:
+                lines.append(line)
         exit_status = process.wait()
     finished = FinishedRun(command, repo, exit_status, round(time.perf_counter() - started, 1))
+    if separate_stderr:
+        with open(stderr_path) as f:
+            finished.stdout, finished.stderr = "".join(lines), f.read()
+        sys.stdout.write(finished.stderr)
     if measure_memory:
         finished.peak_rss_kib, finished.elapsed_seconds = _gnu_time_figures(time_path)
     return finished
