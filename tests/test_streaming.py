@@ -11,6 +11,8 @@ teacher (the cached logits must be what it predicts, whatever it predicts):
 - K fixed views: K passes show each example in each view once, and view k of
   example i is the same image in the teacher's pass and in training;
 - logits cached on disk equal logits cached in memory;
+- a TFDS data set (mock data) streamed holds what memory holds, and one of
+  another size and in colour is resized;
 - the stream is a function of the seed: two iterators, a resumed run
   (`skip`) and two keras-tuner trials see the same batches.
 """
@@ -23,9 +25,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from kd_tf import data, export, logits_cache, models, pipelines, teacher_adapter
-from kd_tf.data import streaming, tfrecord
+from kd_tf.data import download_probe, streaming, tfrecord
 
 TRAIN, TEST = 600, 100
 BATCH = 50
@@ -196,3 +199,40 @@ class StreamedSplitTest(tf.test.TestCase):
             )
             histories.append(model.fit(stream, epochs=2, steps_per_epoch=5, verbose=0).history)
         self.assertEqual(histories[0]["loss"], histories[1]["loss"])
+
+
+class TfdsStreamTest(tf.test.TestCase):
+    """A TFDS data set (`tfds.testing.mock_data`) streamed: the same examples
+    as in memory, every one once a pass; another size and colour resized."""
+
+    def setUp(self):
+        super().setUp()
+        patcher = mock.patch.object(download_probe, "_reachable", return_value=True)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.enterContext(tfds.testing.mock_data(num_examples=300))
+
+    def load(self, name, **kwargs):
+        return data.load_splits(
+            name, "tfds", tfds_data_dir=self.get_temp_dir(), validation_examples=50, **kwargs
+        )
+
+    def test_a_streamed_tfds_split_holds_what_memory_holds(self):
+        held, streamed = self.load("mnist"), self.load("mnist", memory_mb=0)
+        self.assertIsInstance(streamed.train, data.StreamedSplit)
+        self.assertEqual(held.summary(), streamed.summary())
+        self.assertAllEqual(streamed.train.head(300), held.train.images)
+        with mock.patch.object(streaming, "SHUFFLE_WINDOW", 64):
+            batches = pipelines.training_dataset(streamed.train, 50, seed=1).take(10)
+            parts = list(batches.as_numpy_iterator())
+        positions = _positions(np.concatenate([p[0] for p in parts]), held.train.images)
+        self.assertAllEqual(np.concatenate([p[1] for p in parts]), held.train.labels[positions])
+        for one_pass in positions.reshape(2, 250):
+            self.assertAllEqual(np.sort(one_pass), np.arange(250))
+            self.assertNotAllEqual(one_pass[:64], np.sort(one_pass[:64]))
+
+    def test_colour_of_another_size_is_resized(self):
+        splits = self.load("cifar10", image_size=(8, 8), memory_mb=0)
+        self.assertEqual(splits.image_shape, (8, 8, 3))
+        self.assertEqual(splits.train.head(2).shape, (2, 8, 8, 3))
+        self.assertEqual(splits.num_classes, 10)
