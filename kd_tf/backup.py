@@ -74,6 +74,9 @@ RUN_FIELDS = (
     "data_dir",
     "image_size",
     "test_fraction",
+    # A TFRecord or TFDS split streamed past the budget is read in another
+    # order than the same split in memory.
+    "data_memory_mb",
     "train_examples",
     "validation_examples",
     "augment",
