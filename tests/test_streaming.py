@@ -28,7 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from kd_tf import data, export, logits_cache, models, pipelines, teacher_adapter
-from kd_tf.data import download_probe, streaming, tfrecord
+from kd_tf.data import download_probe, scan, streaming, tfrecord
 
 TRAIN, TEST = 600, 100
 BATCH = 50
@@ -93,7 +93,12 @@ class StreamedSplitTest(tf.test.TestCase):
         return pipelines.training_dataset(split, BATCH, seed=seed, views=views, logits=table)
 
     def test_a_streamed_folder_split_yields_what_memory_holds(self):
-        held, streamed = _load("directory", self.tree), _load("directory", self.tree, 0)
+        held = _load("directory", self.tree)
+        # Files larger than the budget: the scan holds no decoded image at all.
+        with mock.patch.object(scan, "_add", wraps=scan._add) as added:
+            streamed = _load("directory", self.tree, 0)
+        self.assertLen(added.call_args_list, TRAIN + TEST)
+        self.assertEqual({call.args[1].size for call in added.call_args_list}, {0})
         self.assertIsInstance(held.train, data.Split)
         self.assertIsInstance(streamed.train, data.StreamedSplit)
         self.assertEqual(held.summary(), streamed.summary())

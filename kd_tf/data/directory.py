@@ -85,6 +85,7 @@ def read_directory(
             image_size,
             memory_mb,
             lambda error, paths=files.paths: _unreadable(paths),
+            stored_bytes=sum(os.path.getsize(path) for path in files.paths),
         )
         for files, listed in zip(readers, (train_files, test_files))
     ]

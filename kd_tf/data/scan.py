@@ -6,7 +6,8 @@ whether any image is in colour, the background's polarity, and the records
 of each file. While the decoded images fit the memory budget
 (`--data_memory_mb`) it keeps them too, so that a small data set is read
 once and then trained on from memory; past the budget it drops them, and the
-split is streamed from its files (`kd_tf.data.streaming`). An image that does
+split is streamed from its files (`kd_tf.data.streaming`). A split whose
+files alone take more than the budget keeps none from the start. An image that does
 not decode stops the scan with the source's error.
 
 `assemble` then gives both splits one image shape and their channels.
@@ -52,7 +53,7 @@ class SplitScan:
         return np.bincount(np.asarray(self.parts, np.int64), minlength=parts).tolist()
 
 
-def scan_split(examples, decode, image_size, memory_mb, on_error):
+def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=None):
     """Scans one split.
 
     Args:
@@ -64,19 +65,26 @@ def scan_split(examples, decode, image_size, memory_mb, on_error):
         on_error: (the error) -> the exception to raise when an image or a
             file cannot be read (`images.UNREADABLE`, or a corrupt file's
             `DataLossError`).
+        stored_bytes: the size of the split's files, when known. Decoded
+            images take at least as much as their PNG or JPEG files, so a
+            split stored in more than `memory_mb` is not kept at all: the
+            scan's memory stays that of a few images.
 
     Returns:
         A `SplitScan`; its `images` is None when they did not fit.
     """
 
-    def facts(raw, label, part):
+    keep = stored_bytes is None or stored_bytes <= memory_mb * MEBIBYTE
+
+    def scanned(raw, label, part):
         image = decode(raw)
         if image_size is not None:
             image = images_lib.resized(image, image_size)
-        return image, label, part, images_lib.image_facts(image)
+        facts = images_lib.image_facts(image)
+        return image if keep else tf.zeros([0], tf.uint8), label, part, facts
 
-    found = SplitScan()
-    mapped = examples.map(facts, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    found = SplitScan(images=[] if keep else None)
+    mapped = examples.map(scanned, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
         for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
             _add(found, image, label, part, fact, memory_mb * MEBIBYTE)

@@ -102,10 +102,17 @@ def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
             image_size,
             memory_mb,
             lambda error: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
+            stored_bytes=_stored_bytes(builder, name),
         )
         for name, reader in zip(("train", "test"), readers)
     ]
     return (*scan.assemble(scans, readers, image_size), num_classes)
+
+
+def _stored_bytes(builder, split):
+    """The size of a prepared TFDS split's files, or None when TFDS does not say."""
+    splits = builder.info.splits
+    return (splits[split].num_bytes or None) if split in splits else None
 
 
 def _images_of(builder, split):

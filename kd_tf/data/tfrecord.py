@@ -76,6 +76,7 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
             image_size,
             memory_mb,
             lambda error, paths=paths: _unreadable(error, paths),
+            stored_bytes=sum(os.path.getsize(path) for path in paths),
         )
         for paths in files
     ]
