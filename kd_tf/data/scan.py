@@ -32,7 +32,7 @@ from kd_tf.errors import ConfigError
 
 MEBIBYTE = 2**20
 # The largest split, decoded, held in memory (MiB); larger ones are streamed.
-DEFAULT_MEMORY_MB = 1024
+DEFAULT_MEMORY_MB = 256
 
 
 @dataclasses.dataclass
