@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.data.images import UNREADABLE, decode
-from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split
+from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split, stored_bytes
 from kd_tf.data.streaming import FileReader
 from kd_tf.errors import ConfigError, UserError
 
@@ -85,7 +85,7 @@ def read_directory(
             image_size,
             memory_mb,
             lambda error, paths=files.paths: _unreadable(paths),
-            stored_bytes=sum(os.path.getsize(path) for path in files.paths),
+            stored_bytes=stored_bytes(files.paths),
         )
         for files, listed in zip(readers, (train_files, test_files))
     ]

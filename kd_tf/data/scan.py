@@ -21,6 +21,7 @@ train, test = assemble(scans, readers, image_size=None)
 """
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +52,18 @@ class SplitScan:
     def counts(self, parts):
         """Examples in each of `parts` parts (files)."""
         return np.bincount(np.asarray(self.parts, np.int64), minlength=parts).tolist()
+
+
+def stored_bytes(paths):
+    """The size of the files `paths` on disk; one that cannot be read counts
+    0 (the scan then names it)."""
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass
+    return total
 
 
 def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=None):

@@ -31,7 +31,7 @@ import os
 import tensorflow as tf
 
 from kd_tf.data import images
-from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split
+from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split, stored_bytes
 from kd_tf.data.streaming import RecordReader, records_of
 from kd_tf.errors import ConfigError
 
@@ -76,7 +76,7 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
             image_size,
             memory_mb,
             lambda error, paths=paths: _unreadable(error, paths),
-            stored_bytes=sum(os.path.getsize(path) for path in paths),
+            stored_bytes=stored_bytes(paths),
         )
         for paths in files
     ]
