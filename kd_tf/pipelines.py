@@ -126,7 +126,7 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
     `steps_per_epoch` to `fit`.
 
     The stream is a function of `seed` alone: pass p visits the examples in
-    the order `split.shuffled_pass` draws from `(seed, p)`, showing example
+    the order `split.passes` draws from `(seed, p)`, showing example
     i as view `view_of(i, K, p)`; with `augment`, batch b's distortions are
     drawn from `(seed, b)`. Every iterator yields the same batches (Keras's
     extra one under a strategy, each worker's), and `skip(n)` continues
@@ -150,18 +150,13 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
         raise ValueError("random augmentation needs an online teacher, not cached logits")
     labels, num_examples = tf.constant(split.labels), len(split)
 
-    def one_pass(pass_number):
-        examples = split.shuffled_pass(tf.stack([tf.constant(seed, tf.int64), pass_number]))
-        return examples.map(
-            lambda index, image: (index, view_of(index, views, pass_number), image)
-        )
-
-    def element(index, view, image):
+    def element(pass_number, index, image):
+        view = view_of(index, views, pass_number)
         if not views:
             return index, view, image, tf.zeros([4])
         return index, view, image, view_draws(seed, view, index, num_examples)
 
-    dataset = tf.data.Dataset.counter().flat_map(one_pass).map(element).batch(batch_size)
+    dataset = split.passes(seed).map(element).batch(batch_size)
     dataset = dataset.map(
         lambda indices, view, images, draws: _joined(
             indices, view, distort(images, draws) if views else images, labels, logits

@@ -24,7 +24,7 @@ Usage:
 
 ```python
 split = StreamedSplit(FileReader(paths), labels, (64, 64, 3), image_size=None, background="dark")
-for index, image in split.shuffled_pass(tf.constant([0, 0], tf.int64)):
+for pass_number, index, image in split.passes(seed=0):
     ...
 ```
 """
@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.data import images as images_lib
-from kd_tf.data.splits import SplitReading
+from kd_tf.data.splits import SplitReading, permutations
 
 # Examples a sequential reader permutes at a time, and files it reads at once.
 SHUFFLE_WINDOW = 16384
@@ -49,6 +49,16 @@ def _permuted(window, key, number):
         seed=tf.random.experimental.stateless_fold_in(key, number),
     )
     return tf.gather(indices, order), tf.gather(raws, order)
+
+
+def pass_key(seed, pass_number):
+    """The stateless key of pass `pass_number`: `(seed, pass)`."""
+    return tf.stack([tf.constant(seed, tf.int64), pass_number])
+
+
+def numbered_pass(examples, pass_number):
+    """`(index, raw)` examples as `(pass, index, raw)`."""
+    return examples.map(lambda index, raw: (pass_number, index, raw))
 
 
 def windows_permuted(examples, key):
@@ -80,11 +90,14 @@ class FileReader:
     def in_order(self):
         return self._read(tf.range(len(self.paths), dtype=tf.int64))
 
-    def shuffled_pass(self, key):
-        return self._read(
-            tf.random.experimental.stateless_shuffle(
-                tf.range(len(self.paths), dtype=tf.int64), seed=key
-            )
+    def passes(self, seed):
+        paths = tf.constant(self.paths, tf.string)
+        return permutations(len(self.paths), seed).map(
+            lambda pass_number, index: (
+                pass_number, index, tf.io.read_file(tf.gather(paths, index))
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
 
 
@@ -139,12 +152,18 @@ class RecordReader:
         numbers = tf.data.Dataset.range(len(self.files))
         return self._numbered(numbers, parallel=False)
 
-    def shuffled_pass(self, key):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(len(self.files), dtype=tf.int64), seed=key
-        )
-        numbers = tf.data.Dataset.from_tensor_slices(order)
-        return windows_permuted(self._numbered(numbers, parallel=True), key)
+    def passes(self, seed):
+        def one_pass(pass_number):
+            key = pass_key(seed, pass_number)
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(len(self.files), dtype=tf.int64), seed=key
+            )
+            numbers = tf.data.Dataset.from_tensor_slices(order)
+            return numbered_pass(
+                windows_permuted(self._numbered(numbers, parallel=True), key), pass_number
+            )
+
+        return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 def records_of(path):
@@ -175,8 +194,12 @@ class DatasetReader:
             examples = examples.take(self.end - self.start)
         return examples.enumerate()
 
-    def shuffled_pass(self, key):
-        return windows_permuted(self.in_order(), key)
+    def passes(self, seed):
+        def one_pass(pass_number):
+            key = pass_key(seed, pass_number)
+            return numbered_pass(windows_permuted(self.in_order(), key), pass_number)
+
+        return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 class StreamedSplit(SplitReading):
@@ -223,5 +246,11 @@ class StreamedSplit(SplitReading):
     def in_order(self):
         return self._images(self.reader.in_order())
 
-    def shuffled_pass(self, key):
-        return self._images(self.reader.shuffled_pass(key))
+    def passes(self, seed):
+        """Endless passes over the split, `(pass, index, image)`, pass p read
+        in the order its reader draws from `(seed, p)` (see the module doc)."""
+        return self.reader.passes(seed).map(
+            lambda pass_number, index, raw: (pass_number, index, self.image(raw)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
