@@ -80,14 +80,21 @@ def distort(images, draws):
     return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8)
 
 
-def view_draws(seed, view, index, num_examples):
-    """The draws (as `distort` takes them) of view `view` of example `index`:
-    drawn from `(seed, view * num_examples + index)` alone, so the teacher's
-    cached logits and every training pass see the same view; view 0 is the
-    image itself."""
-    key = tf.stack([tf.constant(seed, tf.int64), view * num_examples + index])
-    draws = tf.random.stateless_uniform([4], key, -1.0, 1.0)
-    return tf.where(view > 0, draws, tf.zeros_like(draws))
+def view_draws(seed, views, indices, num_examples):
+    """The draws (as `distort` takes them, `[batch, 4]`) of view `views[b]` of
+    example `indices[b]`: drawn from `(seed, view * num_examples + index)`
+    alone, so the teacher's cached logits and every training pass see the
+    same view; view 0 is the image itself."""
+    keys = tf.stack(
+        [tf.fill(tf.shape(indices), tf.constant(seed, tf.int64)), views * num_examples + indices],
+        axis=1,
+    )
+    draws = tf.map_fn(
+        lambda key: tf.random.stateless_uniform([4], key, -1.0, 1.0),
+        keys,
+        fn_output_signature=tf.float32,
+    )
+    return tf.where((views > 0)[:, None], draws, tf.zeros_like(draws))
 
 
 def view_of(index, num_views, pass_number):
@@ -102,12 +109,14 @@ def views_in_order(split, view, seed, batch_size):
     """View `view` of every example of `split`, in order, as batches of
     `(indices, images)` (what the teacher's cached logits are computed on)."""
     num_examples = len(split)
-    examples = split.in_order().map(
-        lambda index, image: (index, image, view_draws(seed, view, index, num_examples))
-    )
-    return examples.batch(batch_size).map(
-        lambda indices, images, draws: (indices, distort(images, draws) if view else images)
-    )
+
+    def viewed(indices, images):
+        if not view:
+            return indices, images
+        views = tf.fill(tf.shape(indices), tf.constant(view, tf.int64))
+        return indices, distort(images, view_draws(seed, views, indices, num_examples))
+
+    return split.in_order().batch(batch_size).map(viewed)
 
 
 def augmentation(augment, augment_views):
@@ -150,17 +159,14 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
         raise ValueError("random augmentation needs an online teacher, not cached logits")
     labels, num_examples = tf.constant(split.labels), len(split)
 
-    def element(pass_number, index, image):
-        view = view_of(index, views, pass_number)
-        if not views:
-            return index, view, image, tf.zeros([4])
-        return index, view, image, view_draws(seed, view, index, num_examples)
+    def batch(passes, indices, images):
+        shown = view_of(indices, views, passes)
+        if views:
+            images = distort(images, view_draws(seed, shown, indices, num_examples))
+        return _joined(indices, shown, images, labels, logits)
 
-    dataset = split.passes(seed).map(element).batch(batch_size)
-    dataset = dataset.map(
-        lambda indices, view, images, draws: _joined(
-            indices, view, distort(images, draws) if views else images, labels, logits
-        )
+    dataset = split.batched_passes(seed, batch_size).map(
+        batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     if augment:
         steps = tf.data.Dataset.counter()

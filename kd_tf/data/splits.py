@@ -124,12 +124,15 @@ class Split(SplitReading):
             lambda index: (index, tf.gather(images, index))
         )
 
-    def passes(self, seed):
-        """Endless passes over the split, `(pass, index, image)`: pass p in
-        the order of the permutation drawn from `(seed, p)` (`permutations`)."""
+    def batched_passes(self, seed, batch_size):
+        """Endless passes over the split in batches of `(passes, indices,
+        images)`: pass p in the order of the permutation drawn from
+        `(seed, p)` (`permutations`), gathered a batch at a time."""
         images = tf.constant(self.images)
-        return permutations(len(self), seed).map(
-            lambda pass_number, index: (pass_number, index, tf.gather(images, index))
+        return (
+            permutations(len(self), seed)
+            .batch(batch_size)
+            .map(lambda passes, indices: (passes, indices, tf.gather(images, indices)))
         )
 
     def take(self, indices):

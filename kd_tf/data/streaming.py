@@ -24,7 +24,7 @@ Usage:
 
 ```python
 split = StreamedSplit(FileReader(paths), labels, (64, 64, 3), image_size=None, background="dark")
-for pass_number, index, image in split.passes(seed=0):
+for passes, indices, images in split.batched_passes(seed=0, batch_size=128):
     ...
 ```
 """
@@ -246,11 +246,12 @@ class StreamedSplit(SplitReading):
     def in_order(self):
         return self._images(self.reader.in_order())
 
-    def passes(self, seed):
-        """Endless passes over the split, `(pass, index, image)`, pass p read
-        in the order its reader draws from `(seed, p)` (see the module doc)."""
+    def batched_passes(self, seed, batch_size):
+        """Endless passes over the split in batches of `(passes, indices,
+        images)`, pass p read in the order its reader draws from `(seed, p)`
+        (see the module doc)."""
         return self.reader.passes(seed).map(
             lambda pass_number, index, raw: (pass_number, index, self.image(raw)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
-        )
+        ).batch(batch_size)
