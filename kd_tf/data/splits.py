@@ -57,6 +57,11 @@ class SplitReading:
         return np.stack([found[int(index)] for index in indices])
 
 
+def pass_key(seed, pass_number):
+    """The stateless key of pass `pass_number` of a stream seeded `seed`."""
+    return tf.stack([tf.constant(seed, tf.int64), pass_number])
+
+
 def permutations(count, seed):
     """Endless `(pass, index)`: pass p visits `range(count)` in the order of
     the permutation drawn from `(seed, p)` with stateless ops.
@@ -69,8 +74,7 @@ def permutations(count, seed):
 
     def one_pass(pass_number):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64),
-            seed=tf.stack([tf.constant(seed, tf.int64), pass_number]),
+            tf.range(count, dtype=tf.int64), seed=pass_key(seed, pass_number)
         )
         return tf.data.Dataset.from_tensor_slices(order).map(lambda index: (pass_number, index))
 

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.data import images as images_lib
-from kd_tf.data.splits import SplitReading, permutations
+from kd_tf.data.splits import SplitReading, pass_key, permutations
 
 # Examples a sequential reader permutes at a time, and files it reads at once.
 SHUFFLE_WINDOW = 16384
@@ -51,14 +51,15 @@ def _permuted(window, key, number):
     return tf.gather(indices, order), tf.gather(raws, order)
 
 
-def pass_key(seed, pass_number):
-    """The stateless key of pass `pass_number`: `(seed, pass)`."""
-    return tf.stack([tf.constant(seed, tf.int64), pass_number])
+def sequential_passes(seed, read_pass):
+    """Endless `(pass, index, raw)` of a reader that reads in sequence:
+    `read_pass(key)` gives pass p's `(index, raw)` for the key `(seed, p)`."""
 
+    def one_pass(pass_number):
+        examples = read_pass(pass_key(seed, pass_number))
+        return examples.map(lambda index, raw: (pass_number, index, raw))
 
-def numbered_pass(examples, pass_number):
-    """`(index, raw)` examples as `(pass, index, raw)`."""
-    return examples.map(lambda index, raw: (pass_number, index, raw))
+    return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 def windows_permuted(examples, key):
@@ -79,26 +80,20 @@ class FileReader:
     def subset(self, start, end):
         return FileReader(self.paths[start:end])
 
-    def _read(self, order):
+    def _read(self, examples):
+        """`(..., index)` elements with the bytes of file `index` appended."""
         paths = tf.constant(self.paths, tf.string)
-        return tf.data.Dataset.from_tensor_slices(order).map(
-            lambda index: (index, tf.io.read_file(tf.gather(paths, index))),
+        return examples.map(
+            lambda *numbers: (*numbers, tf.io.read_file(tf.gather(paths, numbers[-1]))),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
 
     def in_order(self):
-        return self._read(tf.range(len(self.paths), dtype=tf.int64))
+        return self._read(tf.data.Dataset.range(len(self.paths)))
 
     def passes(self, seed):
-        paths = tf.constant(self.paths, tf.string)
-        return permutations(len(self.paths), seed).map(
-            lambda pass_number, index: (
-                pass_number, index, tf.io.read_file(tf.gather(paths, index))
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+        return self._read(permutations(len(self.paths), seed))
 
 
 class RecordReader:
@@ -153,17 +148,14 @@ class RecordReader:
         return self._numbered(numbers, parallel=False)
 
     def passes(self, seed):
-        def one_pass(pass_number):
-            key = pass_key(seed, pass_number)
+        def read_pass(key):
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(len(self.files), dtype=tf.int64), seed=key
             )
             numbers = tf.data.Dataset.from_tensor_slices(order)
-            return numbered_pass(
-                windows_permuted(self._numbered(numbers, parallel=True), key), pass_number
-            )
+            return windows_permuted(self._numbered(numbers, parallel=True), key)
 
-        return tf.data.Dataset.counter().flat_map(one_pass)
+        return sequential_passes(seed, read_pass)
 
 
 def records_of(path):
@@ -195,11 +187,7 @@ class DatasetReader:
         return examples.enumerate()
 
     def passes(self, seed):
-        def one_pass(pass_number):
-            key = pass_key(seed, pass_number)
-            return numbered_pass(windows_permuted(self.in_order(), key), pass_number)
-
-        return tf.data.Dataset.counter().flat_map(one_pass)
+        return sequential_passes(seed, lambda key: windows_permuted(self.in_order(), key))
 
 
 class StreamedSplit(SplitReading):
