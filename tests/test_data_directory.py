@@ -49,7 +49,8 @@ class DirectoryTest(tf.test.TestCase):
         return command_line.describe(caught.exception)
 
     def test_digits_come_back_as_written(self):
-        train, test, classes = directory.read_directory(self.digits)
+        train, validation, test, classes = directory.read_directory(self.digits)
+        self.assertIsNone(validation)
         self.assertEqual(classes, [str(d) for d in range(10)])
         self.assertEqual(len(train) + len(test), len(self.labels))
         expected = {}
@@ -70,18 +71,39 @@ class DirectoryTest(tf.test.TestCase):
                 for k in range(count):
                     _write(os.path.join(tree, split, label, f"{k}.png"),
                            np.full((5, 6, 1), 40 * k + (label == "dog"), np.uint8))
-        train, test, classes = directory.read_directory(tree)
+        train, validation, test, classes = directory.read_directory(tree)
+        self.assertIsNone(validation)
         self.assertEqual(classes, ["cat", "dog"])
         self.assertAllEqual(sorted(train.labels), [0, 0, 0, 1, 1, 1])
         self.assertAllEqual(test.labels, [0, 0, 1, 1])
         self.assertAllEqual(test.images[:, 0, 0, 0], [0, 40, 1, 41])
+
+    def test_a_validation_folder_is_the_validation_split(self):
+        tree = os.path.join(self.root, "with_validation")
+        for split, count in (("train", 4), ("validation", 2), ("test", 1)):
+            for label in ("cat", "dog"):
+                for k in range(count):
+                    _write(os.path.join(tree, split, label, f"{k}.png"),
+                           np.full((5, 6, 1), 40 * k + 10 * (split == "validation") + (label == "dog"), np.uint8))
+        splits = data.load_splits(source="directory", data_dir=tree, train_examples=6)
+        self.assertAllEqual(splits.validation.labels, [0, 0, 1, 1])
+        self.assertAllEqual(splits.validation.images[:, 0, 0, 0], [10, 50, 11, 51])
+        self.assertEqual(len(splits.train), 6)  # nothing held out: --train_examples alone cuts
+        self.assertAllEqual(np.unique(splits.train.images[:, 0, 0, 0] % 10), [0, 1])
+        with self.assertRaises(UserError) as caught:
+            data.load_splits(source="directory", data_dir=tree, validation_examples=2)
+        self.assertIn("has a validation folder", command_line.describe(caught.exception))
+        os.rename(os.path.join(tree, "validation"), os.path.join(tree, "val"))
+        self.assertEqual(len(data.load_splits(source="directory", data_dir=tree).train), 8)
+        os.makedirs(os.path.join(tree, "validation"))
+        self.assertIn("keep one validation folder", self._refusal(tree))
 
     def test_colour_makes_every_image_rgb(self):
         tree = os.path.join(self.root, "colour")
         _write(os.path.join(tree, "a", "grey.png"), np.full((4, 4, 1), 9, np.uint8))
         _write(os.path.join(tree, "b", "red.png"), np.tile(np.array([200, 0, 0], np.uint8), (4, 4, 1)))
         _write(os.path.join(tree, "b", "alpha.png"), np.full((4, 4, 4), 7, np.uint8))
-        train, test, _ = directory.read_directory(tree, test_fraction=0.01)
+        train, _, test, _ = directory.read_directory(tree, test_fraction=0.01)
         images = np.concatenate([train.images, test.images])
         self.assertEqual(images.shape, (3, 4, 4, 3))
         self.assertAllEqual(sorted(images[:, 0, 0].tolist()), [[7, 7, 7], [9, 9, 9], [200, 0, 0]])
@@ -91,7 +113,7 @@ class DirectoryTest(tf.test.TestCase):
         _write(os.path.join(tree, "a", "small.png"), np.zeros((8, 8, 1), np.uint8))
         _write(os.path.join(tree, "b", "large.png"), np.full((16, 12, 1), 255, np.uint8))
         self.assertIn("pass --image_size=H,W", self._refusal(tree))
-        train, test, _ = directory.read_directory(tree, image_size=(10, 10), test_fraction=0.01)
+        train, _, test, _ = directory.read_directory(tree, image_size=(10, 10), test_fraction=0.01)
         self.assertEqual(np.concatenate([train.images, test.images]).shape, (2, 10, 10, 1))
 
     def test_bad_trees_are_refused_with_one_line(self):

@@ -65,7 +65,8 @@ def load_splits(
             `"mnist"` for `packaged`, only recorded for `idx`.
         source: One of `DATA_SOURCES`.
         validation_examples: Examples at the end of the original training
-            split held out for validation; None: `splits.default_validation_examples`.
+            split held out for validation; None: `splits.default_validation_examples`,
+            or a `directory` tree's validation folder when it has one.
         train_examples: If given, keep only the first `train_examples`
             training examples (after the validation split is held out).
         tfds_data_dir: TFDS data directory; `None` means the TFDS default.
@@ -85,10 +86,11 @@ def load_splits(
         raise ConfigError(
             ("data_source",), f"unknown {{0}}={source!r}: pass one of {', '.join(DATA_SOURCES)}"
         )
+    validation = None
     if source in FILE_SOURCES:
         dataset = os.path.basename(os.path.normpath(data_dir or ""))
-        train, test, num_classes = _read_files(
-            source, data_dir, image_size, test_fraction, memory_mb
+        train, validation, test, num_classes = _read_files(
+            source, data_dir, image_size, test_fraction, memory_mb, validation_examples
         )
     else:
         source, train, test, num_classes = _read_source(
@@ -102,22 +104,29 @@ def load_splits(
         num_classes,
         validation_examples,
         train_examples,
+        validation=validation,
     )
 
 
-def _read_files(source, data_dir, image_size, test_fraction, memory_mb):
-    """`(train, test, num_classes)` of a source in `FILE_SOURCES` (`num_classes`
+def _read_files(source, data_dir, image_size, test_fraction, memory_mb, validation_examples):
+    """`(train, validation, test, num_classes)` of a source in `FILE_SOURCES`
+    (`validation` None when it is to be held out from `train`, `num_classes`
     None when it is to be taken from the labels)."""
     if data_dir is None:
         raise ConfigError(("data_source", "data_dir"), f"{{0}}={source} needs {{1}}=DIR")
     if source == "directory":
-        train, test, classes = directory.read_directory(
-            data_dir, image_size, test_fraction, memory_mb
-        )
-        if not len(test):
+        if validation_examples is not None and directory.validation_folder(data_dir):
+            raise ConfigError(
+                ("validation_examples", "data_dir"),
+                f"{{0}} holds out training images, but {{1}}={data_dir} has a validation "
+                "folder: leave {0} out, or remove the folder",
+            )
+        folders = directory.read_directory(data_dir, image_size, test_fraction, memory_mb)
+        if not len(folders.test):
             raise directory.no_test_images(data_dir, test_fraction)
-        return train, test, len(classes)
-    return (*tfrecord.read_tfrecords(data_dir, image_size, memory_mb), None)
+        return folders.train, folders.validation, folders.test, len(folders.classes)
+    train, test = tfrecord.read_tfrecords(data_dir, image_size, memory_mb)
+    return train, None, test, None
 
 
 def _read_source(dataset, source, tfds_data_dir, idx_dir, image_size, memory_mb):

@@ -4,14 +4,17 @@ The layout is Keras's (`keras.utils.image_dataset_from_directory`): one
 subfolder per class, named as the class, holding its images (PNG, JPEG, BMP,
 GIF; grayscale or colour; other files are ignored). Either
 
-- `DIR/train/<class>/...` and `DIR/test/<class>/...`, the two splits; or
+- `DIR/train/<class>/...` and `DIR/test/<class>/...`, the two splits, and
+  optionally `DIR/validation/<class>/...` (or `DIR/val/`), the validation
+  split (else it is held out from the end of the training images); or
 - `DIR/<class>/...`, from which every `round(1 / test_fraction)`-th image of
   each class, in file-name order, is held out as the test split.
 
 Classes are numbered in the sorted order of their folder names. The training
 images come in a fixed pseudo-random order (the same on every run, whatever
-`--seed`), so that the validation split, held out from their end, covers
-every class; the test images stay in class and file-name order. Images are
+`--seed`), so that a validation split held out from their end, and the first
+`--train_examples`, cover every class; the validation and test images stay
+in class and file-name order. Images are
 decoded as `kd_tf.data.images.decode` decodes them; one scan
 (`kd_tf.data.scan`) checks them all, and each split is then held in memory
 when it fits `--data_memory_mb`, else read from its files while training
@@ -20,11 +23,13 @@ when it fits `--data_memory_mb`, else read from its files while training
 Usage:
 
 ```python
-train, test, classes = directory.read_directory("photos", image_size=(64, 64))
+folders = directory.read_directory("photos", image_size=(64, 64))
+folders.train, folders.validation, folders.test, folders.classes
 ```
 """
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,12 +41,24 @@ from kd_tf.errors import ConfigError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DEFAULT_TEST_FRACTION = 0.2
+# The names a validation folder beside `train/` and `test/` may have.
+VALIDATION_FOLDERS = ("validation", "val")
+
+
+class FolderSplits(NamedTuple):
+    """The splits of an image-folder tree (`Split` or `StreamedSplit`);
+    `validation` is None when the tree has no validation folder."""
+
+    train: object
+    validation: object
+    test: object
+    classes: list
 
 
 def read_directory(
     data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTION, memory_mb=DEFAULT_MEMORY_MB
 ):
-    """The train and test splits of an image-folder tree (see the module doc).
+    """The splits of an image-folder tree (see the module doc).
 
     Args:
         data_dir: the tree's root.
@@ -50,8 +67,7 @@ def read_directory(
         memory_mb: the largest split (decoded, MiB) held in memory.
 
     Returns:
-        `(train, test, class_names)`: two splits (`Split` or
-        `StreamedSplit`) and the sorted class names.
+        A `FolderSplits`, its classes sorted.
 
     Raises:
         ConfigError: the directory is missing or empty, holds one class, an
@@ -62,35 +78,65 @@ def read_directory(
         raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the root "
                           "of a tree with one subfolder of images per class")
     train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+    validation_dir = None
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        classes = _classes(train_dir)
+        classes, validation_dir = _classes(train_dir), validation_folder(data_dir)
         train_files, test_files = _files(train_dir, classes), _files(test_dir, classes)
     else:
         classes = _classes(data_dir)
         train_files, test_files = _held_out(_files(data_dir, classes), test_fraction)
-    # A fixed shuffle, so that the validation split (the last training images)
-    # covers every class; it does not depend on --seed, so neither do the splits.
+    # A fixed shuffle, so that a held-out validation split (the last training
+    # images) and the first --train_examples cover every class; it does not
+    # depend on --seed, so neither do the splits.
     train_files = [train_files[i] for i in np.random.default_rng(0).permutation(len(train_files))]
-    readers = [FileReader([path for path, _ in files]) for files in (train_files, test_files)]
+    listed = [train_files, test_files]
+    if validation_dir is not None:
+        listed.append(_files(validation_dir, classes))
+    splits = _scanned(listed, image_size, memory_mb)
+    return FolderSplits(splits[0], splits[2] if validation_dir else None, splits[1], classes)
+
+
+def validation_folder(data_dir):
+    """The validation folder of a tree with `train/` and `test/` (one of
+    `VALIDATION_FOLDERS`), or None.
+
+    Raises:
+        ConfigError: the tree has more than one.
+    """
+    found = [
+        os.path.join(data_dir, name) for name in VALIDATION_FOLDERS
+        if os.path.isdir(os.path.join(data_dir, name))
+    ]
+    if len(found) > 1:
+        raise ConfigError(
+            ("data_dir",),
+            f"{{0}}={data_dir} holds {' and '.join(found)}: keep one validation folder",
+        )
+    return found[0] if found else None
+
+
+def _scanned(listed, image_size, memory_mb):
+    """The splits (`scan.assemble`) of the `(path, label)` lists `listed`,
+    the training split first."""
+    readers = [FileReader([path for path, _ in files]) for files in listed]
     scans = [
         scan_split(
             tf.data.Dataset.from_tensor_slices(
                 (
-                    tf.constant(files.paths, tf.string),
-                    tf.constant([label for _, label in listed], tf.int64),
-                    tf.zeros([len(listed)], tf.int64),
+                    tf.constant(reader.paths, tf.string),
+                    tf.constant([label for _, label in files], tf.int64),
+                    tf.zeros([len(files)], tf.int64),
                 )
             ).map(lambda path, label, part: (tf.io.read_file(path), label, part)),
-            files.decode,
+            reader.decode,
             image_size,
             memory_mb,
-            lambda error, paths=files.paths: _unreadable(paths),
-            stored_bytes=stored_bytes(files.paths),
+            lambda error, paths=reader.paths: _unreadable(paths),
+            stored_bytes=stored_bytes(reader.paths),
         )
-        for files, listed in zip(readers, (train_files, test_files))
+        for reader, files in zip(readers, listed)
     ]
-    train, test = assemble(scans, readers, image_size)
-    return train, test, classes
+    return assemble(scans, readers, image_size)
 
 
 def _classes(root):

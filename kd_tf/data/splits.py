@@ -202,8 +202,10 @@ def make_splits(
     num_classes,
     validation_examples,
     train_examples,
+    validation=None,
 ):
-    """Hold out the validation split and assemble a `DataSplits`.
+    """Hold out the validation split (unless `validation` is given) and
+    assemble a `DataSplits`.
 
     Arguments:
         dataset: Name of the data set.
@@ -215,6 +217,9 @@ def make_splits(
         validation_examples: Number of examples at the end of `train` that
             form the validation split; None: `default_validation_examples`.
         train_examples: Maximum number of training examples, or `None`.
+        validation: The validation split when the source has one (a
+            `directory` tree's validation folder); `validation_examples` is
+            then None, and every training example is kept.
 
     Returns:
         A `DataSplits`.
@@ -223,16 +228,10 @@ def make_splits(
         UserError: If no training example would be left, or the train and
             test images differ in shape.
     """
-    if validation_examples is None:
-        validation_examples = default_validation_examples(len(train))
-    if validation_examples >= len(train):
-        raise ConfigError(
-            ("validation_examples",),
-            f"{{0}}={validation_examples} leaves no training "
-            f"examples out of {len(train)}: pass a value below {len(train)}",
-        )
-    cut = len(train) - validation_examples
-    end = cut if train_examples is None else min(cut, train_examples)
+    if validation is None:
+        train, validation = _held_out(train, validation_examples)
+    if train_examples is not None:
+        train = train.subset(0, min(len(train), train_examples))
     image_shape, test_shape = train.image_shape, test.image_shape
     if test_shape != image_shape:
         raise UserError(
@@ -244,9 +243,24 @@ def make_splits(
     return DataSplits(
         dataset=dataset,
         source=source,
-        train=train.subset(0, end),
-        validation=train.subset(cut, len(train)),
+        train=train,
+        validation=validation,
         test=test,
         num_classes=int(num_classes),
         image_shape=image_shape,
     )
+
+
+def _held_out(train, validation_examples):
+    """`(train, validation)`: the last `validation_examples` examples of
+    `train` (None: `default_validation_examples`) held out."""
+    if validation_examples is None:
+        validation_examples = default_validation_examples(len(train))
+    if validation_examples >= len(train):
+        raise ConfigError(
+            ("validation_examples",),
+            f"{{0}}={validation_examples} leaves no training "
+            f"examples out of {len(train)}: pass a value below {len(train)}",
+        )
+    cut = len(train) - validation_examples
+    return train.subset(0, cut), train.subset(cut, len(train))
