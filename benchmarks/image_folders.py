@@ -58,5 +58,9 @@ def tree_size(root):
 
 
 def split_counts(root):
-    """`{"train": files, "test": files}` of a tree with `train/` and `test/`."""
-    return {split: tree_size(os.path.join(root, split))[0] for split in ("train", "test")}
+    """`{split: files}` of the `train/`, `validation/` and `test/` folders of a tree."""
+    return {
+        split: tree_size(os.path.join(root, split))[0]
+        for split in ("train", "validation", "test")
+        if os.path.isdir(os.path.join(root, split))
+    }
