@@ -216,6 +216,12 @@ class DirectorySourceTest(_BadDataCase):
         # 4 images a class: every 5th is held out, so none; training would begin.
         cls.too_few = _tree(os.path.join(data, "too_few"), count=4)
         good = _tree(os.path.join(data, "good"))
+        cls.with_validation = os.path.join(data, "with_validation")
+        for split in ("train", "validation", "test"):
+            _tree(os.path.join(cls.with_validation, split))
+        cls.two_validations = os.path.join(data, "two_validations")
+        for split in ("train", "validation", "val", "test"):
+            _tree(os.path.join(cls.two_validations, split))
         four_channels, ten_classes = _teachers(cls.root)
         source = "--data_source=directory"
         return {
@@ -229,6 +235,8 @@ class DirectorySourceTest(_BadDataCase):
             "empty_jpg": (*TINY_RUN, source, f"--data_dir={cls.empty_jpg}"),
             "dangling_link": (*TINY_RUN, source, f"--data_dir={cls.dangling}"),
             "mixed_sizes": (*TINY_RUN, source, f"--data_dir={cls.mixed}"),
+            "validation_folder_and_flag": (*TINY_RUN, source, f"--data_dir={cls.with_validation}"),
+            "two_validation_folders": (*TINY_RUN, source, f"--data_dir={cls.two_validations}"),
             "mixed_sizes_resized": (
                 *TINY_RUN,
                 source,
@@ -284,6 +292,14 @@ class DirectorySourceTest(_BadDataCase):
                 self.refused(
                     name, f"cannot read {path} as an image", "fix or remove it from --data_dir"
                 )
+
+    def test_validation_folder_and_validation_examples(self):
+        self.refused(
+            "validation_folder_and_flag",
+            f"--validation_examples holds out training images, but --data_dir={self.with_validation}"
+            " has a validation folder",
+        )
+        self.refused("two_validation_folders", "keep one validation folder", "--data_dir")
 
     def test_mixed_sizes_need_image_size(self):
         self.refused("mixed_sizes", "the images have 2 sizes", "8x8", "16x12", "--image_size=H,W")
@@ -360,6 +376,8 @@ class TFRecordSourceTest(_BadDataCase):
             "no_records": (*TINY_RUN, source, f"--data_dir={cls.no_records}"),
             "single_class": (*TINY_RUN, source, f"--data_dir={cls.single}"),
             "mixed_sizes": (*TINY_RUN, source, f"--data_dir={cls.mixed}"),
+            "validation_folder_and_flag": (*TINY_RUN, source, f"--data_dir={cls.with_validation}"),
+            "two_validation_folders": (*TINY_RUN, source, f"--data_dir={cls.two_validations}"),
             "mixed_splits": (*TINY_RUN, source, f"--data_dir={cls.mixed_splits}"),
             "mixed_sizes_resized": (
                 *TINY_RUN,
