@@ -37,7 +37,6 @@ from kd_tf import data
 from kd_tf.data import splits
 
 
-
 def write_split(split, root, name, first_index=0):
     """Writes `split`'s images under `root/name/<digit>/<index>.png`, the
     first one numbered `first_index`."""

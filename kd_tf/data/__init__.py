@@ -97,13 +97,7 @@ def load_splits(
             dataset, source, tfds_data_dir, idx_dir, image_size, memory_mb
         )
     return make_splits(
-        dataset,
-        source,
-        train,
-        test,
-        num_classes,
-        validation_examples,
-        train_examples,
+        dataset, source, train, test, num_classes, validation_examples, train_examples,
         validation=validation,
     )
 
