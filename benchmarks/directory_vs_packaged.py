@@ -24,9 +24,11 @@ first one traces). Acceptance: `|difference| <= 0.15` point for every stage
 run, student epoch ratio `<= 1.3`. Printed as a table and written, with the
 raw figures and commands, to `OUT/directory_vs_packaged.json`.
 
-The directory source holds its own validation split out of a fixed shuffle
-of the training files (`kd_tf/data/directory.py`), so the runs train and
-select on different images: the accuracy difference includes that noise.
+The tree's `validation/` folder holds the packaged copy's validation split,
+so both sources train, select their epoch and test on the same images; the
+directory source's training images come in another order (class folders,
+then its fixed shuffle, `kd_tf/data/directory.py`), so the same `--seed`
+draws other batches: the accuracy difference is that of two seeds.
 
 `--epochs_scale=F` multiplies the flag files' `--epochs` (at least 2, so
 that an epoch after the first is timed); `--extra_flags` are appended to
