@@ -376,8 +376,6 @@ class TFRecordSourceTest(_BadDataCase):
             "no_records": (*TINY_RUN, source, f"--data_dir={cls.no_records}"),
             "single_class": (*TINY_RUN, source, f"--data_dir={cls.single}"),
             "mixed_sizes": (*TINY_RUN, source, f"--data_dir={cls.mixed}"),
-            "validation_folder_and_flag": (*TINY_RUN, source, f"--data_dir={cls.with_validation}"),
-            "two_validation_folders": (*TINY_RUN, source, f"--data_dir={cls.two_validations}"),
             "mixed_splits": (*TINY_RUN, source, f"--data_dir={cls.mixed_splits}"),
             "mixed_sizes_resized": (
                 *TINY_RUN,
