@@ -3,7 +3,8 @@
 Every source reads an original training and test split; `make_splits` holds
 out the last `validation_examples` training images as the validation split
 (by default `default_validation_examples`: 5000, or a twelfth of the training
-split when that is smaller) and assembles the `DataSplits`.
+split when that is smaller), unless the source has a validation split of its
+own (an image-folder tree's `validation/`), and assembles the `DataSplits`.
 """
 
 import dataclasses
