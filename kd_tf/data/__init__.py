@@ -12,7 +12,8 @@
 
 The last `validation_examples` images of the original training split become
 the validation split (by default 5000, or a twelfth of the training split when
-that is smaller); the test split is returned as is.
+that is smaller), unless an image-folder tree has a `validation/` folder; the test
+split is returned as is.
 
 The image sources (`directory`, `tfrecord`, `tfds`) hold a split in memory
 (a `Split`) when its decoded images fit `memory_mb`, else read it from its
