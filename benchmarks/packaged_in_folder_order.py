@@ -38,21 +38,22 @@ from kd_tf.data import directory
 from kd_tf.data.splits import Split
 
 
-def folder_order(files, split):
-    """The packaged indices of `files/split/`'s images, in the order the
-    directory source reads them (the training split shuffled as it does)."""
-    root = os.path.join(files, split)
-    listed = directory._files(root, directory._classes(root))
-    if split == "train":
-        listed = [listed[i] for i in np.random.default_rng(0).permutation(len(listed))]
-    return [int(os.path.splitext(os.path.basename(path))[0]) for path, _ in listed]
+def folder_order(files):
+    """`(train, test)`: the packaged indices (the file names) of the tree's
+    training and validation images, then of its test images, in the order
+    the directory source reads them (`directory.listed_files`)."""
+    listed = directory.listed_files(files)
+
+    def indices(part):
+        return [int(os.path.splitext(os.path.basename(path))[0]) for path, _ in part]
+
+    return indices(listed.train) + indices(listed.validation), indices(listed.test)
 
 
 def packaged_in_folder_order(files):
     """`read_packaged_mnist`'s splits with their images in the folders' order."""
     train, test = data.read_packaged_mnist()
-    train_order = folder_order(files, "train") + folder_order(files, "validation")
-    test_order = folder_order(files, "test")
+    train_order, test_order = folder_order(files)
     return (
         Split(train.images[train_order], train.labels[train_order]),
         Split(test.images[test_order], test.labels[test_order]),

@@ -98,6 +98,15 @@ class DirectoryTest(tf.test.TestCase):
         os.makedirs(os.path.join(tree, "validation"))
         self.assertIn("keep one validation folder", self._refusal(tree))
 
+    def test_a_class_named_val_is_a_class(self):
+        tree = os.path.join(self.root, "class_val")
+        for label in ("train", "val", "validation"):
+            for k in range(5):
+                _write(os.path.join(tree, label, f"{k}.png"), np.full((4, 4, 1), k, np.uint8))
+        splits = data.load_splits(source="directory", data_dir=tree, validation_examples=3)
+        self.assertEqual(splits.num_classes, 3)
+        self.assertEqual((len(splits.train), len(splits.validation), len(splits.test)), (9, 3, 3))
+
     def test_colour_makes_every_image_rgb(self):
         tree = os.path.join(self.root, "colour")
         _write(os.path.join(tree, "a", "grey.png"), np.full((4, 4, 1), 9, np.uint8))

@@ -46,8 +46,9 @@ VALIDATION_FOLDERS = ("validation", "val")
 
 
 class FolderSplits(NamedTuple):
-    """The splits of an image-folder tree (`Split` or `StreamedSplit`);
-    `validation` is None when the tree has no validation folder."""
+    """The splits of an image-folder tree (`Split` or `StreamedSplit`, or
+    their `(path, label)` lists, see `listed_files`); `validation` is None
+    when the tree has no validation folder."""
 
     train: object
     validation: object
@@ -58,7 +59,8 @@ class FolderSplits(NamedTuple):
 def read_directory(
     data_dir, image_size=None, test_fraction=DEFAULT_TEST_FRACTION, memory_mb=DEFAULT_MEMORY_MB
 ):
-    """The splits of an image-folder tree (see the module doc).
+    """The splits of an image-folder tree (see the module doc), scanned
+    (`kd_tf.data.scan`) and kept in memory or streamed.
 
     Args:
         data_dir: the tree's root.
@@ -74,35 +76,53 @@ def read_directory(
             image cannot be read, or images differ in size without
             `image_size`.
     """
+    files = listed_files(data_dir, test_fraction)
+    # The training split first: the scan takes the background from it.
+    parts = (files.train, files.validation, files.test)
+    scanned = iter(_scanned([part for part in parts if part is not None], image_size, memory_mb))
+    return FolderSplits(*(None if part is None else next(scanned) for part in parts), files.classes)
+
+
+def listed_files(data_dir, test_fraction=DEFAULT_TEST_FRACTION):
+    """The `(path, label)` lists of a tree's splits, in the order
+    `read_directory` reads them, as a `FolderSplits` of lists.
+
+    Raises:
+        ConfigError: as `read_directory`, before any image is read.
+    """
     if not os.path.isdir(data_dir):
         raise ConfigError(("data_dir",), f"{{0}}={data_dir} is not a directory: pass the root "
                           "of a tree with one subfolder of images per class")
-    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-    validation_dir = None
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        classes, validation_dir = _classes(train_dir), validation_folder(data_dir)
-        train_files, test_files = _files(train_dir, classes), _files(test_dir, classes)
+    if _has_split_folders(data_dir):
+        train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+        classes = _classes(train_dir)
+        train, test = _files(train_dir, classes), _files(test_dir, classes)
     else:
         classes = _classes(data_dir)
-        train_files, test_files = _held_out(_files(data_dir, classes), test_fraction)
+        train, test = _held_out(_files(data_dir, classes), test_fraction)
     # A fixed shuffle, so that a held-out validation split (the last training
     # images) and the first --train_examples cover every class; it does not
     # depend on --seed, so neither do the splits.
-    train_files = [train_files[i] for i in np.random.default_rng(0).permutation(len(train_files))]
-    listed = [train_files, test_files]
-    if validation_dir is not None:
-        listed.append(_files(validation_dir, classes))
-    splits = _scanned(listed, image_size, memory_mb)
-    return FolderSplits(splits[0], splits[2] if validation_dir else None, splits[1], classes)
+    train = [train[i] for i in np.random.default_rng(0).permutation(len(train))]
+    validation_dir = validation_folder(data_dir)
+    validation = None if validation_dir is None else _files(validation_dir, classes)
+    return FolderSplits(train, validation, test, classes)
+
+
+def _has_split_folders(data_dir):
+    return all(os.path.isdir(os.path.join(data_dir, name)) for name in ("train", "test"))
 
 
 def validation_folder(data_dir):
     """The validation folder of a tree with `train/` and `test/` (one of
-    `VALIDATION_FOLDERS`), or None.
+    `VALIDATION_FOLDERS`), or None (also for a tree of class folders, where
+    a folder of that name is a class).
 
     Raises:
         ConfigError: the tree has more than one.
     """
+    if not _has_split_folders(data_dir):
+        return None
     found = [
         os.path.join(data_dir, name) for name in VALIDATION_FOLDERS
         if os.path.isdir(os.path.join(data_dir, name))
