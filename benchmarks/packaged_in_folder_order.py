@@ -93,9 +93,8 @@ def main():
         "compared_with": args.compare_with,
         "every_variable_equal": same_variables(export_dir, args.compare_with),
     }
-    with open(os.path.join(args.out, "packaged_in_folder_order.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    kd_tf_process.write_json(result, os.path.join(args.out, "packaged_in_folder_order.json"))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
