@@ -22,7 +22,7 @@ import typing
 from absl import flags
 
 from kd_tf import config as config_lib
-from kd_tf import lite, models
+from kd_tf import lite, loss_flags, models
 from kd_tf.errors import ConfigError, UserError
 
 _DEFAULTS = {
@@ -89,7 +89,8 @@ _HELP = (
         "teacher's logits on them can be cached.",
     ),
     ("temperature", "Distillation temperature T."),
-    ("alpha", "Weight of the soft (teacher) term, in [0, 1]."),
+    ("alpha", "Weight of the distillation terms against the hard labels' term, in [0, 1]."),
+    *((name, text) for name, text in loss_flags.HELP if not name.startswith("tune_")),
     (
         "teacher_dir",
         "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
@@ -243,6 +244,7 @@ _HELP = (
     ("temperature_max", "--stage=tune: highest temperature."),
     ("alpha_min", "--stage=tune: lowest alpha (uniform)."),
     ("alpha_max", "--stage=tune: highest alpha."),
+    *((name, text) for name, text in loss_flags.HELP if name.startswith("tune_")),
     *(
         (f"{stage}_flagfile", f"--stage=compare: flag file of the {stage} sub-run.")
         for stage in config_lib.COMPARE_STAGES
@@ -271,6 +273,11 @@ _DEFINERS = {
 
 def _define(name, help_text, flag_values):
     default = _DEFAULTS[name]
+    if name in loss_flags.FORMS:
+        flags.DEFINE_string(
+            name, loss_flags.format_value(name, default), help_text, flag_values=flag_values
+        )
+        return
     if name in config_lib.CHOICES:
         choices = list(config_lib.CHOICES[name])
         flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
@@ -304,6 +311,8 @@ def config_from_flags(flag_values):
     values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
     values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
     values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
+    for name in loss_flags.FORMS:
+        values[name] = loss_flags.parse(name, values[name])
     return config_lib.with_fields(config_lib.Config(), **values)
 
 
@@ -321,7 +330,7 @@ def _compare_runs(flag_values, config):
         for name, value in config_lib.fields(config).items()
         if flag_values[name].present and name not in _COMPARE_OWN
     }
-    given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items()}
+    given = {name: _tupled(value) for name, value in given.items()}
     runs = []
     for stage in config_lib.COMPARE_STAGES:
         path = flag_values[f"{stage}_flagfile"].value
@@ -330,6 +339,11 @@ def _compare_runs(flag_values, config):
         run = config_from_flags(_parsed_flag_values([f"--flagfile={path}"]))
         runs.append((stage, config_lib.with_fields(run, **given, stage=stage, monitor_test=True)))
     return tuple(runs)
+
+
+def _tupled(value):
+    """`value` with its lists, nested ones too, as tuples (as the config holds them)."""
+    return tuple(_tupled(item) for item in value) if isinstance(value, list) else value
 
 
 def from_flag_values(flag_values):

@@ -1,5 +1,7 @@
 """Writing an export: a SavedModel, verified after reloading, moved into place atomically."""
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -7,6 +9,7 @@ import tensorflow as tf
 from kd_tf import atomic
 from kd_tf.errors import UserError
 from kd_tf.export.contract import (
+    ARCHITECTURE,
     INPUT_NAME,
     SIGNATURE_KEY,
     batched_outputs,
@@ -15,6 +18,7 @@ from kd_tf.export.contract import (
     short_reason,
 )
 from kd_tf.export.loading import load_serving_model
+from kd_tf.export.versions import assets_extra_dir
 
 
 def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, overwrite=False):
@@ -23,7 +27,9 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
     The SavedModel is written into a temporary sibling of `export_dir`
     (`.<basename>.tmp-<pid>-<random>`), reloaded from disk and compared with
     the in-memory model on `check_images`, handed to `finalize`, and only
-    then moved to `export_dir` (see `kd_tf.atomic`). On any failure the
+    then moved to `export_dir` (see `kd_tf.atomic`). A functional model's
+    architecture goes into `assets.extra/architecture.json` (`ARCHITECTURE`),
+    so that its layers can teach hints (`loading.keras_model_of`). On any failure the
     temporary directory is removed and the exception is re-raised, so no
     partial export is left behind and an earlier export stays as it was.
 
@@ -65,10 +71,7 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
             f"shape={check_images.shape}."
         )
     with atomic.staged(export_dir, overwrite=overwrite) as tmp_dir:
-        try:
-            _write_saved_model(model, image_shape, tmp_dir)
-        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
-            raise atomic.storage_error(export_dir, short_reason(e)) from e
+        _write_files(model, image_shape, tmp_dir, export_dir)
         try:
             served = load_serving_model(tmp_dir)
         except UserError as e:
@@ -77,6 +80,19 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
         if finalize is not None:
             finalize(tmp_dir, served)
     return export_dir
+
+
+def _write_files(model, image_shape, tmp_dir, export_dir):
+    """Writes the SavedModel and the architecture into `tmp_dir`; a full or
+    read-only disk is a `UserError` naming `export_dir`."""
+    try:
+        _write_saved_model(model, image_shape, tmp_dir)
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+        raise atomic.storage_error(export_dir, short_reason(e)) from e
+    try:
+        _write_architecture(model, tmp_dir)
+    except OSError as e:
+        raise atomic.storage_error(export_dir, e.strerror) from e
 
 
 def _write_saved_model(model, image_shape, export_dir):
@@ -100,6 +116,17 @@ def _write_saved_model(model, image_shape, export_dir):
         input_signature=[tf.TensorSpec((None,) + image_shape, tf.uint8, name=INPUT_NAME)],
     )
     archive.write_out(export_dir, verbose=False)
+
+
+def _write_architecture(model, export_dir):
+    """Writes `model.to_json()` into the export's `assets.extra` (not for a
+    subclassed model, which has no such description)."""
+    try:
+        architecture = model.to_json()
+    except NotImplementedError:
+        return
+    with open(os.path.join(assets_extra_dir(export_dir), ARCHITECTURE), "w") as f:
+        f.write(architecture)
 
 
 def _check_export(model, served, check_images, atol):
