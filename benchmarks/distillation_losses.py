@@ -12,10 +12,13 @@ Through kd_tf's command line only (`kd_tf_process`), on real MNIST:
    run's training seconds per epoch (validation excluded, from its report),
    the first epoch (tracing) dropped; the table gives each loss's median
    over its runs and its ratio to KD's;
-3. memory (`--memory`): peak resident memory (GNU time) of one epoch of
-   `compact_cnn` with cached logits: without hints, and with a hint from the
-   teacher's `block2_relu` feature map (8x8x64 floats an image) cached in
-   memory and on disk (`--logits_memory_mb` below its size).
+3. memory (`--memory`): peak resident memory of one epoch of `compact_cnn`
+   with cached logits: without hints, and with a hint from the teacher's
+   `block2_relu` feature map (8x8x64 floats an image) cached in memory and on
+   disk (`--logits_memory_mb` below its size). GNU time's peak RSS, and the
+   peaks of its two parts, sampled from /proc every 0.1 s: anonymous memory
+   (`RssAnon`, what the process holds) and mapped file pages (`RssFile`, the
+   memory-mapped cache file's pages among them, which the kernel may drop).
 
 Usage:
 
@@ -26,7 +29,10 @@ Writes `<out>/distillation_losses.json` and prints the tables.
 
 import os
 import platform
+import re
 import statistics
+import threading
+import time
 
 import kd_tf_process
 from absl import app, flags
@@ -35,7 +41,8 @@ _OUT = flags.DEFINE_string("out", "/tmp/kd_tf_losses", "Directory for exports, l
 _TEACHER_DIR = flags.DEFINE_string("teacher_dir", None, "A teacher export (default: train one).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds of the alternating losses.")
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs of each speed run (the first is dropped).")
-_MEMORY = flags.DEFINE_bool("memory", True, "Also measure the peak memory of cached hints.")
+_SPEED = flags.DEFINE_bool("speed", True, "Measure the epoch time of the losses.")
+_MEMORY = flags.DEFINE_bool("memory", True, "Measure the peak memory of cached hints.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "Cap (smoke runs only).")
 
 LOSSES = {
@@ -110,16 +117,66 @@ def speed(out, teacher):
     }
 
 
+class _PeakSampler:
+    """Samples the peaks of `RssAnon` and `RssFile` (/proc) of the process
+    GNU time runs, while the block lasts."""
+
+    def __init__(self):
+        self.peaks = {"RssAnon": 0, "RssFile": 0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._done.wait(0.1):
+            for pid in _kd_tf_pids():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        text = f.read()
+                except OSError:
+                    continue
+                for key in self.peaks:
+                    found = re.search(rf"{key}:\s+(\d+) kB", text)
+                    if found:
+                        self.peaks[key] = max(self.peaks[key], int(found.group(1)))
+
+
+def _kd_tf_pids():
+    """Processes running `-m kd_tf.main` as children of this one's children."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kd_tf.main" in command and not command[0].endswith(b"time"):
+            pids.append(name)
+    return pids
+
+
 def memory(out, teacher):
-    """`{run: {"peak_rss_mib", "logits_cache", "logits_cache_megabytes"}}`."""
+    """`{run: {"peak_rss_mib", "peak_anonymous_mib", "peak_file_mib", ...}}`."""
     rows = {}
     for name, argv in MEMORY_RUNS.items():
-        finished, report = _student(
-            out, f"memory_{name}", teacher, ["--model=compact_cnn", "--epochs=1", *argv],
-            measure_memory=True,
-        )
+        with _PeakSampler() as sampler:
+            finished, report = _student(
+                out, f"memory_{name}", teacher, ["--model=compact_cnn", "--epochs=1", *argv],
+                measure_memory=True,
+            )
         rows[name] = {
             "peak_rss_mib": round(finished.peak_rss_kib / 1024, 1),
+            "peak_anonymous_mib": round(sampler.peaks["RssAnon"] / 1024, 1),
+            "peak_file_mib": round(sampler.peaks["RssFile"] / 1024, 1),
             "logits_cache": report["logits_cache"],
             "logits_cache_megabytes": report["logits_cache_megabytes"],
             "command": " ".join(finished.command),
@@ -138,16 +195,19 @@ def main(_):
         "teacher_dir": teacher,
         "rounds": _ROUNDS.value,
         "epochs": _EPOCHS.value,
-        "speed": speed(out, teacher),
     }
+    if _SPEED.value:
+        results["speed"] = speed(out, teacher)
     if _MEMORY.value:
         results["memory"] = memory(out, teacher)
     kd_tf_process.write_json(results, os.path.join(out, "distillation_losses.json"))
-    print("loss | median epoch s | x KD")
-    for loss, row in results["speed"].items():
-        print(f"{loss} | {row['median']} | {row['ratio_to_kd']}")
+    for loss, row in results.get("speed", {}).items():
+        print(f"{loss}: median epoch {row['median']} s, {row['ratio_to_kd']} x KD")
     for name, row in results.get("memory", {}).items():
-        print(f"{name}: peak RSS {row['peak_rss_mib']} MiB, cache {row['logits_cache']}")
+        print(
+            f"{name}: peak RSS {row['peak_rss_mib']} MiB (anonymous {row['peak_anonymous_mib']}, "
+            f"mapped files {row['peak_file_mib']}), cache {row['logits_cache']}"
+        )
 
 
 if __name__ == "__main__":

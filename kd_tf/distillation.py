@@ -55,7 +55,8 @@ class Distiller(keras.Model):
             terms; names are unique.
         alpha: weight of the distillation terms, in [0, 1].
         teacher: optional callable `images -> teacher rows` for the online mode;
-            it is never trained.
+            it is never trained (a Keras teacher is frozen, as Keras's own
+            `Distiller` does).
         steps_per_epoch: steps in an epoch, for a warming-up `DKD` (the epoch
             is the optimiser's step count over it).
     """
@@ -64,6 +65,8 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         _check_terms(terms, alpha, steps_per_epoch)
         self.student = student
+        if isinstance(teacher, keras.Layer):
+            teacher.trainable = False
         self.teacher = teacher
         self.alpha = float(alpha)
         self.steps_per_epoch = steps_per_epoch

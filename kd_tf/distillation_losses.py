@@ -55,14 +55,13 @@ def _student_log_probabilities(student_logits, temperature):
     return ops.log_softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
 
 
-def _check_positive(name, value):
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _check_not_negative(name, value):
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+def _check(temperature, **weights):
+    """Raises `ValueError` unless `temperature` > 0 and every weight >= 0."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    for name, value in weights.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 class KD(keras.distillation.DistillationLoss):
@@ -82,7 +81,7 @@ class KD(keras.distillation.DistillationLoss):
     """
 
     def __init__(self, temperature=4.0):
-        _check_positive("temperature", temperature)
+        _check(temperature)
         self.temperature = float(temperature)
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
@@ -139,10 +138,7 @@ class DKD(keras.distillation.DistillationLoss):
     """
 
     def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, warmup_epochs=20):
-        _check_positive("temperature", temperature)
-        _check_not_negative("alpha", alpha)
-        _check_not_negative("beta", beta)
-        _check_not_negative("warmup_epochs", warmup_epochs)
+        _check(temperature, alpha=alpha, beta=beta, warmup_epochs=warmup_epochs)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -207,9 +203,7 @@ class DIST(keras.distillation.DistillationLoss):
     """
 
     def __init__(self, temperature=4.0, beta=1.0, gamma=1.0):
-        _check_positive("temperature", temperature)
-        _check_not_negative("beta", beta)
-        _check_not_negative("gamma", gamma)
+        _check(temperature, beta=beta, gamma=gamma)
         self.temperature = float(temperature)
         self.beta = float(beta)
         self.gamma = float(gamma)

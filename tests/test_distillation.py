@@ -1,12 +1,14 @@
 """The Distiller: its train_step (teacher outside the tape, loss scaling,
 metrics), the cached and online modes, DKD's warm-up, mixed labels and hints."""
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from kd_tf import data, distillation, hints, logits_cache, pipelines
+from kd_tf import data, distillation, hints, logits_cache, pipelines, training
 from kd_tf import distillation_losses as losses
 
 KD = [("kd", losses.KD(4.0), 1.0)]
@@ -127,6 +129,10 @@ class DistillerTest(tf.test.TestCase):
         ]
         self.assertTrue(all(changed))
 
+    def test_a_keras_teacher_is_frozen(self):
+        distiller = distillation.Distiller(_tiny_student(), KD, alpha=0.7, teacher=self.teacher)
+        self.assertLen(distiller.trainable_weights, len(distiller.student.trainable_weights))
+
     def test_mixed_float16_scales_the_loss_through_the_optimizer(self):
         """Under mixed_float16, Keras wraps the optimiser in a
         LossScaleOptimizer, which unscales the gradients: the step is the
@@ -224,6 +230,47 @@ class HintDistillerTest(tf.test.TestCase):
         projection_paths = {w.path for w in projection.weights}
         self.assertEmpty(projection_paths & {w.path for w in student.weights})
         self.assertLen(distiller.trainable_weights, len(student.trainable_weights) + 2)
+
+
+class ResumeTest(tf.test.TestCase):
+    """A run with a hint and a warming-up DKD, backed up after epoch 2 and
+    resumed, ends as the uninterrupted run: the projection and the optimiser's
+    step count (DKD's epoch) come back with the student."""
+
+    def _fit(self, backup_dir, epochs):
+        teacher = _tiny_student(seed=1, hidden=5)
+        student = _tiny_student(seed=2, hidden=2)
+        (pair,) = hints.plan([("hidden", "hidden")], teacher, student, "teacher")
+        terms = [("dkd", losses.DKD(4.0, warmup_epochs=3), 1.0), *hints.hint_terms([pair], 1.0)]
+        distiller = distillation.Distiller(student, terms, alpha=0.5, steps_per_epoch=2)
+        distiller.build((None, 4, 4, 1))  # as the student stage does, for its backups
+        distiller.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
+        rows = hints.TeacherRows(_Adapter(teacher), teacher, [pair])(images)
+        dataset = tf.data.Dataset.from_tensor_slices(
+            ((images, rows), rng.integers(0, 3, 32))
+        ).batch(16)
+        records, _ = training.fit_and_restore_best(
+            distiller, dataset.repeat(), dataset, epochs=epochs, steps_per_epoch=2,
+            log_dir=os.path.join(self.get_temp_dir(), "logs"), backup_dir=backup_dir,
+        )
+        return records, distiller.get_weights()
+
+    def test_a_resumed_run_ends_as_the_uninterrupted_one(self):
+        want_records, want_weights = self._fit(None, epochs=3)
+        backup_dir = os.path.join(self.get_temp_dir(), "backup")
+        self._fit(backup_dir, epochs=2)
+        records, weights = self._fit(backup_dir, epochs=3)
+        self.assertLen(weights, len(want_weights))
+        for got, want in zip(weights, want_weights):
+            self.assertAllClose(got, want, atol=1e-6)
+        self.assertAllClose(
+            [r["dkd_loss"] for r in records], [r["dkd_loss"] for r in want_records], rtol=1e-5
+        )
 
 
 class _Adapter:

@@ -28,7 +28,8 @@ from kd_tf.stages.training_run import TrainingRun, load_data
 
 
 class DistillationInputs(NamedTuple):
-    """What a distillation run trains on (a `TrainingInputs` plus the teacher)."""
+    """What a distillation run trains on (a `TrainingInputs` plus the teacher,
+    and the checked `hints.HintPair`s)."""
 
     splits: data.DataSplits
     train: object
