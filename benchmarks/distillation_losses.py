@@ -28,7 +28,6 @@ Writes `<out>/distillation_losses.json` and prints the tables.
 """
 
 import os
-import platform
 import re
 import statistics
 import threading
@@ -190,8 +189,7 @@ def main(_):
     teacher = _teacher(out)
     results = {
         "commit": kd_tf_process.checkout_commit(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "cpu": kd_tf_process.cpu_name(),
         "teacher_dir": teacher,
         "rounds": _ROUNDS.value,
         "epochs": _EPOCHS.value,

@@ -26,7 +26,7 @@ from kd_tf.errors import ConfigError
 
 # Loss settings `--tune_ranges` may search.
 TUNABLE_SETTINGS = ("dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma", "hint_weight")
-# field -> what a value must look like, for the errors.
+# The flags this module reads and writes -> what a value must look like (for the errors).
 FORMS = {
     "distillation_loss": "{0} must be kd, dkd or dist, or a weighted list NAME:WEIGHT,... of "
     "them, each once with a weight > 0 (e.g. kd:0.5,dist:0.5)",
