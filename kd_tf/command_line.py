@@ -113,15 +113,15 @@ _HELP = (
     ),
     (
         "logits_cache",
-        "Where cached teacher logits live: memory (next to their images in the tf.data "
-        "element); disk (TFRecord shards of images, labels and logits, streamed); auto: "
-        "memory while the training logits fit in --logits_memory_mb.",
+        "Where cached teacher logits live: memory; disk (a file of the logits only, read "
+        "through numpy.memmap); auto: memory while the training logits fit in "
+        "--logits_memory_mb.",
     ),
     ("logits_memory_mb", "With --logits_cache=auto: the largest training logits (MiB) kept in memory."),
     (
         "logits_cache_dir",
-        "Where the on-disk logit shards go (in a fresh subdirectory, removed at the end of "
-        "the stage); default: the system's temporary directory.",
+        "Where the file of --logits_cache=disk goes (in a fresh subdirectory, removed at the "
+        "end of the stage); default: the system's temporary directory.",
     ),
     ("dataset", "Data set name (a TFDS name for --data_source=tfds)."),
     (

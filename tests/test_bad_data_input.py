@@ -34,7 +34,7 @@ from kd_tf.data import tfrecord
 # Processes run at once: kd_tf's start-up (importing TensorFlow) is most of a
 # refusal's few seconds, and the machine may have 2 cores.
 PARALLEL = 3
-# kd_tf's status after a user error (README, What happens when ...), spelled
+# kd_tf's status after a user error (docs/reliability.md, What happens when ...), spelled
 # out rather than read from kd_tf.main.
 EXIT_USER_ERROR = 2
 IMAGE = (8, 8, 1)

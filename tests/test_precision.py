@@ -22,7 +22,7 @@ class ResolveTest(tf.test.TestCase):
         cases = {
             ("amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
             ("amx_bf16",): "mixed_bfloat16",
-            # AVX-512 BF16 without AMX trained no faster (README "Precision").
+            # AVX-512 BF16 without AMX trained no faster (docs/precision-and-speed.md).
             ("avx512f", "avx512_bf16"): "float32",
             ("avx512f", "avx2"): "float32",
             (): "float32",

@@ -23,7 +23,7 @@ REPORT_KEYS = {
 }
 EPOCH_KEYS = {"train_seconds", "loss", "accuracy", "val_loss", "val_accuracy"}
 STUDENT_KEYS = {"teacher_dir", "teacher_logits", "teacher_logits_seconds"}
-# Parameters of the models on MNIST, as README's Models table gives them.
+# Parameters of the models on MNIST, as docs/models.md's table gives them.
 README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
 
