@@ -150,13 +150,14 @@ class DataSplits:
 
     Arguments:
         dataset: Name of the data set, e.g. `"mnist"`.
-        source: The source the data came from: `"tfds"`, `"packaged"` or
-            `"idx"`.
+        source: The source the data came from (a `kd_tf.data.DATA_SOURCES`
+            name other than `"auto"`).
         train: The training split.
         validation: The validation split, held out from the original
             training split.
         test: The original test split.
-        num_classes: Number of classes, taken from the data set.
+        class_names: The name of each class, in label order (see
+            `kd_tf.data.sources`).
         image_shape: `(H, W, C)` of every image.
     """
 
@@ -165,21 +166,27 @@ class DataSplits:
     train: Split
     validation: Split
     test: Split
-    num_classes: int
+    class_names: tuple
     image_shape: tuple
+
+    @property
+    def num_classes(self):
+        """Number of classes."""
+        return len(self.class_names)
 
     def summary(self):
         """Describe the splits in a JSON-serializable dict.
 
         Returns:
             A dict with the data set name, source, image shape, number of
-            classes and the number of examples of each split.
+            classes, their names and the number of examples of each split.
         """
         return {
             "dataset": self.dataset,
             "source": self.source,
             "image_shape": list(self.image_shape),
             "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
             "train_examples": len(self.train),
             "validation_examples": len(self.validation),
             "test_examples": len(self.test),
@@ -195,32 +202,18 @@ def default_validation_examples(train_size):
     return max(1, min(MAX_DEFAULT_VALIDATION_EXAMPLES, train_size // DEFAULT_VALIDATION_SHARE))
 
 
-def make_splits(
-    dataset,
-    source,
-    train,
-    test,
-    num_classes,
-    validation_examples,
-    train_examples,
-    validation=None,
-):
-    """Hold out the validation split (unless `validation` is given) and
+def make_splits(found, validation_examples, train_examples):
+    """Hold out the validation split (unless the source has one) and
     assemble a `DataSplits`.
 
     Arguments:
-        dataset: Name of the data set.
-        source: The source the data came from.
-        train: The original training `Split`.
-        test: The test `Split`.
-        num_classes: Number of classes, or `None` to take the largest label
-            plus one.
-        validation_examples: Number of examples at the end of `train` that
-            form the validation split; None: `default_validation_examples`.
+        found: What the source read (a `kd_tf.data.sources.SourceData`).
+        validation_examples: Number of examples at the end of `found.train`
+            that form the validation split; None: `default_validation_examples`.
+            None when the source has a validation split of its own (a
+            `directory` tree's validation folder), all of whose training
+            examples are kept.
         train_examples: Maximum number of training examples, or `None`.
-        validation: The validation split when the source has one (a
-            `directory` tree's validation folder); `validation_examples` is
-            then None, and every training example is kept.
 
     Returns:
         A `DataSplits`.
@@ -229,6 +222,7 @@ def make_splits(
         UserError: If no training example would be left, or the train and
             test images differ in shape.
     """
+    train, validation, test = found.train, found.validation, found.test
     if validation is None:
         train, validation = _held_out(train, validation_examples)
     if train_examples is not None:
@@ -239,15 +233,13 @@ def make_splits(
             f"train images have shape {image_shape} but test images "
             f"{test_shape}: pass a data set whose splits have one image shape"
         )
-    if num_classes is None:
-        num_classes = int(max(train.labels.max(), test.labels.max(initial=0))) + 1
     return DataSplits(
-        dataset=dataset,
-        source=source,
+        dataset=found.dataset,
+        source=found.source,
         train=train,
         validation=validation,
         test=test,
-        num_classes=int(num_classes),
+        class_names=tuple(found.class_names),
         image_shape=image_shape,
     )
 
