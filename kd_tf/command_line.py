@@ -180,12 +180,12 @@ _HELP = (
     ),
     (
         "images",
-        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
-        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
-        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
-        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
-        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
-        "black padding, and rounded to uint8.",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/"
+        ".bmp/.gif files) or globs; any size, grayscale or colour. Each is preprocessed as the "
+        "export records its training images were: decoded (a transparent one composited), "
+        "resized (stretched) to the model's H x W, converted to its channels, and inverted "
+        "only for a model of grayscale drawings when its background is clearly the other "
+        "shade (logged).",
     ),
     (
         "test_index",
@@ -196,6 +196,11 @@ _HELP = (
         "output_image",
         "--stage=predict: also save a PNG grid of the images as the model sees them, with "
         "predicted (and true) labels.",
+    ),
+    (
+        "print_format",
+        "--stage=predict: text prints `IMAGE class=NAME top3=NAME:P ...` a line; json prints "
+        "one JSON object a line (image, class index, name, probability, top 3 with names).",
     ),
     (
         "tflite_path",

@@ -24,6 +24,8 @@ import dataclasses
 import os
 from typing import NamedTuple
 
+from absl import logging
+
 from kd_tf.data import directory, idx, packaged, scan, tfds_source, tfrecord
 from kd_tf.errors import ConfigError
 
@@ -65,6 +67,28 @@ class SourceData(NamedTuple):
     validation: object
     test: object
     class_names: tuple
+
+
+def checked_class_names(names, where):
+    """`names` as a tuple, refused when one is empty, holds a line break (a
+    class name is one line of an export's `labels.txt`) or repeats another.
+
+    Raises:
+        ConfigError: naming `where` the names come from.
+    """
+    names = tuple(names)
+    bad = [name for name in names if not name.strip() or "\n" in name or "\r" in name]
+    if bad:
+        raise ConfigError(
+            ("data_dir",),
+            f"{where} names a class {bad[0]!r}: a class name is one line of text, not blank",
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            ("data_dir",), f"{where} names the class {repeated[0]!r} twice: name each class once"
+        )
+    return names
 
 
 def indices_as_names(*splits):
@@ -201,15 +225,16 @@ class DirectorySource(Source):
         )
         if not len(folders.test):
             raise directory.no_test_images(data_dir, options.test_fraction)
+        names = checked_class_names(folders.classes, f"{{0}}={data_dir}")
         return SourceData(
             self.name, _folder_name(data_dir), folders.train, folders.validation, folders.test,
-            tuple(folders.classes),
+            names,
         )
 
 
 class TfrecordSource(Source):
     """TFRecord files of image examples (`kd_tf.data.tfrecord`); its
-    classes are named by their labels."""
+    classes are named by the `labels.txt` beside them, else by their labels."""
 
     name = "tfrecord"
 
@@ -220,9 +245,41 @@ class TfrecordSource(Source):
         options = self.options
         data_dir = _required_data_dir(self.name, options.data_dir)
         train, test = tfrecord.read_tfrecords(data_dir, options.image_size, options.memory_mb)
-        return SourceData(
-            self.name, _folder_name(data_dir), train, None, test, indices_as_names(train, test)
+        names = _labels_file_names(data_dir, train, test)
+        return SourceData(self.name, _folder_name(data_dir), train, None, test, names)
+
+
+def _labels_file_names(data_dir, *splits):
+    """The class names of `tfrecord.LABELS_FILE` in `data_dir`, one a line in
+    label order; without the file, the labels as strings (logged).
+
+    Raises:
+        ConfigError: the file cannot be read, names a class badly, or names
+            fewer classes than the labels of `splits` hold.
+    """
+    path = os.path.join(data_dir, tfrecord.LABELS_FILE)
+    indices = indices_as_names(*splits)
+    if not os.path.exists(path):
+        logging.info(
+            "%s has no %s: the classes are named by their labels, 0 to %d",
+            data_dir, tfrecord.LABELS_FILE, len(indices) - 1,
         )
+        return indices
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            ("data_dir",), f"cannot read {path} ({error}): write one UTF-8 class name a line"
+        ) from None
+    names = checked_class_names(lines, path)
+    if len(names) < len(indices):
+        raise ConfigError(
+            ("data_dir",),
+            f"{path} names {len(names)} classes but the records hold labels up to "
+            f"{len(indices) - 1}: name every class, one a line in label order",
+        )
+    return names
 
 
 def _required_data_dir(source, data_dir):

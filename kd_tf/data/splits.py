@@ -91,11 +91,14 @@ class Split(SplitReading):
         labels: `int64` array of shape `[N]`, the class of each image.
         known_background: the polarity of the images the split was cut
             from (a scan's), or None to take it from `images`.
+        known_single_polarity: whether every image the split was cut from
+            keeps to that polarity (a scan's), or None to take it from `images`.
     """
 
     images: np.ndarray
     labels: np.ndarray
     known_background: str | None = None
+    known_single_polarity: bool | None = None
     in_memory = True
 
     def __post_init__(self):
@@ -119,9 +122,19 @@ class Split(SplitReading):
         """`images.background` of the split (or `known_background`)."""
         return self.known_background or images_lib.background(self.images)
 
+    @property
+    def single_polarity(self):
+        """`images.single_polarity` of the split (or `known_single_polarity`)."""
+        if self.known_single_polarity is not None:
+            return self.known_single_polarity
+        return images_lib.single_polarity(self.images, self.background)
+
     def subset(self, start, end):
         """Examples `start` to `end` (excluded), as a `Split`."""
-        return Split(self.images[start:end], self.labels[start:end], self.known_background)
+        return Split(
+            self.images[start:end], self.labels[start:end], self.known_background,
+            self.known_single_polarity,
+        )
 
     def in_order(self):
         images = tf.constant(self.images)

@@ -4,11 +4,14 @@ import os
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from kd_tf.errors import ConfigError, UserError
 from kd_tf.export.contract import (
+    ASSETS,
     FLOAT_INPUT_DTYPES,
     INPUT_NAME,
+    LABELS_FILE,
     SIGNATURE_KEY,
     ServingModel,
     contract_outputs,
@@ -63,7 +66,33 @@ def load_serving_model(path, float_input=False):
         return signature(**{INPUT_NAME: images})
 
     num_classes = _num_classes(path, logits_shape, serving_fn, image_shape, spec.dtype)
-    return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype)
+    names = recorded_class_names(path, num_classes)
+    return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype, names)
+
+
+def recorded_class_names(path, num_classes):
+    """The class names of the SavedModel at `path`, one a line of its
+    `assets/labels.txt`; None when it has no such file or the file does not
+    name `num_classes` classes (logged).
+
+    Usage: `recorded_class_names("saved_models/teacher/1", 10)` is `("0", ..., "9")`.
+    """
+    labels = os.path.join(path, ASSETS, LABELS_FILE)
+    try:
+        with open(labels, encoding="utf-8") as f:
+            names = tuple(f.read().splitlines())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        logging.warning("cannot read the class names of %s (%s): using class numbers", path, error)
+        return None
+    if len(names) != num_classes:
+        logging.warning(
+            "%s names %d classes, but %s predicts %d: using class numbers",
+            labels, len(names), path, num_classes,
+        )
+        return None
+    return names
 
 
 def check_fits(model, what, splits):
@@ -83,14 +112,50 @@ def check_fits(model, what, splits):
 
 
 def check_classes(model, what, splits):
-    """Checks that `model` predicts the data set's number of classes (`what`
-    as in `check_fits`)."""
+    """Checks that `model` predicts the data set's classes: their number, and
+    their names in order (`check_class_names`); `what` as in `check_fits`."""
     if model.num_classes != splits.num_classes:
         raise ConfigError(
             (f"{what}_dir",),
             f"{what} {model.path} predicts {model.num_classes} classes but "
             f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data as {{0}}",
         )
+    check_class_names(model, what, splits)
+
+
+def check_class_names(model, what, splits):
+    """Checks that `model` (a `ServingModel` of as many classes as the data)
+    names its classes as the data set does, in the same order; a model that
+    records no names (a foreign one, a `.keras` file) is taken to follow the
+    data's order, which is logged. `what` as in `check_fits`.
+
+    Raises:
+        ConfigError: the names differ, naming the first difference.
+    """
+    ours = tuple(splits.class_names)
+    if model.class_names is None:
+        logging.warning(
+            "%s %s records no class names: its classes are taken to be those of %s, in order "
+            "(%s)", what, model.path, splits.dataset, _listed(ours),
+        )
+        return
+    if model.class_names == ours:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(model.class_names, ours)) if a != b)
+    how = "in another order" if sorted(model.class_names) == sorted(ours) else "differently"
+    raise ConfigError(
+        (f"{what}_dir",),
+        f"{what} {model.path} names its classes {how} than {splits.dataset}: class {index} is "
+        f"{model.class_names[index]!r} there, {ours[index]!r} here ({what}: "
+        f"{_listed(model.class_names)}; data: {_listed(ours)}): use a {what} trained on "
+        "these classes as {0}",
+    )
+
+
+def _listed(names, shown=6):
+    """`names` as one short line: the first `shown`, then how many more."""
+    text = ", ".join(names[:shown])
+    return text if len(names) <= shown else f"{text}, ... ({len(names)} in all)"
 
 
 def _input_dtypes(float_input):

@@ -38,7 +38,9 @@ class RunReport:
     Attributes:
         stage: "teacher", "student" or "scratch".
         flags: every setting of the run (`config.fields`).
-        data: `data_summary` of its data.
+        data: `data_summary` of its data (with its `class_names`).
+        preprocessing: what the export does to an image file
+            (`preprocessing.Preprocessing.as_json`), which `predict` applies.
         model: the architecture's name.
         params: the model's parameter count.
         epochs: `training.EpochRecorder`'s records.
@@ -54,6 +56,7 @@ class RunReport:
     stage: str
     flags: dict
     data: dict
+    preprocessing: dict
     model: str
     params: int
     epochs: list

@@ -39,6 +39,7 @@ from kd_tf import (
     interrupts,
     pipelines,
     precision,
+    preprocessing,
     reporting,
     training,
 )
@@ -155,10 +156,12 @@ class TrainingRun:
     def finish(self, model, splits, epochs, best_epoch, distillation=None):
         """Exports `model` with its report, removes the backup; returns the
         report (as `report.json` holds it, plus `export_dir`)."""
+        recorded = preprocessing.Preprocessing.for_splits(splits)
         report = RunReport(
             stage=self.stage,
             flags=config_lib.fields(self.config),
             data=data_summary(splits, self.config.data),
+            preprocessing=recorded.as_json(),
             model=self.model_name,
             params=int(model.count_params()),
             epochs=epochs,
@@ -171,7 +174,7 @@ class TrainingRun:
             precision=self.precision,
             distillation=distillation or {},
         )
-        self._export(model, splits, report)
+        self._export(model, splits, report, recorded)
         with interrupts.outcome(f"the export is complete at {self.export_dir}"):
             backup.remove(self.backup_dir)
             logging.info(
@@ -184,9 +187,10 @@ class TrainingRun:
             )
         return {**report.as_json(), "export_dir": self.export_dir}
 
-    def _export(self, model, splits, report):
-        """Exports `model`, measures the test split through the reloaded
-        export, and writes the report and curves into it."""
+    def _export(self, model, splits, report, recorded):
+        """Exports `model` (its class names and preprocessing `recorded`),
+        measures the test split through the reloaded export, and writes the
+        report and curves into it."""
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
@@ -205,6 +209,8 @@ class TrainingRun:
             precision.float32_copy(model),
             self.export_dir,
             check_images=splits.validation.head(CHECK_EXAMPLES),
+            class_names=splits.class_names,
+            recorded=recorded,
             finalize=finalize,
             overwrite=self.config.export.overwrite,
         )
