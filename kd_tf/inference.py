@@ -8,7 +8,7 @@ and `predict` returns each image's class and top classes, which
 
 What `load_images` does to every file, in this order:
 
-1. decode with `tf.image.decode_image` into uint8 with the model's number of
+1. decode (`kd_tf.data.images.decode`) into uint8 with the model's number of
    channels: colour to grayscale (ITU-R 601 luma) for a 1-channel model,
    grayscale to RGB for a 3-channel one; an alpha channel is dropped;
 2. invert (`255 - x`) when the image's background and the model's disagree:
@@ -195,9 +195,7 @@ def load_images(paths, image_shape, background):
     images = []
     for path in paths:
         try:
-            image = tf.image.decode_image(
-                tf.io.read_file(path), channels=image_shape[-1], expand_animations=False
-            )
+            image = image_data.decode(tf.io.read_file(path), channels=image_shape[-1])
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
             raise UserError(
                 f"cannot read {path} as an image ({e.message.splitlines()[0]}): "

@@ -22,6 +22,7 @@ images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.data import bmp
 from kd_tf.errors import ConfigError
 
 
@@ -38,11 +39,22 @@ UNREADABLE = (
 )
 
 
-def decode(encoded):
-    """One image's bytes as a uint8 RGB tensor `[h, w, 3]`: grey is repeated
-    into the three channels, an alpha channel dropped, a GIF's first frame
-    kept."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def decode(encoded, channels=3):
+    """One image's bytes as a uint8 tensor `[h, w, channels]`, RGB (grey
+    repeated into the three channels) or, with `channels=1`, grey (ITU-R 601
+    luma); an alpha channel is dropped, a GIF's first frame kept. A palette
+    BMP (1 to 8 bits a pixel) is read by `kd_tf.data.bmp`: TensorFlow
+    refuses or misreads it."""
+
+    def palette_bmp():
+        image = bmp.decode(encoded)
+        return image if channels == 3 else tf.image.rgb_to_grayscale(image)
+
+    return tf.cond(
+        bmp.is_palette_bmp(encoded),
+        palette_bmp,
+        lambda: tf.io.decode_image(encoded, channels=channels, expand_animations=False),
+    )
 
 
 def as_rgb(image):
