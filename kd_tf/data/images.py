@@ -27,6 +27,7 @@ images.background(pixels)  # "dark" (e.g. MNIST) or "light"
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.data import bmp
 from kd_tf.errors import ConfigError
 
 
@@ -51,8 +52,13 @@ UNREADABLE = (
 def decode(encoded):
     """One image's bytes as a uint8 RGB tensor `[h, w, 3]`: grey is repeated
     into the three channels, an alpha channel composited (`composited`), a
-    GIF's first frame kept."""
-    return composited(tf.io.decode_image(encoded, channels=0, expand_animations=False))
+    GIF's first frame kept. A palette BMP (1 to 8 bits a pixel) is read by
+    `kd_tf.data.bmp`: TensorFlow refuses or misreads it."""
+    return tf.cond(
+        bmp.is_palette_bmp(encoded),
+        lambda: bmp.decode(encoded),
+        lambda: composited(tf.io.decode_image(encoded, channels=0, expand_animations=False)),
+    )
 
 
 def composited(image):
