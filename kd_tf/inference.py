@@ -114,7 +114,7 @@ def find_images(spec):
 
 
 def _check_image_shape(image_shape):
-    if len(image_shape) != 3 or None in image_shape or image_shape[-1] not in (1, 3):
+    if not preprocessing.takes_image_files(image_shape):
         raise UserError(
             f"the model takes images of shape {tuple(image_shape)}: image files can only be "
             "converted for a fixed H x W with 1 or 3 channels"

@@ -101,6 +101,12 @@ class Preprocessing:
         return cls(tuple(image_shape), recorded["background"], recorded["invert_clearly_opposite"])
 
 
+def takes_image_files(image_shape):
+    """Whether a model of input `image_shape` `(H, W, C)` can be given image
+    files: a fixed H x W, and 1 or 3 channels."""
+    return len(image_shape) == 3 and None not in image_shape and image_shape[-1] in (1, 3)
+
+
 def with_model_channels(image, channels):
     """An RGB image `[h, w, 3]` with `channels` channels (step 3)."""
     if channels == 3:

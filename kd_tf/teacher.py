@@ -98,10 +98,12 @@ class Teacher:
             self._shards = None
 
     def check_fits(self, splits):
-        """Checks that the teacher predicts the data set's classes and takes
-        images its images can be converted to; sets `adapter`."""
+        """Checks that the teacher predicts the data set's classes, named as
+        the data names them, and takes images its images can be converted
+        to; sets `adapter`."""
         export.check_classes(self.model, "teacher", splits)
         teacher_adapter.check_input(self.model, splits.image_shape)
+        export.check_class_names(self.model, "teacher", splits)
         self.adapter = teacher_adapter.TeacherAdapter(
             self.model, splits.image_shape, self.pixel_range, self.output
         )

@@ -5,8 +5,9 @@ input named `images` (uint8 `[batch, H, W, C]`, batch dimension `None`) and
 returns a dict with `logits` (float32 `[batch, classes]`), `probabilities`
 (float32, softmax of the logits), `classes` (int64, argmax of the logits)
 and `class_names` (string, the name of each predicted class). Its second
-signature, `serving_images`, takes `image_bytes` (string `[batch]`: PNG,
-JPEG, BMP or GIF files of any size), preprocesses them as training did
+signature, `serving_images` (for a model of a fixed H x W with 1 or 3
+channels), takes `image_bytes` (string `[batch]`: PNG, JPEG, BMP or GIF
+files of any size), preprocesses them as training did
 (`kd_tf.preprocessing`) and returns the same outputs. The class names, one a
 line in class order, are the SavedModel's asset `assets/labels.txt` (the
 TF Serving and TFLite convention).

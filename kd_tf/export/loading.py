@@ -97,10 +97,11 @@ def recorded_class_names(path, num_classes):
 
 def check_fits(model, what, splits):
     """Checks that `model` (a `ServingModel`) takes the data set's images as
-    they are and predicts its classes; `what` names it in messages (e.g.
-    "model", given as `--model_dir`: the config field `<what>_dir`). A teacher
-    may take other images (`kd_tf.teacher_adapter`) and is checked with
-    `check_classes` only."""
+    they are and predicts its classes, named as the data names them; `what`
+    names it in messages (e.g. "model", given as `--model_dir`: the config
+    field `<what>_dir`). A teacher may take other images
+    (`kd_tf.teacher_adapter`) and is checked with `check_classes` and
+    `check_class_names` only."""
     if tuple(model.image_shape) != tuple(splits.image_shape):
         raise ConfigError(
             (f"{what}_dir",),
@@ -109,18 +110,18 @@ def check_fits(model, what, splits):
             "data as {0}",
         )
     check_classes(model, what, splits)
+    check_class_names(model, what, splits)
 
 
 def check_classes(model, what, splits):
-    """Checks that `model` predicts the data set's classes: their number, and
-    their names in order (`check_class_names`); `what` as in `check_fits`."""
+    """Checks that `model` predicts the data set's number of classes (`what`
+    as in `check_fits`); `check_class_names` checks their names."""
     if model.num_classes != splits.num_classes:
         raise ConfigError(
             (f"{what}_dir",),
             f"{what} {model.path} predicts {model.num_classes} classes but "
             f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data as {{0}}",
         )
-    check_class_names(model, what, splits)
 
 
 def check_class_names(model, what, splits):

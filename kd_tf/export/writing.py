@@ -128,7 +128,8 @@ def _write_saved_model(model, image_shape, export_dir, class_names, recorded):
         image_shape: `(H, W, C)` of the input images.
         export_dir: Directory to write (empty or missing).
         class_names: The name of each class.
-        recorded: The `preprocessing.Preprocessing` of `serving_images`.
+        recorded: The `preprocessing.Preprocessing` of `serving_images`,
+            which a model of images of a fixed H x W with 1 or 3 channels has.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -150,11 +151,12 @@ def _write_saved_model(model, image_shape, export_dir, class_names, recorded):
         serve,
         input_signature=[tf.TensorSpec((None,) + image_shape, tf.uint8, name=INPUT_NAME)],
     )
-    archive.add_endpoint(
-        IMAGES_SIGNATURE_KEY,
-        serve_files,
-        input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES_NAME)],
-    )
+    if preprocessing.takes_image_files(image_shape):
+        archive.add_endpoint(
+            IMAGES_SIGNATURE_KEY,
+            serve_files,
+            input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES_NAME)],
+        )
     with tempfile.TemporaryDirectory() as labels_dir:
         archive.track(_labels_table(os.path.join(labels_dir, LABELS_FILE), class_names))
         archive.write_out(export_dir, verbose=False)

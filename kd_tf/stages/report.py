@@ -51,6 +51,10 @@ class RunReport:
         precision: the dtype policy it trained in (see `kd_tf.precision`).
         distillation: the student's teacher and loss fields (empty otherwise).
         test_accuracy, test_loss: measured through the reloaded export.
+        confusion: its test confusion matrix (`reporting.confusion_matrix`,
+            rows the true classes, in `data.class_names` order), as lists.
+        per_class: `reporting.per_class_rows` of it: each class's name,
+            test examples and `accuracy`.
     """
 
     stage: str
@@ -70,12 +74,14 @@ class RunReport:
     distillation: dict = dataclasses.field(default_factory=dict)
     test_accuracy: float | None = None
     test_loss: float | None = None
+    confusion: list | None = None
+    per_class: list | None = None
 
     def as_json(self):
         """The report as `report.json` holds it (distillation fields at the top level)."""
         fields = dataclasses.asdict(self)
         fields.update(fields.pop("distillation"))
-        for key in ("test_accuracy", "test_loss"):
+        for key in ("test_accuracy", "test_loss", "confusion", "per_class"):
             if fields[key] is None:
                 del fields[key]
         return fields

@@ -2,9 +2,10 @@
 
 `TrainingRun` owns what does not depend on the stage: the strategy, the
 export directory (checked before any work), the backup and the epoch it
-resumes after, the fit that restores the best epoch, the export measured
-through its reloaded copy with its report, and the backup's removal once the
-export is in place. A stage says only what differs: its data, its model and
+resumes after, the fit that restores the best epoch, the export (with the
+data's class names and preprocessing) measured through its reloaded copy
+with its report (per-class accuracy, confusion matrix and `confusion.png`),
+and the backup's removal once the export is in place. A stage says only what differs: its data, its model and
 what it adds to the report.
 
 Ctrl-C during a run says what is true: "no partial export was written"
@@ -83,6 +84,24 @@ def export_dir_for(config, stage, strategy):
     return export.resolve_export_dir(
         config.export.export_dir, config.export.saved_models_dir, stage, config.export.overwrite
     )
+
+
+def record_test(report, logits, splits):
+    """Sets the test accuracy and loss of `report` (a `RunReport`) from the
+    test split's `logits`, its confusion matrix and each class's accuracy;
+    returns the matrix."""
+    labels = splits.test.labels
+    test = training.evaluate_logits(logits, labels)
+    report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+    matrix = reporting.confusion_matrix(logits.argmax(axis=1), labels, splits.num_classes)
+    report.confusion = matrix.tolist()
+    report.per_class = [
+        {"class": name, "examples": int(examples), "accuracy": accuracy}
+        for name, examples, accuracy in zip(
+            splits.class_names, matrix.sum(axis=1), reporting.class_accuracies(matrix)
+        )
+    ]
+    return matrix
 
 
 class TrainingRun:
@@ -194,15 +213,13 @@ class TrainingRun:
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
-            logits = splits.test.map_batches(served.logits, eval_batch_size)
-            test = training.evaluate_logits(logits, splits.test.labels)
-            report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+            matrix = record_test(report, splits.test.map_batches(served.logits, eval_batch_size), splits)
             assets = export.assets_extra_dir(staging_dir)
             reporting.write_json(report.as_json(), os.path.join(assets, "report.json"))
-            reporting.plot_curves(
-                report.epochs,
-                os.path.join(assets, "curves.png"),
-                title=f"{self.stage}: {report.model}",
+            title = f"{self.stage}: {report.model}"
+            reporting.plot_curves(report.epochs, os.path.join(assets, "curves.png"), title=title)
+            reporting.plot_confusion(
+                {title: matrix}, splits.class_names, os.path.join(assets, "confusion.png")
             )
 
         export.export_model(
