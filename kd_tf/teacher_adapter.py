@@ -14,7 +14,10 @@ ops (so it runs eagerly, in the cached pass, and inside a training step):
   (`PIXEL_RANGES`: `0-255`, `0-1` or `-1-1`, from `--teacher_pixel_range`);
 - **outputs**: a teacher whose `logits` output is really a probability vector
   gets its log taken (`--teacher_output=probabilities`); with `auto`, a probe
-  batch decides: every row in [0, 1] and summing to 1 means probabilities.
+  batch decides, and the decision is logged with its evidence: every value in
+  [0, 1] and every row summing to 1 (within `PROBABILITY_TOLERANCE`, which
+  allows for a softmax rounded to 16 bits) means probabilities; anything else,
+  log-probabilities included, is read as logits.
   softmax(log(p) / T) is softmax(z / T) for the teacher's true logits z, so the
   distillation loss is the one the true logits give.
 
@@ -38,8 +41,13 @@ from kd_tf.export.contract import batched_outputs
 PIXEL_RANGES = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
 TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 # `auto` reads the outputs as probabilities when every row of the probe batch
-# lies in [0, 1] and sums to 1 within this tolerance.
-PROBABILITY_TOLERANCE = 1e-3
+# lies in [0, 1] and sums to 1 within this tolerance. bfloat16 keeps 8
+# significant bits, so every rounding moves a value near 1 by up to 2^-9; a
+# softmax computed in bfloat16 rounds its exponentials, their sum and each
+# quotient (measured: a Dense(3, softmax) under mixed_bfloat16 sums to 1 only
+# within 0.006, about 3 * 2^-9). 2^-6 leaves a margin of 2.6 above that; a
+# float32 softmax sums to 1 within 1e-6, and logits are rarely all in [0, 1].
+PROBABILITY_TOLERANCE = 2.0**-6
 PROBE_EXAMPLES = 256
 
 
@@ -73,12 +81,24 @@ def check_input(model, data_shape):
 
 
 def looks_like_probabilities(outputs):
-    """Whether every row of `outputs` lies in [0, 1] and sums to 1."""
+    """Whether every row of `outputs` lies in [0, 1] and sums to 1 (within
+    `PROBABILITY_TOLERANCE`)."""
     outputs = np.asarray(outputs, np.float64)
     return bool(
         np.all(outputs >= 0.0)
         and np.all(outputs <= 1.0)
         and np.all(np.abs(outputs.sum(axis=-1) - 1.0) <= PROBABILITY_TOLERANCE)
+    )
+
+
+def describe_outputs(outputs):
+    """The evidence `looks_like_probabilities` decides on, in words: the range
+    of the values and of the row sums of `outputs`."""
+    outputs = np.asarray(outputs, np.float64)
+    sums = outputs.sum(axis=-1)
+    return (
+        f"values in [{outputs.min():.4g}, {outputs.max():.4g}], rows summing to "
+        f"{sums.min():.4g} to {sums.max():.4g}"
     )
 
 
@@ -103,17 +123,29 @@ class TeacherAdapter:
         self.output = output
 
     def resolve_output(self, probe_images):
-        """Decides `auto` on `probe_images` (uint8, the data set's shape)."""
+        """Decides `auto` on `probe_images` (uint8, the data set's shape) and
+        logs the decision with its evidence."""
         if self.output != "auto":
             return self.output
         raw = self.model.logits(self.images(probe_images[:PROBE_EXAMPLES])).numpy()
         self.output = "probabilities" if looks_like_probabilities(raw) else "logits"
+        evidence = f"on {len(raw)} images, {describe_outputs(raw)}"
         if self.output == "probabilities":
             logging.info(
-                "teacher %s: its 'logits' output holds probabilities (rows in [0, 1] summing "
-                "to 1), so distillation takes their log (--teacher_output=logits to keep them)",
-                self.model.path,
+                "teacher %s: its 'logits' output holds probabilities (%s: within %.4g of 1, as "
+                "16-bit rounding allows), so distillation takes their log "
+                "(--teacher_output=logits to keep them)",
+                self.model.path, evidence, PROBABILITY_TOLERANCE,
             )
+        elif raw.min() >= 0.0 and raw.max() <= 1.0:
+            logging.warning(
+                "teacher %s: its 'logits' output lies in [0, 1] but is read as logits, its rows "
+                "do not sum to 1 (%s): pass --teacher_output=probabilities if they are "
+                "probabilities of each class (sigmoid outputs)", self.model.path, evidence,
+            )
+        else:
+            logging.info("teacher %s: its 'logits' output is read as logits (%s)",
+                         self.model.path, evidence)
         return self.output
 
     def images(self, images):
