@@ -11,7 +11,10 @@ ops (so it runs eagerly, in the cached pass, and inside a training step):
   colour images turned to luma for a 1-channel one; other channel counts are
   refused (`check_input`);
 - **pixels**: a teacher taking float images gets them in its pixel range
-  (`PIXEL_RANGES`: `0-255`, `0-1` or `-1-1`, from `--teacher_pixel_range`);
+  (`PIXEL_RANGES`: `0-255`, `0-1` or `-1-1`, from `--teacher_pixel_range`, or
+  picked from the data by `kd_tf.teacher_check`);
+- **class order**: a teacher whose outputs are in another order than the data
+  set's classes has them reordered (`class_order`, `--teacher_class_order`);
 - **outputs**: a teacher whose `logits` output is really a probability vector
   gets its log taken (`--teacher_output=probabilities`); with `auto`, a probe
   batch decides, and the decision is logged with its evidence: every value in
@@ -39,6 +42,8 @@ from kd_tf.errors import ConfigError
 from kd_tf.export.contract import batched_outputs
 
 PIXEL_RANGES = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
+# `auto`: the range is picked from the data (see `kd_tf.teacher_check`).
+TEACHER_PIXEL_RANGES = ("auto", *PIXEL_RANGES)
 TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
 # `auto` reads the outputs as probabilities when every row of the probe batch
 # lies in [0, 1] and sums to 1 within this tolerance. bfloat16 keeps 8
@@ -108,19 +113,30 @@ class TeacherAdapter:
     Args:
         model: the teacher's `export.ServingModel`.
         data_shape: `(H, W, C)` of the data set's images.
-        pixel_range: a key of `PIXEL_RANGES`, for a teacher taking float images.
+        pixel_range: one of `TEACHER_PIXEL_RANGES`, for a teacher taking float
+            images; "auto" until the teacher check sets it.
         output: one of `TEACHER_OUTPUTS`; "auto" until `resolve_output`.
+        class_order: None, or for each of the data set's classes the index of
+            the teacher's output that predicts it (a permutation).
     """
 
-    def __init__(self, model, data_shape, pixel_range="0-255", output="logits"):
-        if pixel_range not in PIXEL_RANGES:
-            raise ValueError(f"pixel_range must be one of {list(PIXEL_RANGES)}, got {pixel_range!r}")
+    def __init__(self, model, data_shape, pixel_range="0-255", output="logits", class_order=None):
+        if pixel_range not in TEACHER_PIXEL_RANGES:
+            raise ValueError(
+                f"pixel_range must be one of {TEACHER_PIXEL_RANGES}, got {pixel_range!r}"
+            )
         if output not in TEACHER_OUTPUTS:
             raise ValueError(f"output must be one of {TEACHER_OUTPUTS}, got {output!r}")
         self.model = model
         self.data_shape = tuple(data_shape)
         self.pixel_range = pixel_range
         self.output = output
+        self.class_order = None if class_order is None else tuple(class_order)
+
+    @property
+    def takes_float(self):
+        """Whether the teacher takes float images (so a pixel range applies)."""
+        return self.model.input_dtype != tf.uint8
 
     def resolve_output(self, probe_images):
         """Decides `auto` on `probe_images` (uint8, the data set's shape) and
@@ -161,8 +177,10 @@ class TeacherAdapter:
         if None not in (height, width) and (height, width) != tuple(images.shape[1:3]):
             resized = tf.image.resize(images, (height, width), antialias=True)
             images = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-        if self.model.input_dtype == tf.uint8:
+        if not self.takes_float:
             return images
+        if self.pixel_range == "auto":
+            raise RuntimeError("set pixel_range (the teacher check picks it) before feeding images")
         low, high = PIXEL_RANGES[self.pixel_range]
         scaled = tf.cast(images, tf.float32) * ((high - low) / 255.0) + low
         return tf.cast(scaled, self.model.input_dtype)
@@ -172,6 +190,8 @@ class TeacherAdapter:
         if self.output == "auto":
             raise RuntimeError("call resolve_output before asking for logits")
         outputs = self.model.logits(self.images(images))
+        if self.class_order is not None:
+            outputs = tf.gather(outputs, self.class_order, axis=-1)
         if self.output == "probabilities":
             return tf.math.log(tf.maximum(outputs, np.finfo(np.float32).tiny))
         return outputs

@@ -1,6 +1,6 @@
 """Teachers from anywhere: float inputs, another resolution or channel count,
 probabilities (also rounded to 16 bits), sigmoid outputs or log-probabilities
-for logits (kd_tf/teacher_adapter.py).
+for logits, outputs in another order (kd_tf/teacher_adapter.py).
 
 Each foreign teacher below wraps the same weights as a kd_tf-style teacher
 (uint8 images in, true logits out), so what distillation sees through the
@@ -57,6 +57,7 @@ OUTPUTS = {
     "probabilities": tf.nn.softmax,
     "sigmoid": tf.sigmoid,
     "log_probabilities": tf.nn.log_softmax,
+    "reversed": lambda logits: tf.reverse(logits, axis=[-1]),
 }
 
 
@@ -174,6 +175,12 @@ class AdapterTest(tf.test.TestCase):
         self.assertFalse(teacher_adapter.looks_like_probabilities([[0.5, 0.4, 0.0]]))
         self.assertFalse(teacher_adapter.looks_like_probabilities([[1.02, -0.01, -0.01]]))
 
+    def test_a_class_order_reorders_the_outputs(self):
+        model = export.load_serving_model(self.paths["reversed"])
+        order = tuple(reversed(range(CLASSES)))
+        adapter = teacher_adapter.TeacherAdapter(model, SHAPE, output="logits", class_order=order)
+        self.assertAllEqual(adapter.logits(self.images), self._adapter("true").logits(self.images))
+
     def test_float_input_needs_the_teacher_side(self):
         with self.assertRaisesRegex(UserError, "must take one uint8 input"):
             export.load_serving_model(self.paths["float"])
@@ -214,12 +221,14 @@ class ForeignTeacherStudentTest(tf.test.TestCase):
 
     def _student(self, root, teacher, *argv):
         export_dir = os.path.join(root, "students", os.path.basename(teacher) + str(len(argv)))
-        # In float32, so that every teacher's logits are the true logits within
-        # 1e-5 on every CPU (with AMX, precision auto rounds them to bfloat16).
+        # The teachers are untrained: the teacher check must not refuse them. In
+        # float32, so that every teacher's logits are the true logits within 1e-5
+        # on every CPU (with AMX, precision auto rounds them to bfloat16).
         status = main.run_command([
             "--stage=student", f"--teacher_dir={teacher}", f"--export_dir={export_dir}",
             "--train_examples=256", "--validation_examples=128", "--batch_size=64",
-            "--epochs=2", "--seed=4", f"--log_dir={root}/logs", "--precision=float32", *argv,
+            "--epochs=2", "--seed=4", f"--log_dir={root}/logs", "--min_teacher_accuracy=0",
+            "--precision=float32", *argv,
         ])
         self.assertEqual(status, 0)
         return reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))
@@ -232,6 +241,10 @@ class ForeignTeacherStudentTest(tf.test.TestCase):
         probabilities = self._student(root, paths["probabilities"])
         self.assertEqual(probabilities["teacher_output"], "probabilities")
         self.assertEqual(float_input["teacher_output"], "logits")
+        self.assertEqual(float_input["teacher_pixel_range"], "0-1")
+        for report in (float_input, probabilities):
+            self.assertEqual(report["teacher_validation_accuracy"],
+                             reference["teacher_validation_accuracy"])
         for report in (float_input, probabilities):
             for got, want in zip(report["epochs"], reference["epochs"]):
                 self.assertAllClose(
