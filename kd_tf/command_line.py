@@ -98,14 +98,20 @@ _HELP = (
     (
         "teacher_pixel_range",
         "For a teacher that takes float images: the range its pixels are scaled to, "
-        "0-255, 0-1 or -1-1 (a uint8 teacher gets them as they are).",
+        "0-255, 0-1 or -1-1; auto: the range under which it is most accurate on the "
+        "validation split, logged (a uint8 teacher gets them as they are).",
     ),
     (
         "teacher_output",
         "What the teacher's 'logits' output holds: logits; probabilities (their log is "
         "taken); auto: probabilities when every row of a probe batch lies in [0, 1] and sums "
-        "to 1, logged.",
+        "to 1 (within 16-bit rounding), logged with the evidence.",
     ),
+    ("teacher_class_order", "For each of the data set's classes in order, the teacher's output "
+     "that predicts it: a comma list (e.g. 1,0,2) or a file holding one; the check names it."),
+    ("min_teacher_accuracy", "Lowest validation accuracy of a teacher distilled from; default: "
+     "twice chance (at most 1/3 of the way from chance to 100 %) and half of what the best "
+     "pixel range or class order gives; 0: never refuse the teacher."),
     (
         "teacher_logits",
         "cached: compute the teacher's logits once per data set; online: run the teacher "
@@ -304,11 +310,20 @@ def _integers(name, values, problem):
     return tuple(int(value) for value in values)
 
 
+def _class_order(values):
+    """`--teacher_class_order`, a comma list or a file holding one, as integers."""
+    if values is not None and len(values) == 1 and os.path.isfile(values[0]):
+        with open(values[0]) as f:
+            values = f.read().replace(",", " ").split()
+    return _integers("teacher_class_order", values, config_lib.CLASS_ORDER_PROBLEM)
+
+
 def config_from_flags(flag_values):
     """The `Config` that parsed `flag_values` describe (not validated)."""
     values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
     values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
     values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
+    values["teacher_class_order"] = _class_order(values["teacher_class_order"])
     return config_lib.with_fields(config_lib.Config(), **values)
 
 

@@ -115,7 +115,8 @@ class CtrlCTest(tf.test.TestCase):
         tune_dir = os.path.join(self.root, "tune")
         with mock.patch.object(tuning, "search", side_effect=KeyboardInterrupt):
             line = self.interrupted(
-                "--stage=tune", f"--teacher_dir={self.teacher_dir}", f"--tune_dir={tune_dir}"
+                "--stage=tune", f"--teacher_dir={self.teacher_dir}", f"--tune_dir={tune_dir}",
+                "--min_teacher_accuracy=0",  # an untrained teacher
             )
         self.assertEqual(
             line,

@@ -19,7 +19,7 @@ REPORT_FLAGS = (
     "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
     "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision print_format "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "
-    "student_flagfile teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
+    "min_teacher_accuracy student_flagfile teacher_class_order teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
     "temperature temperature_max "
     "temperature_min test_fraction test_index tflite_path tfds_data_dir train_examples tune_dir tuner "
     "validation_examples warmup_epochs weight_decay"

@@ -22,7 +22,9 @@ REPORT_KEYS = {
     "test_loss",
 }
 EPOCH_KEYS = {"train_seconds", "loss", "accuracy", "val_loss", "val_accuracy"}
-STUDENT_KEYS = {"teacher_dir", "teacher_logits", "teacher_logits_seconds"}
+STUDENT_KEYS = {
+    "teacher_dir", "teacher_logits", "teacher_logits_seconds", "teacher_validation_accuracy"
+}
 # Parameters of the models on MNIST, as docs/models.md's table gives them.
 README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
@@ -88,6 +90,13 @@ class StagesTest(tf.test.TestCase):
             self.assertEqual(on_disk["teacher_logits"], mode)
             self.assertEqual(on_disk["teacher_dir"], self.teacher.export_dir)
             self.assertEqual(on_disk["model"], "seed_mlp")
+            # The teacher measured its best epoch on the same validation split,
+            # before its export, in its training precision: a near tie may flip.
+            teacher = self.teacher.report
+            self.assertAllClose(
+                on_disk["teacher_validation_accuracy"],
+                teacher["epochs"][teacher["best_epoch"] - 1]["val_accuracy"], atol=2 / 256, rtol=0,
+            )
             if mode == "cached":
                 self.assertGreater(on_disk["teacher_logits_seconds"], 0.0)
 

@@ -162,9 +162,14 @@ class NamedClassesTest(tf.test.TestCase):
         message = command_line.describe(caught.exception)
         self.assertIn("names its classes in another order than animals: class 0 is 'Cat' there, "
                       "'Bird' here", message)
-        self.assertIn("--teacher_dir", message)
+        self.assertIn("pass --teacher_class_order=1,0,2,3 to read its outputs in the data's order, "
+                      "or another --teacher_dir", message)
         self.assertNotIn("\n", message)
         self.assertFalse(os.path.exists(os.path.join(self.root, "never")))
+        # Read in that order, the teacher names the classes as the data does.
+        report = _run(self.root, self.data_dir, "--stage=student", f"--teacher_dir={teacher}",
+                      "--teacher_class_order=1,0,2,3", "--epochs=1")
+        self.assertEqual(report["data"]["class_names"], list(ANIMALS))
 
 
 @pytest.mark.usefixtures("class_root")

@@ -124,14 +124,18 @@ def check_classes(model, what, splits):
         )
 
 
-def check_class_names(model, what, splits):
+def check_class_names(model, what, splits, class_order=None):
     """Checks that `model` (a `ServingModel` of as many classes as the data)
-    names its classes as the data set does, in the same order; a model that
-    records no names (a foreign one, a `.keras` file) is taken to follow the
-    data's order, which is logged. `what` as in `check_fits`.
+    names its classes as the data set does, in the same order (read in
+    `class_order` when given: `class_order[c]` is its output for the data's
+    class c, see `--teacher_class_order`); a model that records no names (a
+    foreign one, a `.keras` file) is taken to follow the data's order, which
+    is logged. `what` as in `check_fits`.
 
     Raises:
-        ConfigError: the names differ, naming the first difference.
+        ConfigError: the names differ, naming the first difference (and, for
+            a teacher whose names are the data's in another order, the
+            `--teacher_class_order` that reads them in the data's).
     """
     ours = tuple(splits.class_names)
     if model.class_names is None:
@@ -140,16 +144,23 @@ def check_class_names(model, what, splits):
             "(%s)", what, model.path, splits.dataset, _listed(ours),
         )
         return
-    if model.class_names == ours:
+    theirs = model.class_names
+    if class_order is not None:
+        theirs = tuple(theirs[output] for output in class_order)
+    if theirs == ours:
         return
-    index = next(i for i, (a, b) in enumerate(zip(model.class_names, ours)) if a != b)
-    how = "in another order" if sorted(model.class_names) == sorted(ours) else "differently"
+    index = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+    reordered = sorted(theirs) == sorted(ours)
+    fields, hint = (f"{what}_dir",), f"use a {what} trained on these classes as {{0}}"
+    if reordered and what == "teacher":
+        order = ",".join(str(model.class_names.index(name)) for name in ours)
+        fields += ("teacher_class_order",)
+        hint = f"pass {{1}}={order} to read its outputs in the data's order, or another {{0}}"
     raise ConfigError(
-        (f"{what}_dir",),
-        f"{what} {model.path} names its classes {how} than {splits.dataset}: class {index} is "
-        f"{model.class_names[index]!r} there, {ours[index]!r} here ({what}: "
-        f"{_listed(model.class_names)}; data: {_listed(ours)}): use a {what} trained on "
-        "these classes as {0}",
+        fields,
+        f"{what} {model.path} names its classes {'in another order' if reordered else 'differently'}"
+        f" than {splits.dataset}: class {index} is {theirs[index]!r} there, {ours[index]!r} here "
+        f"({what}: {_listed(theirs)}; data: {_listed(ours)}): {hint}",
     )
 
 

@@ -49,7 +49,10 @@ class RunReport:
         stage_seconds: wall time up to the export.
         resumed_from_epoch: the backed-up epoch it resumed after (0: none).
         precision: the dtype policy it trained in (see `kd_tf.precision`).
-        distillation: the student's teacher and loss fields (empty otherwise).
+        distillation: the student's teacher and loss fields, the teacher
+            check's among them (`teacher_check.TeacherCheck.report_fields`:
+            `teacher_validation_accuracy`, the pixel range, class order);
+            empty otherwise.
         test_accuracy, test_loss: measured through the reloaded export.
         confusion: its test confusion matrix (`reporting.confusion_matrix`,
             rows the true classes, in `data.class_names` order), as lists.
