@@ -186,12 +186,10 @@ _HELP = (
     ),
     (
         "images",
-        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/"
-        ".bmp/.gif files) or globs; any size, grayscale or colour. Each is preprocessed as the "
-        "export records its training images were: decoded (a transparent one composited), "
-        "resized (stretched) to the model's H x W, converted to its channels, and inverted "
-        "only for a model of grayscale drawings when its background is clearly the other "
-        "shade (logged).",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/.bmp/"
+        ".gif files) or globs, of any size; each is preprocessed as the export records for its "
+        "training images (decoded, transparency composited, stretched to H x W, its channels; "
+        "inverted, logged, only for grayscale drawings clearly of the other background).",
     ),
     (
         "test_index",
@@ -203,11 +201,8 @@ _HELP = (
         "--stage=predict: also save a PNG grid of the images as the model sees them, with "
         "predicted (and true) labels.",
     ),
-    (
-        "print_format",
-        "--stage=predict: text prints `IMAGE class=NAME top3=NAME:P ...` a line; json prints "
-        "one JSON object a line (image, class index, name, probability, top 3 with names).",
-    ),
+    ("print_format", "--stage=predict: text (`IMAGE class=NAME top3=NAME:P ...`) or json "
+     "(a JSON object a line: image, class, name, probability, top 3 with names)."),
     (
         "tflite_path",
         "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "
