@@ -8,6 +8,8 @@ own (an image-folder tree's `validation/`), and assembles the `DataSplits`.
 """
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import tensorflow as tf
@@ -186,6 +188,24 @@ class DataSplits:
     def num_classes(self):
         """Number of classes."""
         return len(self.class_names)
+
+    def fingerprint(self):
+        """A short digest of what identifies the data for resuming a run:
+        the source, the data set's name, image shape and class names, and
+        the labels of each split in order (which change when images are
+        added, removed or moved between classes).
+
+        Usage: `splits.fingerprint()` is e.g. `"9f1c2b7a30d4e8a1"`.
+        """
+        digest = hashlib.sha256(
+            json.dumps(
+                [self.source, self.dataset, list(self.image_shape), list(self.class_names)]
+            ).encode("utf-8")
+        )
+        for split in (self.train, self.validation, self.test):
+            digest.update(np.int64(len(split)).tobytes())
+            digest.update(np.ascontiguousarray(split.labels, np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def summary(self):
         """Describe the splits in a JSON-serializable dict.

@@ -141,7 +141,9 @@ class TrainingRun:
 
     def fit(self, trainer, model, inputs):
         """Trains `trainer` (whose weights are `model`'s) and restores the best
-        epoch; returns `(epoch_records, best_epoch)`."""
+        epoch; returns `(epoch_records, best_epoch)`. A backup resumes only a
+        run on the same data: its fields include `data_fingerprint`
+        (`DataSplits.fingerprint`)."""
         log_dir = os.path.join(
             self.config.runtime.log_dir,
             self.stage,
@@ -156,7 +158,7 @@ class TrainingRun:
             log_dir=distribution.worker_dir(self.strategy, log_dir),
             test_logits=self._test_monitor(model, inputs.splits.test),
             backup_dir=self.backup_dir,
-            run_fields=self.run_fields,
+            run_fields={**self.run_fields, "data_fingerprint": inputs.splits.fingerprint()},
         )
 
     def _test_monitor(self, model, test):
