@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 from ai_edge_litert.interpreter import Interpreter
 
-from kd_tf import atomic, export, interrupts, reporting, training
+from kd_tf import atomic, export, interrupts, progress, reporting, training
 from kd_tf.errors import ConfigError
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -72,8 +72,10 @@ def convert(model_dir, quantize="none", representative_images=None):
     if quantize == "int8":
 
         def representative_dataset():
-            for image in representative_images:
-                yield {export.INPUT_NAME: image[np.newaxis]}
+            with progress.Progress("int8 calibration", len(representative_images)) as shown:
+                for image in representative_images:
+                    yield {export.INPUT_NAME: image[np.newaxis]}
+                    shown.add()
 
         converter.representative_dataset = representative_dataset
     return converter.convert()
@@ -207,9 +209,10 @@ def _check_paths(served, tflite_path):
 def _measure(served, content, test, batch_size, quantize):
     """Test accuracy and size of the SavedModel and of its conversion `content`,
     and whether the drop stays within `PARITY_POINTS[quantize]`."""
-    saved_logits = test.map_batches(served.logits, batch_size)
-    lite_logits = np.concatenate(
-        [tflite_logits(content, images.numpy()) for images, _ in test.batches(batch_size)]
+    saved_logits = test.map_batches(served.logits, batch_size, "the SavedModel on the test split")
+    lite_logits = test.map_batches(
+        lambda images: tf.constant(tflite_logits(content, images.numpy())), batch_size,
+        "TFLite on the test split",
     )
     saved_accuracy = training.evaluate_logits(saved_logits, test.labels)["accuracy"]
     lite_accuracy = training.evaluate_logits(lite_logits, test.labels)["accuracy"]

@@ -26,6 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kd_tf import progress
 from kd_tf.data import images as images_lib
 from kd_tf.data.splits import Split
 from kd_tf.data.streaming import StreamedSplit
@@ -69,7 +70,9 @@ def stored_bytes(paths):
     return total
 
 
-def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=None):
+def scan_split(
+    examples, decode, image_size, memory_mb, on_error, stored_bytes=None, what="scanning", total=None,
+):
     """Scans one split.
 
     Args:
@@ -85,6 +88,8 @@ def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=N
             images take at least as much as their PNG or JPEG files, so a
             split stored in more than `memory_mb` is not kept at all: the
             scan's memory stays that of a few images.
+        what, total: what the scan reads and how many images, when known,
+            for its `progress.Progress`.
 
     Returns:
         A `SplitScan`; its `images` is None when they did not fit.
@@ -102,8 +107,10 @@ def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=N
     found = SplitScan(images=[] if keep else None)
     mapped = examples.map(scanned, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
-        for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
-            _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+        with progress.Progress(what, total) as shown:
+            for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
+                _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+                shown.add()
     except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
         raise on_error(error) from None
     return found

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from kd_tf import progress
 from kd_tf.data import images as images_lib
 from kd_tf.errors import ConfigError, UserError
 
@@ -37,10 +38,14 @@ class SplitReading:
             batch_size
         )
 
-    def map_batches(self, function, batch_size):
+    def map_batches(self, function, batch_size, what="measuring"):
         """`function` (uint8 images -> `[batch, ...]` tensor) over the split,
-        in order, as one numpy array."""
-        outputs = [function(images).numpy() for images, _ in self.batches(batch_size)]
+        in order, as one numpy array; `what` names it in its progress."""
+        outputs = []
+        with progress.Progress(what, len(self)) as shown:
+            for images, _ in self.batches(batch_size):
+                outputs.append(function(images).numpy())
+                shown.add(len(images))
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     def head(self, count):

@@ -77,6 +77,8 @@ def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
             memory_mb,
             lambda error: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
             stored_bytes=_stored_bytes(builder, name),
+            what=f"scanning TFDS {builder.name} {name}",
+            total=builder.info.splits[name].num_examples if name in builder.info.splits else None,
         )
         for name, reader in zip(("train", "test"), readers)
     ]

@@ -82,8 +82,9 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
             memory_mb,
             lambda error, paths=paths: _unreadable(error, paths),
             stored_bytes=stored_bytes(paths),
+            what=f"scanning the {name} records in {data_dir}",
         )
-        for paths in files
+        for name, paths in zip(("train", "test"), files)
     ]
     for name, paths, scan in zip(("train", "test"), files, scans):
         if not scan.labels:

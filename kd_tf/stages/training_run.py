@@ -215,7 +215,10 @@ class TrainingRun:
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
-            matrix = record_test(report, splits.test.map_batches(served.logits, eval_batch_size), splits)
+            logits = splits.test.map_batches(
+                served.logits, eval_batch_size, f"{self.stage}: measuring the test split"
+            )
+            matrix = record_test(report, logits, splits)
             assets = export.assets_extra_dir(staging_dir)
             reporting.write_json(report.as_json(), os.path.join(assets, "report.json"))
             title = f"{self.stage}: {report.model}"
