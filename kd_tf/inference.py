@@ -144,16 +144,18 @@ def model_preprocessing(model_dir, image_shape):
             report = json.load(f)
     except (OSError, ValueError):
         report = None
-    if not isinstance(report, dict):
+    recorded = preprocessing.Preprocessing.from_report(
+        report if isinstance(report, dict) else {}, image_shape
+    )
+    if recorded.background is None:
         logging.warning(
             "%s has no report recording the preprocessing of its training images (%s): the "
             "images are resized to its input and not inverted",
             model_dir,
             path,
         )
-        return preprocessing.Preprocessing(tuple(image_shape))
-    recorded = preprocessing.Preprocessing.from_report(report, image_shape)
-    logging.info("%s: images are preprocessed as %s", model_dir, recorded)
+    else:
+        logging.info("%s: images are preprocessed as %s", model_dir, recorded)
     return recorded
 
 

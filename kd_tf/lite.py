@@ -175,8 +175,11 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
             labels_path(tflite_path),
             lambda temporary: pathlib.Path(temporary).write_text(names, encoding="utf-8"),
         )
-    with interrupts.outcome(f"{tflite_path} and its labels are complete, its report was not written"):
-        _write_new(report_path(tflite_path), lambda temporary: reporting.write_json(report, temporary))
+    written = f"{tflite_path} and its labels are complete, its report was not written"
+    with interrupts.outcome(written):
+        _write_new(
+            report_path(tflite_path), lambda temporary: reporting.write_json(report, temporary)
+        )
     _log(report)
     return report
 

@@ -71,7 +71,8 @@ def stored_bytes(paths):
 
 
 def scan_split(
-    examples, decode, image_size, memory_mb, on_error, stored_bytes=None, what="scanning", total=None,
+    examples, decode, image_size, memory_mb, on_error, stored_bytes=None, what="scanning",
+    total=None,
 ):
     """Scans one split.
 

@@ -5,8 +5,8 @@ export directory (checked before any work), the backup and the epoch it
 resumes after, the fit that restores the best epoch, the export (with the
 data's class names and preprocessing) measured through its reloaded copy
 with its report (per-class accuracy, confusion matrix and `confusion.png`),
-and the backup's removal once the export is in place. A stage says only what differs: its data, its model and
-what it adds to the report.
+and the backup's removal once the export is in place. A stage says only
+what differs: its data, its model and what it adds to the report.
 
 Ctrl-C during a run says what is true: "no partial export was written"
 until the export is in place (`not_exported`), "the export is complete at
