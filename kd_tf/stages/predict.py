@@ -74,9 +74,9 @@ def run(config):
     with interrupts.outcome(unwritten):
         served, images, labels, names, grid_names = load(config)
         predictions = inference.predict(served, images, labels, config.optimization.eval_batch_size)
-        line = inference.format_json if settings.print_format == "json" else inference.format_prediction
+        line = {"text": inference.format_prediction, "json": inference.format_json}
         for name, prediction in zip(names, predictions):
-            print(line(name, prediction), flush=True)
+            print(line[settings.print_format](name, prediction), flush=True)
         if settings.output_image:
             inference.save_grid(
                 images, grid_names, predictions, settings.output_image, title=settings.model_dir
