@@ -191,7 +191,7 @@ def _scanned(listed, image_size, memory_mb):
             memory_mb,
             lambda error, paths=reader.paths: _unreadable(paths),
             stored_bytes=stored_bytes(reader.paths),
-            what=f"scanning {os.path.commonpath(reader.paths)}",
+            what=f"scanning {os.path.commonpath(reader.paths) if reader.paths else 'no files'}",
             total=len(reader.paths),
         )
         for reader, files in zip(readers, listed)
