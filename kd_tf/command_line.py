@@ -186,12 +186,10 @@ _HELP = (
     ),
     (
         "images",
-        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
-        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
-        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
-        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
-        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
-        "black padding, and rounded to uint8.",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/.bmp/"
+        ".gif files) or globs, of any size; each is preprocessed as the export records for its "
+        "training images (decoded, transparency composited, stretched to H x W, its channels; "
+        "inverted, logged, only for grayscale drawings clearly of the other background).",
     ),
     (
         "test_index",
@@ -203,6 +201,8 @@ _HELP = (
         "--stage=predict: also save a PNG grid of the images as the model sees them, with "
         "predicted (and true) labels.",
     ),
+    ("print_format", "--stage=predict: text (`IMAGE class=NAME top3=NAME:P ...`) or json "
+     "(a JSON object a line: image, class, name, probability, top 3 with names)."),
     (
         "tflite_path",
         "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "

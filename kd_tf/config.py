@@ -33,6 +33,8 @@ from kd_tf import (
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
+# How `predict` prints a prediction: one text line, or one JSON object a line.
+PRINT_FORMATS = ("text", "json")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
 SCHEDULES = ("cosine", "constant")
 # The sub-runs of --stage=compare, in the order they run.
@@ -150,6 +152,7 @@ class PredictConfig:
     images: str | None = None
     test_index: tuple[int, ...] | None = None
     output_image: str | None = None
+    print_format: str = "text"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +286,7 @@ CHOICES = {
     "logits_cache": logits_cache.LOGITS_CACHES,
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,
+    "print_format": PRINT_FORMATS,
     "strategy": distribution.STRATEGIES,
     "precision": precision.PRECISIONS,
     "tuner": tuning.TUNERS,

@@ -110,8 +110,9 @@ class Teacher:
             self._shards = None
 
     def check_fits(self, splits):
-        """Checks that the teacher predicts the data set's classes and takes
-        images its images can be converted to; sets `adapter`."""
+        """Checks that the teacher predicts the data set's classes, named as
+        the data names them, and takes images its images can be converted
+        to; sets `adapter`."""
         export.check_classes(self.model, "teacher", splits)
         teacher_adapter.check_input(self.model, splits.image_shape)
         if self.class_order is not None and len(self.class_order) != splits.num_classes:
@@ -120,6 +121,7 @@ class Teacher:
                 f"{{0}} lists {len(self.class_order)} classes but {splits.dataset} has "
                 f"{splits.num_classes}: list the teacher's output for each class",
             )
+        export.check_class_names(self.model, "teacher", splits, self.class_order)
         self.adapter = teacher_adapter.TeacherAdapter(
             self.model, splits.image_shape, self.pixel_range, self.output, self.class_order
         )

@@ -166,7 +166,8 @@ class CtrlCTest(tf.test.TestCase):
         with mock.patch.object(reporting, "write_json", side_effect=KeyboardInterrupt):
             line = self.interrupted(*argv)
         self.assertEqual(
-            line, f"kd_tf: interrupted: {tflite} is complete, its report was not written"
+            line,
+            f"kd_tf: interrupted: {tflite} and its labels are complete, its report was not written",
         )
         self.assertTrue(os.path.exists(tflite))
 

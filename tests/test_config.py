@@ -17,7 +17,7 @@ REPORT_FLAGS = (
     "alpha alpha_max alpha_min augment augment_views backup_dir batch_size cpu_devices "
     "data_dir data_memory_mb data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
     "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
-    "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision "
+    "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision print_format "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "
     "min_teacher_accuracy student_flagfile teacher_class_order teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
     "temperature temperature_max "

@@ -177,10 +177,20 @@ class StagesTest(tf.test.TestCase):
                 self.assertIn("test_accuracy", sub["epochs"][0])
         student = helpers.read_report(report["runs"]["student"])
         self.assertEqual(student["teacher_dir"], report["runs"]["teacher"])
-        for name in ("comparison.png", "report.json", "summary.md"):
+        for name in ("comparison.png", "confusion.png", "report.json", "summary.md"):
             self.assertTrue(os.path.isfile(os.path.join(report["export_dir"], name)))
         on_disk = reporting.read_json(os.path.join(report["export_dir"], "report.json"))
         self.assertEqual(on_disk["runs"], report["runs"])
+        # Per class, named: each run's class accuracies, weighted by the
+        # classes' test examples, make the accuracy its export measured.
+        per_class = report["per_class"]
+        self.assertEqual([row["class"] for row in per_class], [str(d) for d in range(10)])
+        self.assertEqual(sum(row["examples"] for row in per_class), 10000)
+        for row in report["summary"]:
+            weighted = sum(c["examples"] * c[f"{row['run']}_accuracy"] for c in per_class) / 10000
+            self.assertAllClose(weighted, row["test_accuracy"], atol=1e-9)
+        with open(os.path.join(report["export_dir"], "summary.md")) as f:
+            self.assertIn("| class | examples | teacher_accuracy | student_accuracy |", f.read())
 
     def test_versioned_exports_are_not_overwritten(self):
         first = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]

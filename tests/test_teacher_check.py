@@ -25,14 +25,18 @@ SWAPPED_FLAG = "--teacher_class_order=" + ",".join(map(str, SWAPPED))
 
 
 def _swapped_teacher(path, teacher_dir):
-    """A SavedModel of the export at `teacher_dir` whose logits 0 and 1 are swapped."""
+    """A SavedModel of the export at `teacher_dir` whose logits 0 and 1 are
+    swapped: a foreign model, which keeps the export's variables but not its
+    labels file (`assets/labels.txt` would name its outputs unswapped)."""
     module = tf.Module()
-    module.teacher = tf.saved_model.load(teacher_dir)
+    teacher = tf.saved_model.load(teacher_dir)
+    module.signature = teacher.signatures["serving_default"]
+    module.weights = list(teacher.variables)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *helpers.IMAGE_SHAPE], tf.uint8,
                                                 name="images")])
     def serve(images):
-        logits = module.teacher.signatures["serving_default"](images=images)["logits"]
+        logits = module.signature(images=images)["logits"]
         return {"logits": tf.gather(logits, SWAPPED, axis=1)}
 
     tf.saved_model.save(module, path, signatures={"serving_default": serve})
