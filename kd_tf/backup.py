@@ -94,6 +94,7 @@ RUN_FIELDS = (
 STUDENT_RUN_FIELDS = (
     "teacher_dir",
     "teacher_pixel_range",
+    "teacher_class_order",
     "teacher_output",
     "teacher_logits",
     "logits_cache",

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, pipelines
+from kd_tf import atomic, pipelines, progress
 from kd_tf.errors import ConfigError
 
 LOGITS_CACHES = ("auto", "memory", "disk")
@@ -100,9 +100,11 @@ class LogitsTable:
             array = np.zeros(shape, np.float32)
         else:
             array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-        for view in range(shape[1]):
-            for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
-                array[indices.numpy(), view] = outputs(images).numpy()
+        with progress.Progress("teacher logits", shape[0] * shape[1], "views") as shown:
+            for view in range(shape[1]):
+                for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
+                    array[indices.numpy(), view] = outputs(images).numpy()
+                    shown.add(len(indices))
         if path is not None:
             array.flush()
         return cls(array)

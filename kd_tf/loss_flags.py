@@ -4,7 +4,8 @@
 are strings on the command line and typed values in the config
 (`kd_tf.config.DistillationConfig`, `TuneConfig`): `parse` turns one into the
 other, at the edge, with a one-line `ConfigError` for what it cannot read;
-`format_value` writes a value back (flag defaults, `best.cfg`, errors).
+`format_value` writes a value back (flag defaults, errors); `typed` and
+`flag_default` are what `kd_tf.command_line` calls.
 `RULES` and `COMBINATION_RULES` are the checks of the loss's settings that
 `kd_tf.config.validate` runs; `HELP` is the flags' help, which
 `kd_tf.command_line` shows.
@@ -128,12 +129,13 @@ def _parts(item, name, value, counts):
 
 
 def parse(name, value):
-    """The typed value of flag `name` written as the string `value`.
+    """The typed value of flag `name` written as the string `value` (or the
+    list of its comma-separated items, as absl's list flags give it).
 
     Raises:
         ConfigError: `value` is not of the flag's form (`FORMS`).
     """
-    items = _items(value or "")
+    items = _items(",".join(value) if isinstance(value, (list, tuple)) else value or "")
     if name == "distillation_loss":
         pairs = [_parts(item, name, value, (1, 2)) for item in items]
         return tuple((p[0], _number(p[1], name, value) if len(p) == 2 else 1.0) for p in pairs)
@@ -144,6 +146,16 @@ def parse(name, value):
         triples = [_parts(item, name, value, (3,)) for item in items]
         return tuple((t[0], _number(t[1], name, value), _number(t[2], name, value)) for t in triples)
     return tuple(items)
+
+
+def typed(values):
+    """`{field: flag value}` with the values of the flags of `FORMS` parsed."""
+    return {name: parse(name, v) if name in FORMS else v for name, v in values.items()}
+
+
+def flag_default(name, default):
+    """The default of flag `name` as its flag takes it (`FORMS`' as written)."""
+    return format_value(name, default) if name in FORMS else default
 
 
 def format_value(name, value):

@@ -1,9 +1,11 @@
 """`student`: distils the teacher (`teacher_dir`) into the student.
 
 `prepare_distillation` (shared with `tune`) loads the teacher and the data,
-checks the hints against both models, and builds the datasets that carry the
-teacher's outputs; `build_distiller` puts a fresh student into a compiled
-`Distiller` with the loss terms of a `config.DistillationConfig`.
+checks the hints against both models and the teacher on the data
+(`Teacher.check`: refused before any training when it cannot teach), and
+builds the datasets that carry the teacher's outputs; `build_distiller` puts
+a fresh student into a compiled `Distiller` with the loss terms of a
+`config.DistillationConfig`.
 """
 
 import contextlib
@@ -45,17 +47,18 @@ class DistillationInputs(NamedTuple):
 
 
 @contextlib.contextmanager
-def prepare_distillation(config, strategy, policy, model_name):
+def prepare_distillation(config, strategy, policy):
     """Loads the teacher and the data, checks the hints (`--hint_layers`)
-    against the teacher and the student `model_name`, computes the teacher's
-    outputs once where they can be cached (under the dtype policy `policy`,
-    see `precision.graph_rewrite`), and yields `DistillationInputs`; the
+    against the teacher and the run's student, checks the teacher on
+    the data (see `kd_tf.teacher_check`), computes the teacher's outputs once
+    where they can be cached (under the dtype policy `policy`, see
+    `precision.graph_rewrite`), and yields `DistillationInputs`; the
     shards are removed when the block ends, however it ends.
 
     Usage:
 
     ```python
-    with prepare_distillation(config, strategy, "float32", "seed_mlp") as inputs:
+    with prepare_distillation(config, strategy, "float32") as inputs:
         distiller = build_distiller(config, inputs, "seed_mlp", "float32")
     ```
     """
@@ -67,16 +70,19 @@ def prepare_distillation(config, strategy, policy, model_name):
         config.stage,
         pixel_range=distill.teacher_pixel_range,
         output=distill.teacher_output,
+        class_order=distill.teacher_class_order,
+        min_accuracy=distill.min_teacher_accuracy,
         layers=bool(distill.hint_layers),
     ) as teacher:
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
         teacher.check_fits(splits)
-        hint_pairs = _hint_pairs(distill.hint_layers, teacher, splits, model_name)
+        hint_pairs = _hint_pairs(config, teacher, splits)
         views, random_augment = pipelines.augmentation(
             config.data.augment, config.data.augment_views
         )
         with precision.graph_rewrite(policy):
+            teacher.check(splits, opt.eval_batch_size)
             logits = teacher.datasets(
                 splits.train,
                 splits.validation,
@@ -99,13 +105,16 @@ def prepare_distillation(config, strategy, policy, model_name):
         )
 
 
-def _hint_pairs(hint_layers, teacher, splits, model_name):
-    """`hints.plan` of `--hint_layers`, read on a student built for it
-    (none without hints)."""
-    if not hint_layers:
+def _hint_pairs(config, teacher, splits):
+    """`hints.plan` of `--hint_layers`, read on the run's student built for
+    it (none without hints)."""
+    if not config.distillation.hint_layers:
         return []
+    model_name = config.model.model or models.DEFAULT_STUDENT
     student = models.build_model(model_name, splits.image_shape, splits.num_classes)
-    return hints.plan(hint_layers, teacher.keras_model, student, teacher.model.path)
+    return hints.plan(
+        config.distillation.hint_layers, teacher.keras_model, student, teacher.model.path
+    )
 
 
 def build_distiller(config, inputs, model_name, policy, distill=None):
@@ -147,7 +156,7 @@ def run(config):
     run = TrainingRun(config, "student", model_name)
     distill = config.distillation
     with run.not_exported():
-        with prepare_distillation(config, run.strategy, run.precision, model_name) as inputs:
+        with prepare_distillation(config, run.strategy, run.precision) as inputs:
             with run.strategy.scope():
                 distiller = build_distiller(config, inputs, model_name, run.precision)
             epochs, best_epoch = run.fit(distiller, distiller.student, inputs)

@@ -29,7 +29,7 @@ def _search(config):
     tuning.check_tune_dir(config.tune.tune_dir)
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
     policy = precision.resolve_for_run(config.runtime.precision)
-    with prepare_distillation(config, strategy, policy, model_name) as inputs:
+    with prepare_distillation(config, strategy, policy) as inputs:
 
         def build(values):
             distill = trial_distillation(config, values)
