@@ -41,6 +41,7 @@ from kd_tf import (
     config,
     data,
     distillation,
+    distillation_losses,
     export,
     logits_cache,
     models,
@@ -303,7 +304,9 @@ def _lever_run(splits, logits, *, pipeline, steps_per_execution, jit_compile, ev
     keras.utils.set_random_seed(SEED)
     steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
     student = models.build_model(STUDENT, splits.image_shape, splits.num_classes)
-    distiller = distillation.Distiller(student, TEMPERATURE, ALPHA)
+    distiller = distillation.Distiller(
+        student, [("kd", distillation_losses.KD(TEMPERATURE), 1.0)], ALPHA
+    )
     distiller.compile(
         optimizer=_student_optimizer(steps),
         steps_per_execution=steps_per_execution,

@@ -22,7 +22,7 @@ import typing
 from absl import flags
 
 from kd_tf import config as config_lib
-from kd_tf import lite, models
+from kd_tf import lite, loss_flags, models
 from kd_tf.errors import ConfigError, UserError
 
 _DEFAULTS = {
@@ -89,7 +89,7 @@ _HELP = (
         "teacher's logits on them can be cached.",
     ),
     ("temperature", "Distillation temperature T."),
-    ("alpha", "Weight of the soft (teacher) term, in [0, 1]."),
+    ("alpha", "Weight of the distillation terms against the hard labels' term, in [0, 1]."),
     (
         "teacher_dir",
         "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
@@ -276,7 +276,7 @@ _DEFINERS = {
 
 
 def _define(name, help_text, flag_values):
-    default = _DEFAULTS[name]
+    default = loss_flags.flag_default(name, _DEFAULTS[name])
     if name in config_lib.CHOICES:
         choices = list(config_lib.CHOICES[name])
         flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
@@ -287,7 +287,7 @@ def _define(name, help_text, flag_values):
 
 def define_flags(flag_values):
     """Defines every kd_tf flag on `flag_values` (absl's `FLAGS` or a new one)."""
-    for name, help_text in _HELP:
+    for name, help_text in (*_HELP, *loss_flags.HELP):
         if name == "log_dir" and name in flag_values:
             # absl.logging defines --log_dir on the global FLAGS; kd_tf shares it.
             flag_values.set_default(name, _DEFAULTS[name])
@@ -315,7 +315,7 @@ def _class_order(values):
 
 def config_from_flags(flag_values):
     """The `Config` that parsed `flag_values` describe (not validated)."""
-    values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
+    values = loss_flags.typed({n: flag_values[n].value for n in config_lib.FIELD_GROUPS})
     values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
     values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
     values["teacher_class_order"] = _class_order(values["teacher_class_order"])
@@ -336,7 +336,6 @@ def _compare_runs(flag_values, config):
         for name, value in config_lib.fields(config).items()
         if flag_values[name].present and name not in _COMPARE_OWN
     }
-    given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items()}
     runs = []
     for stage in config_lib.COMPARE_STAGES:
         path = flag_values[f"{stage}_flagfile"].value

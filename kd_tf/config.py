@@ -25,6 +25,7 @@ from kd_tf import (
     distribution,
     lite,
     logits_cache,
+    loss_flags,
     models,
     precision,
     teacher_adapter,
@@ -87,10 +88,23 @@ class OptimizationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistillationConfig:
-    """The teacher, how its logits reach the student, and the loss's T and alpha."""
+    """The teacher, how its logits reach the student, and the loss: T, alpha,
+    the weighted terms (`kd_tf.distillation_losses`) and their settings, the
+    hints (`kd_tf.hints`) and mixup."""
 
     temperature: float = 4.0
     alpha: float = 0.9
+    # (loss, weight) pairs of `distillation_losses.LOGIT_LOSSES`.
+    distillation_loss: tuple[tuple[str, float], ...] = (("kd", 1.0),)
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup_epochs: int = 20
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    # (teacher layer, student layer) pairs; `hints.PENULTIMATE` for either.
+    hint_layers: tuple[tuple[str, str], ...] = ()
+    hint_weight: float = 1.0
+    mixup_alpha: float = 0.0
     teacher_dir: str | None = None
     # "auto": picked from the data for a teacher taking float images (see
     # `kd_tf.teacher_check`).
@@ -142,6 +156,10 @@ class TuneConfig:
     temperature_max: float = 20.0
     alpha_min: float = 0.1
     alpha_max: float = 0.9
+    # Losses a trial chooses from (empty: `distillation_loss`), and
+    # (setting, min, max) ranges of `loss_flags.TUNABLE_SETTINGS`.
+    tune_losses: tuple[str, ...] = ()
+    tune_ranges: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,18 +229,29 @@ FIELD_GROUPS = {"stage": None} | {
 }
 
 
+def _plain(value):
+    """`value` with its tuples, nested ones too, as lists (what JSON gives back)."""
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
 def fields(config):
     """Every setting of `config` as a flat `{field: value}` dict, sorted by name
     (tuples as lists): the run report's `flags`."""
     values = {}
     for name, group in FIELD_GROUPS.items():
-        value = getattr(config if group is None else getattr(config, group), name)
-        values[name] = list(value) if isinstance(value, tuple) else value
+        values[name] = _plain(getattr(config if group is None else getattr(config, group), name))
     return dict(sorted(values.items()))
 
 
+def _tupled(value):
+    """`value` with its lists, nested ones too, as tuples (as fields hold them)."""
+    return tuple(_tupled(item) for item in value) if isinstance(value, list) else value
+
+
 def with_fields(config, **values):
-    """A copy of `config` with leaf fields replaced, named flat (`epochs=2`)."""
+    """A copy of `config` with leaf fields replaced, named flat (`epochs=2`);
+    lists (as `fields` gives them) become tuples."""
+    values = {name: _tupled(value) for name, value in values.items()}
     unknown = set(values) - set(FIELD_GROUPS)
     if unknown:
         raise TypeError(f"unknown config fields: {sorted(unknown)}")
@@ -247,6 +276,8 @@ def _at_least(minimum):
 
 
 _IN_UNIT_INTERVAL = (lambda v: 0.0 <= v <= 1.0, "{0} must be in [0, 1]")
+
+
 # field -> (check on its value, problem); None values pass (optional fields).
 _RULES = {
     "epochs": _at_least(1),
@@ -275,6 +306,7 @@ _RULES = {
     "alpha_min": _IN_UNIT_INTERVAL,
     "alpha_max": _IN_UNIT_INTERVAL,
     "model": (models.is_model, models.MODEL_PROBLEM),
+    **loss_flags.RULES,
 }
 CHOICES = {
     "stage": STAGES,
@@ -301,7 +333,13 @@ _COMBINATION_RULES = (
         "{0} cannot be combined with {1}=multi_worker: each worker trains on its GPUs or "
         "its one CPU",
     ),
+    *loss_flags.COMBINATION_RULES,
 )
+
+
+def _shown(name, value):
+    """`value` of field `name` as an error shows it (as its flag is written)."""
+    return loss_flags.format_value(name, value) if name in loss_flags.FORMS else value
 
 
 def validate(config):
@@ -319,10 +357,10 @@ def validate(config):
                 (name,), f"{{0}} must be one of {', '.join(CHOICES[name])}", (value,)
             )
         if name in _RULES and not _RULES[name][0](value):
-            raise ConfigError((name,), _RULES[name][1], (value,))
+            raise ConfigError((name,), _RULES[name][1], (_shown(name, value),))
     for names, check, problem in _COMBINATION_RULES:
         combination = tuple(values[name] for name in names)
         if not check(*combination):
-            raise ConfigError(names, problem, combination)
+            raise ConfigError(names, problem, tuple(map(_shown, names, combination)))
     for _, run in config.compare.runs:
         validate(run)

@@ -1,14 +1,16 @@
 """The teacher of a distillation run and its logits, one object that owns them.
 
 `Teacher.load` loads a model that follows the serving contract (see
-`kd_tf.export`) under the run's strategy; `check_fits` refuses one that does
-not take the data set's images or classes; `check` measures it on the data
-(see `kd_tf.teacher_check`), picks its pixel range and refuses one that
-cannot teach; `datasets` decides how its
-logits reach the `Distiller` (computed once for every view and cached in
-memory or in a file on disk, or run online every step) and builds the
-training and validation datasets. The file belongs to the `Teacher`: leaving
-its `with` block (or `close()`) removes it, whether the run ended well or not.
+`kd_tf.export`) under the run's strategy, and, for hints, the Keras model
+whose layers they read; `check_fits` refuses one that does not take the data
+set's images or classes; `check` measures it on the data (see
+`kd_tf.teacher_check`), picks its pixel range and refuses one that cannot
+teach; `datasets` decides how its outputs (its logits, and the features of
+the hints: `hints.TeacherRows`) reach the `Distiller` (computed once for
+every view and cached in memory or in a file on disk, or run online every
+step) and builds the training and validation datasets. The file belongs to
+the `Teacher`: leaving its `with` block (or `close()`) removes it, whether
+the run ended well or not.
 
 Usage:
 
@@ -29,7 +31,15 @@ import time
 
 import tensorflow as tf
 
-from kd_tf import distillation, export, logits_cache, pipelines, teacher_adapter, teacher_check
+from kd_tf import (
+    distillation,
+    export,
+    hints,
+    logits_cache,
+    pipelines,
+    teacher_adapter,
+    teacher_check,
+)
 from kd_tf.errors import ConfigError
 
 
@@ -44,7 +54,8 @@ class TeacherLogits:
         validation: finite validation `tf.data.Dataset` (its logits are
             always cached: the validation split is never distorted).
         seconds: time spent computing the cached logits.
-        megabytes: size of the cached training logits.
+        megabytes: size of the cached training logits (and hint features).
+        outputs: the `hints.TeacherRows` the online mode calls.
     """
 
     mode: str
@@ -53,6 +64,7 @@ class TeacherLogits:
     validation: tf.data.Dataset
     seconds: float
     megabytes: float
+    outputs: hints.TeacherRows
 
 
 class Teacher:
@@ -63,11 +75,15 @@ class Teacher:
         adapter: once `check_fits` has seen the data, the
             `teacher_adapter.TeacherAdapter` through which its logits are read.
         checked: once `check` has measured it, its `teacher_check.TeacherCheck`.
+        keras_model: its Keras model, whose layers hints read
+            (`export.keras_model_of`; None unless loaded with `layers=True`, or
+            for a SavedModel that exposes its logits only).
     """
 
     def __init__(self, model, pixel_range="auto", output="auto", class_order=None,
-                 min_accuracy=None):
+                 min_accuracy=None, keras_model=None):
         self.model = model
+        self.keras_model = keras_model
         self.pixel_range = pixel_range
         self.output = output
         self.class_order = class_order
@@ -79,14 +95,15 @@ class Teacher:
 
     @classmethod
     def load(cls, teacher_dir, strategy, stage, *, pixel_range="auto", output="auto",
-             class_order=None, min_accuracy=None):
+             class_order=None, min_accuracy=None, layers=False):
         """Loads the teacher at `teacher_dir` under `strategy`'s scope, so that
         its variables are mirrored onto every replica's device and the online
         mode reads them locally; `stage` names the run in the error. A teacher
         may take float images in `pixel_range`, return probabilities
         (`output`), predict the classes in another order (`class_order`, see
         `kd_tf.teacher_adapter`); `min_accuracy` is the check's floor (see
-        `kd_tf.teacher_check`)."""
+        `kd_tf.teacher_check`). `layers` also loads its Keras model
+        (`keras_model`), for hints."""
         if not teacher_dir:
             raise ConfigError(
                 ("stage", "teacher_dir"),
@@ -95,7 +112,8 @@ class Teacher:
             )
         with strategy.scope():
             model = export.load_serving_model(teacher_dir, float_input=True)
-            return cls(model, pixel_range, output, class_order, min_accuracy)
+            keras_model = export.keras_model_of(model) if layers else None
+            return cls(model, pixel_range, output, class_order, min_accuracy, keras_model)
 
     def __enter__(self):
         return self
@@ -140,9 +158,9 @@ class Teacher:
 
     def datasets(
         self, train, validation, *, views, random_augment, distillation, batch_size,
-        eval_batch_size, seed,
+        eval_batch_size, seed, hint_pairs=(),
     ):
-        """The training and validation datasets with the teacher's logits.
+        """The training and validation datasets with the teacher's outputs.
 
         Args:
             train, validation: the training and validation splits.
@@ -150,48 +168,60 @@ class Teacher:
                 (see `pipelines.training_dataset`).
             random_augment: whether the pipeline draws distortions afresh.
             distillation: a `config.DistillationConfig` (`teacher_logits`,
-                `logits_cache`, `logits_memory_mb`, `logits_cache_dir`).
+                `logits_cache`, `logits_memory_mb`, `logits_cache_dir`,
+                `mixup_alpha`).
             batch_size: global training batch.
             eval_batch_size: batch of the teacher's passes and of validation.
             seed: the training stream's seed.
+            hint_pairs: the checked `hints.HintPair`s whose teacher features
+                travel with the logits.
 
         Returns:
             A `TeacherLogits`.
         """
         self.adapter.resolve_output(validation.head(teacher_adapter.PROBE_EXAMPLES))
         self._cache_dir = distillation.logits_cache_dir
-        mode = _logits_mode(distillation.teacher_logits, random_augment)
+        mixup = distillation.mixup_alpha
+        mode = _logits_mode(distillation.teacher_logits, random_augment or mixup > 0)
+        outputs = hints.TeacherRows(self.adapter, self.keras_model, hint_pairs)
         started = time.perf_counter()
         cache, train_logits, validation_logits = None, None, None
         if mode == "cached":
             cache = logits_cache.resolve_cache(
-                distillation.logits_cache, len(train) * max(1, views), self.model.num_classes,
+                distillation.logits_cache, len(train) * max(1, views), outputs.width,
                 distillation.logits_memory_mb,
             )
-            train_logits = self._table(train, views, seed, eval_batch_size, cache, "train")
-        validation_logits = self._table(validation, 0, seed, eval_batch_size, cache, "validation")
+            train_logits = self._table(
+                outputs, train, views, seed, eval_batch_size, cache, "train"
+            )
+        validation_logits = self._table(
+            outputs, validation, 0, seed, eval_batch_size, cache, "validation"
+        )
         return TeacherLogits(
             mode,
             cache,
             pipelines.training_dataset(
                 train, batch_size, seed=seed, views=views, logits=train_logits,
-                augment=random_augment,
+                augment=random_augment, mixup_alpha=mixup, num_classes=self.model.num_classes,
             ),
             pipelines.evaluation_dataset(validation, eval_batch_size, logits=validation_logits),
             time.perf_counter() - started,
             train_logits.megabytes if train_logits else 0.0,
+            outputs,
         )
 
-    def _table(self, split, views, seed, batch_size, cache, name):
-        """The `LogitsTable` of `split`'s views, in a file of this teacher's
-        `ShardDirectory` when `cache` is "disk"."""
+    def _table(self, outputs, split, views, seed, batch_size, cache, name):
+        """The `LogitsTable` of `outputs` (`hints.TeacherRows`) on `split`'s
+        views, in a file of this teacher's `ShardDirectory` when `cache` is
+        "disk"."""
         path = None
         if cache == "disk":
             if self._shards is None:
                 self._shards = logits_cache.ShardDirectory(self._cache_dir)
             path = os.path.join(self._shards.path, f"{name}.npy")
         return logits_cache.LogitsTable.compute(
-            self.adapter, split, num_views=views, seed=seed, batch_size=batch_size, path=path
+            outputs, outputs.width, split, num_views=views, seed=seed, batch_size=batch_size,
+            path=path,
         )
 
     def report_fields(self, logits):

@@ -187,9 +187,14 @@ class TeacherAdapter:
 
     def logits(self, images):
         """float32 logits of the data set's uint8 `images`."""
+        return self.as_logits(self.model.logits(self.images(images)))
+
+    def as_logits(self, outputs):
+        """The teacher's float `outputs` (what its `logits` output holds) as
+        float32 logits of the data set's classes."""
         if self.output == "auto":
             raise RuntimeError("call resolve_output before asking for logits")
-        outputs = self.model.logits(self.images(images))
+        outputs = tf.cast(outputs, tf.float32)
         if self.class_order is not None:
             outputs = tf.gather(outputs, self.class_order, axis=-1)
         if self.output == "probabilities":

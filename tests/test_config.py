@@ -12,10 +12,13 @@ from kd_tf.errors import ConfigError, UserError
 
 # Every flag a run report lists under "flags": the first release's, --precision and
 # the teacher's --teacher_pixel_range and --teacher_output, the image folders'
-# --data_dir, --image_size and --test_fraction.
+# --data_dir, --image_size and --test_fraction, the distillation losses' and
+# mixup's.
 REPORT_FLAGS = (
     "alpha alpha_max alpha_min augment augment_views backup_dir batch_size cpu_devices "
     "data_dir data_memory_mb data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
+    "dist_beta dist_gamma distillation_loss dkd_alpha dkd_beta dkd_warmup_epochs hint_layers "
+    "hint_weight mixup_alpha tune_losses tune_ranges "
     "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
     "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision print_format "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "

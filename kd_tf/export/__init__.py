@@ -30,6 +30,7 @@ from kd_tf.export.loading import (
     check_class_names,
     check_classes,
     check_fits,
+    keras_model_of,
     load_serving_model,
     recorded_class_names,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "check_classes",
     "check_fits",
     "export_model",
+    "keras_model_of",
     "load_serving_model",
     "next_version_dir",
     "recorded_class_names",

@@ -27,6 +27,10 @@ ASSETS_EXTRA = "assets.extra"
 # The class names, one a line in class order, among a SavedModel's assets.
 LABELS_FILE = "labels.txt"
 ASSETS = "assets"
+# The Keras architecture (`model.to_json()`) of an export, in `ASSETS_EXTRA`:
+# with the SavedModel's variables it rebuilds the model, whose layers then
+# serve as hints (`loading.keras_model_of`).
+ARCHITECTURE = "architecture.json"
 # Image dtypes a teacher may take besides the contract's uint8 (see
 # `load_serving_model(float_input=True)` and `kd_tf.teacher`).
 FLOAT_INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -74,6 +78,12 @@ class ServingModel:
         self.num_classes = num_classes
         self._serving_fn = serving_fn
         self._resource = resource
+
+    @property
+    def resource(self):
+        """The loaded object behind the model: the `keras.Model` of a `.keras`
+        file, or what `tf.saved_model.load` returned."""
+        return self._resource
 
     def outputs(self, images):
         """Run the model and return all its outputs.

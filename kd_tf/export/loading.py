@@ -1,5 +1,6 @@
 """Loading any model that follows the serving contract: a SavedModel or a `.keras` file."""
 
+import json
 import os
 
 import keras
@@ -8,7 +9,9 @@ from absl import logging
 
 from kd_tf.errors import ConfigError, UserError
 from kd_tf.export.contract import (
+    ARCHITECTURE,
     ASSETS,
+    ASSETS_EXTRA,
     FLOAT_INPUT_DTYPES,
     INPUT_NAME,
     LABELS_FILE,
@@ -93,6 +96,36 @@ def recorded_class_names(path, num_classes):
         )
         return None
     return names
+
+
+def keras_model_of(served):
+    """The Keras model behind `served` (a `ServingModel`), whose layers can
+    be read: a `.keras` file's model, or an export's `ARCHITECTURE` rebuilt
+    (with `safe_mode=True`) holding the SavedModel's weights, matched by
+    name; None for a SavedModel without one (it exposes its logits only).
+
+    Raises:
+        UserError: the architecture does not match the SavedModel's weights.
+    """
+    if isinstance(served.resource, keras.Model):
+        return served.resource
+    path = os.path.join(served.path, ASSETS_EXTRA, ARCHITECTURE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            model = keras.saving.deserialize_keras_object(json.load(f), safe_mode=True)
+    except Exception as e:
+        raise UserError(f"could not rebuild {path} ({short_reason(e)}): re-export it") from e
+    saved = {v.name.split(":")[0]: v for v in served.resource.variables}
+    for weight in model.weights:
+        value = saved.get(weight.path)
+        if value is None or tuple(value.shape) != tuple(weight.shape):
+            raise UserError(
+                f"{path} does not match the weights of {served.path} ({weight.path}): re-export it"
+            )
+        weight.assign(value)
+    return model
 
 
 def check_fits(model, what, splits):

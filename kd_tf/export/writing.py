@@ -10,6 +10,7 @@ import tensorflow as tf
 from kd_tf import atomic, preprocessing
 from kd_tf.errors import UserError
 from kd_tf.export.contract import (
+    ARCHITECTURE,
     IMAGE_BYTES_NAME,
     IMAGES_SIGNATURE_KEY,
     INPUT_NAME,
@@ -21,6 +22,7 @@ from kd_tf.export.contract import (
     short_reason,
 )
 from kd_tf.export.loading import load_serving_model
+from kd_tf.export.versions import assets_extra_dir
 
 
 def export_model(
@@ -32,7 +34,9 @@ def export_model(
     The SavedModel is written into a temporary sibling of `export_dir`
     (`.<basename>.tmp-<pid>-<random>`), reloaded from disk and compared with
     the in-memory model on `check_images`, handed to `finalize`, and only
-    then moved to `export_dir` (see `kd_tf.atomic`). On any failure the
+    then moved to `export_dir` (see `kd_tf.atomic`). A functional model's
+    architecture goes into `assets.extra/architecture.json` (`ARCHITECTURE`),
+    so that its layers can teach hints (`loading.keras_model_of`). On any failure the
     temporary directory is removed and the exception is re-raised, so no
     partial export is left behind and an earlier export stays as it was.
 
@@ -83,17 +87,33 @@ def export_model(
 
 
 def _written(model, image_shape, directories, class_names, recorded):
-    """Writes the SavedModel into the staging directory of `directories`
-    (`(staging, export_dir)`) and reloads it, as a `ServingModel`."""
+    """Writes the SavedModel and the architecture into the staging
+    directory of `directories` (`(staging, export_dir)`) and reloads it, as a
+    `ServingModel`."""
     tmp_dir, export_dir = directories
     try:
         _write_saved_model(model, image_shape, tmp_dir, class_names, recorded)
     except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
         raise atomic.storage_error(export_dir, short_reason(e)) from e
     try:
+        _write_architecture(model, tmp_dir)
+    except OSError as e:
+        raise atomic.storage_error(export_dir, e.strerror) from e
+    try:
         return load_serving_model(tmp_dir)
     except UserError as e:
         raise RuntimeError(f"the export written to {tmp_dir} does not load: {e}") from e
+
+
+def _write_architecture(model, export_dir):
+    """Writes `model.to_json()` into the export's `assets.extra` (not for a
+    subclassed model, which has no such description)."""
+    try:
+        architecture = model.to_json()
+    except NotImplementedError:
+        return
+    with open(os.path.join(assets_extra_dir(export_dir), ARCHITECTURE), "w") as f:
+        f.write(architecture)
 
 
 def _checked_images(check_images):
