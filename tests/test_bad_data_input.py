@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from typing import NamedTuple
 
 import helpers
@@ -55,7 +54,6 @@ class Outcome(NamedTuple):
     status: int
     stdout: str
     stderr: str
-    seconds: float
     case_dir: str
 
 
@@ -121,14 +119,13 @@ def _run(argv, case_dir, earlier):
     ]
     if not any(a.startswith("--export_dir=") for a in argv):
         full += [f"--export_dir={earlier}", "--overwrite"]
-    started = time.perf_counter()
     process = helpers.start_kd_tf(full, env={"TMPDIR": tmp}, stdout=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=helpers.PROCESS_TIMEOUT)
     finally:
         process.kill()
         process.wait()
-    return Outcome(process.returncode, stdout, stderr, time.perf_counter() - started, case_dir)
+    return Outcome(process.returncode, stdout, stderr, case_dir)
 
 
 class _BadDataCase(tf.test.TestCase):
@@ -178,7 +175,6 @@ class _BadDataCase(tf.test.TestCase):
         self.assertEqual(os.listdir(exports), ["earlier"], "debris beside the earlier export")
         self.assertEqual(helpers.snapshot(os.path.join(exports, "earlier")), self.earlier_files)
         self.assertFalse(os.path.exists(os.path.join(outcome.case_dir, "saved_models")))
-        self.assertLess(outcome.seconds, 120)
         return lines[0]
 
     def succeeded(self, name):

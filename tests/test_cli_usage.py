@@ -43,7 +43,7 @@ STAGE_FLAGS = {
 
 class HelpTest(tf.test.TestCase):
     def test_help_shows_every_stage_its_flag_files_and_main_flags(self):
-        ((_, usage, stderr, _),) = helpers.run_kd_tf(["--help"], timeout=120)
+        ((_, usage, stderr),) = helpers.run_kd_tf(["--help"])
         # absl's --help exits with status 1 after the usage text, on stdout.
         self.assertNotIn("Traceback", stderr)
         self.assertIn("python -m kd_tf.main --flagfile=flags/", usage)
@@ -60,7 +60,7 @@ class HelpTest(tf.test.TestCase):
 class EpochLogTest(tf.test.TestCase):
     def test_one_line_per_epoch_and_no_tensorflow_error_lines(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
-        ((status, stdout, stderr, _),) = helpers.run_kd_tf(
+        ((status, stdout, stderr),) = helpers.run_kd_tf(
             [
                 "--flagfile=flags/teacher.cfg",
                 "--train_examples=1024",

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from unittest import mock
 
 import helpers
@@ -89,11 +88,7 @@ class ShardLifetimeTest(tf.test.TestCase):
             _student_argv(self.root, self.teacher_dir, self.cache_dir, "--epochs=500")
         )
         self.addCleanup(process.kill)
-        started = time.monotonic()
-        for line in process.stderr:
-            if "training: 500 epochs" in line:
-                break
-            self.assertLess(time.monotonic() - started, 120, "training did not start")
+        helpers.read_until(process, "training: 500 epochs")
         (killed,) = os.listdir(self.cache_dir)
         self.assertTrue(os.listdir(os.path.join(self.cache_dir, killed)), "shards were written")
         process.send_signal(signal.SIGKILL)
@@ -129,7 +124,7 @@ class ShardLifetimeTest(tf.test.TestCase):
                 [os.path.basename(alive_path), os.path.basename(mine.path)],
             )
         self.assertEqual(os.listdir(self.cache_dir), [os.path.basename(alive_path)])
-        alive.communicate("", timeout=60)
+        alive.communicate("", timeout=helpers.PROCESS_TIMEOUT)
         self.assertEqual(os.listdir(self.cache_dir), [], "its owner removed it on exit")
 
 

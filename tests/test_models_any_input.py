@@ -54,6 +54,7 @@ class RegistryTest(tf.test.TestCase):
         self.assertEqual(models.MODELS["mobilenet_small"].role, "student")
         self.assertEqual((models.DEFAULT_TEACHER, models.DEFAULT_STUDENT), ("lenet_bn", "seed_mlp"))
 
+    @helpers.requires_bfloat16
     def test_the_colour_models_keep_float32_logits_under_mixed_precision(self):
         for name in PARAMETERS:
             with self.subTest(model=name), precision.policy("mixed_bfloat16"):
@@ -95,7 +96,7 @@ class ModelFileTest(helpers.CommandTestCase):
 
     def _trains(self, stage, path, *argv):
         export_dir = self._path(f"{stage}_export")
-        status, lines, _ = self.run_command(
+        status, lines = self.run_command(
             f"--stage={stage}", f"--model={path}", f"--export_dir={export_dir}", *argv
         )
         self.assertEqual(status, 0, lines)

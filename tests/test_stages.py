@@ -101,6 +101,7 @@ class StagesTest(tf.test.TestCase):
                     "--stage=student",
                     f"--teacher_dir={self.teacher.export_dir}",
                     "--alpha=0.5",
+                    helpers.FLOAT32,
                     *argv,
                 )
             )

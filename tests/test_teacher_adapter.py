@@ -10,6 +10,7 @@ runs on a real-MNIST slice.
 import os
 import tempfile
 
+import helpers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -156,7 +157,7 @@ class ForeignTeacherStudentTest(tf.test.TestCase):
         status = main.run_command([
             "--stage=student", f"--teacher_dir={teacher}", f"--export_dir={export_dir}",
             "--train_examples=256", "--validation_examples=128", "--batch_size=64",
-            "--epochs=2", "--seed=4", f"--log_dir={root}/logs", *argv,
+            "--epochs=2", "--seed=4", f"--log_dir={root}/logs", helpers.FLOAT32, *argv,
         ])
         self.assertEqual(status, 0)
         return reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))
