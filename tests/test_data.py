@@ -219,6 +219,23 @@ class PackagedRefusalTest(tf.test.TestCase):
         self.assertIn(PACKAGED_REINSTALL, str(caught.exception))
         self.assertIn(str(path), str(caught.exception))
 
+    def test_a_copy_is_read_once_while_it_is_unchanged(self):
+        train, test = data.read_packaged_mnist()
+        with mock.patch.object(pathlib.Path, "read_bytes", side_effect=AssertionError("read")):
+            self.assertIs(data.read_packaged_mnist()[0], train)
+        for array in (train.images, train.labels, test.images, test.labels):
+            self.assertFalse(array.flags.writeable)
+        path = pathlib.Path(self.get_temp_dir()) / "copy.pkl.gz"
+        shutil.copyfile(packaged_file(), path)
+        self.assertEqual(sha256(data.read_packaged_mnist(path)[1].images), sha256(test.images))
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        # Changed in place, same size: its modification time tells.
+        os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))
+        with self.assertRaisesRegex(UserError, "corrupt"):
+            data.read_packaged_mnist(path)
+
     def test_unreadable_copy_is_refused(self):
         path = pathlib.Path(self.get_temp_dir()) / "absent.pkl.gz"
         with self.assertRaisesRegex(UserError, "cannot read"):
