@@ -63,7 +63,8 @@ class EpochLogTest(tf.test.TestCase):
         ((status, stdout, stderr),) = helpers.run_kd_tf(
             [
                 "--flagfile=flags/teacher.cfg",
-                "--train_examples=1024",
+                "--train_examples=512",
+                "--validation_examples=256",
                 "--epochs=2",
                 "--monitor_test",
                 f"--export_dir={root}/teacher",
