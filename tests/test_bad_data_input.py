@@ -33,6 +33,7 @@ from unittest import mock
 import helpers
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import export, main, training
@@ -235,6 +236,7 @@ class _BadDataCase(tf.test.TestCase):
         return helpers.read_report(os.path.join(exports, "new"))
 
 
+@pytest.mark.slow
 class DirectorySourceTest(_BadDataCase):
     """`--data_source=directory`: image folders, one per class."""
 
@@ -369,6 +371,7 @@ class DirectorySourceTest(_BadDataCase):
             )
 
 
+@pytest.mark.slow
 class TFRecordSourceTest(_BadDataCase):
     """`--data_source=tfrecord`: train*.tfrecord and test*.tfrecord files."""
 

@@ -13,6 +13,7 @@ from unittest import mock
 
 import helpers
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import (
@@ -57,6 +58,7 @@ class HelpTest(tf.test.TestCase):
         self.assertIn("--helpfull", usage)
 
 
+@pytest.mark.slow
 class EpochLogTest(tf.test.TestCase):
     def test_one_line_per_epoch_and_no_tensorflow_error_lines(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
@@ -86,6 +88,7 @@ class EpochLogTest(tf.test.TestCase):
             )
 
 
+@pytest.mark.slow
 class CtrlCTest(tf.test.TestCase):
     """Defect 6: after Ctrl-C the line says what was written and what was not."""
 

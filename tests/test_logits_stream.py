@@ -13,6 +13,7 @@ import tempfile
 from unittest import mock
 
 import helpers
+import pytest
 import keras
 import tensorflow as tf
 
@@ -40,6 +41,7 @@ def _student_argv(root, teacher_dir, cache_dir, *argv):
     ]
 
 
+@pytest.mark.slow
 class ShardLifetimeTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):

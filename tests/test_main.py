@@ -232,6 +232,7 @@ class BadInputTest(helpers.CommandTestCase):
             )
 
 
+@pytest.mark.slow
 class ProcessTest(tf.test.TestCase):
     """Real `python -m kd_tf.main` processes that stop before any training."""
 

@@ -25,6 +25,7 @@ PARAMETERS = {
 }
 
 
+@pytest.mark.slow
 class RegistryTest(tf.test.TestCase):
     def test_every_model_runs_or_refuses_below_its_smallest_size(self):
         images = np.random.default_rng(0)

@@ -27,6 +27,7 @@ STUDENT_KEYS = {"teacher_dir", "teacher_logits", "teacher_logits_seconds"}
 README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root", "class_teacher")
 class StagesTest(tf.test.TestCase):
     @classmethod

@@ -52,6 +52,7 @@ def colour_teacher(request, class_root):
     cls.teacher = cls.run_stage("--stage=teacher", "--model=resnet_small")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root", "colour_teacher")
 class ColourStagesTest(tf.test.TestCase):
     @classmethod

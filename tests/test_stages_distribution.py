@@ -57,6 +57,7 @@ class _SameWeights(tf.test.TestCase):
         return export_dir
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class ReplicaEquivalenceTest(_SameWeights):
     """1 replica and 2 replicas (2 logical CPUs), same seed and global batch:
@@ -120,6 +121,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class MultiWorkerTest(_SameWeights):
     def _start_workers(self, argv, worker_tmp):

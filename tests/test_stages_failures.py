@@ -81,6 +81,7 @@ RESUMABLE_RUN = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class ProcessFailureTest(tf.test.TestCase):
     def test_ctrl_c_during_training(self):

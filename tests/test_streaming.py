@@ -84,6 +84,7 @@ def _positions(images, reference):
     return np.array([where[image.tobytes()] for image in images])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("mnist_files")
 class StreamedSplitTest(tf.test.TestCase):
     def stream(self, split, views=VIEWS, seed=3, path=None):

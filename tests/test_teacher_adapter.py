@@ -13,6 +13,7 @@ import tempfile
 import helpers
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import distillation, export, main, reporting, teacher_adapter
@@ -148,6 +149,7 @@ class AdapterTest(tf.test.TestCase):
             teacher_adapter.check_input(export.load_serving_model(four), SHAPE)
 
 
+@pytest.mark.slow
 class ForeignTeacherStudentTest(tf.test.TestCase):
     """Students distilled on a real-MNIST slice from each foreign teacher train
     as from the teacher with the true logits."""

@@ -19,6 +19,7 @@ from unittest import mock
 
 import helpers
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import atomic, lite, main, models
@@ -232,6 +233,7 @@ class ExclusiveWriteTest(tf.test.TestCase):
                 os.remove(self.path)
 
 
+@pytest.mark.slow
 class ImagesTooSmallTest(_Command):
     def teacher(self, idx_dir, model):
         return (
