@@ -158,8 +158,9 @@ _HELP = (
     ("train_examples", "Cap on the training split (smoke runs, tests)."),
     (
         "export_dir",
-        "Export exactly here (must not hold an export yet, unless --overwrite); default: "
-        "<saved_models_dir>/<stage>/<next N>.",
+        "Export exactly here (must not hold an export yet, unless --overwrite; a symbolic "
+        "link is followed); default: <saved_models_dir>/<stage>/<N>, the next version free "
+        "when the export is complete.",
     ),
     (
         "overwrite",

@@ -16,12 +16,18 @@ when asked to (`overwrite=True`), and then atomically too.
 
 from kd_tf.export.contract import ASSETS_EXTRA, INPUT_NAME, SIGNATURE_KEY, ServingModel
 from kd_tf.export.loading import check_classes, check_fits, load_serving_model
-from kd_tf.export.versions import assets_extra_dir, next_version_dir, resolve_export_dir
+from kd_tf.export.versions import (
+    NextVersion,
+    assets_extra_dir,
+    next_version_dir,
+    resolve_export_dir,
+)
 from kd_tf.export.writing import export_model
 
 __all__ = [
     "ASSETS_EXTRA",
     "INPUT_NAME",
+    "NextVersion",
     "SIGNATURE_KEY",
     "ServingModel",
     "assets_extra_dir",

@@ -17,7 +17,9 @@ from kd_tf.export.contract import (
 from kd_tf.export.loading import load_serving_model
 
 
-def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, overwrite=False):
+def export_model(
+    model, export_dir, *, check_images, finalize=None, atol=1e-5, overwrite=False, on_taken=None
+):
     """Write `model` as a verified SavedModel, atomically.
 
     The SavedModel is written into a temporary sibling of `export_dir`
@@ -34,49 +36,59 @@ def export_model(model, export_dir, *, check_images, finalize=None, atol=1e-5, o
             parents are created.
         check_images: uint8 array `[batch, H, W, C]` on which the reloaded
             export must reproduce the model's logits.
-        finalize: Optional callable `finalize(tmp_dir, served)` run after the
-            check and before the rename, where `tmp_dir` is the temporary
-            export directory (write extra files there, e.g. into
-            `assets_extra_dir(tmp_dir)`) and `served` is the reloaded
-            `ServingModel` (its `path` is `tmp_dir`).
+        finalize: Optional `finalize(tmp_dir, served)` run after the check
+            and before the rename: `tmp_dir` is the temporary export
+            directory (write extra files into `assets_extra_dir(tmp_dir)`),
+            `served` the reloaded `ServingModel` (its `path` is `tmp_dir`).
         atol: Largest absolute difference allowed between the logits of the
             reloaded export and those of `model`.
         overwrite: Whether to replace an earlier export at `export_dir`;
             it stays in place until the new export is complete.
+        on_taken: Optional `on_taken(path) -> another path` for a version
+            directory another run may take meanwhile (`NextVersion.taken`).
 
     Returns:
-        `export_dir`.
+        Where the export is: `export_dir`, or the path `on_taken` gave last.
 
     Raises:
         UserError: `export_dir` already exists and is not an empty
             directory, unless `overwrite` is on and it holds an export; or
             the disk is full or not writable.
         RuntimeError: The reloaded export does not reproduce the model.
-        ValueError: `model` does not take a single uint8 input
-            `[batch, H, W, C]`, or `check_images` is not a non-empty uint8
-            array of that rank.
+        ValueError: `model` does not take one uint8 input `[batch, H, W, C]`,
+            or `check_images` is not a non-empty uint8 array of that shape.
     """
     image_shape = model_image_shape(model, "model")
     check_images = np.asarray(check_images)
     if check_images.dtype != np.uint8 or check_images.ndim != 4 or len(check_images) == 0:
         raise ValueError(
             "`check_images` must be a non-empty uint8 array [batch, H, W, C]. "
-            f"Received dtype={check_images.dtype}, "
-            f"shape={check_images.shape}."
+            f"Received dtype={check_images.dtype}, shape={check_images.shape}."
         )
-    with atomic.staged(export_dir, overwrite=overwrite) as tmp_dir:
-        try:
-            _write_saved_model(model, image_shape, tmp_dir)
-        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
-            raise atomic.storage_error(export_dir, short_reason(e)) from e
-        try:
-            served = load_serving_model(tmp_dir)
-        except UserError as e:
-            raise RuntimeError(f"the export written to {tmp_dir} does not load: {e}") from e
+    placed = [export_dir]
+
+    def taken(path):
+        placed.append(on_taken(path))
+        return placed[-1]
+
+    with atomic.staged(export_dir, overwrite=overwrite, on_taken=on_taken and taken) as tmp_dir:
+        served = _write_and_reload(model, image_shape, tmp_dir, export_dir)
         _check_export(model, served, check_images, atol)
         if finalize is not None:
             finalize(tmp_dir, served)
-    return export_dir
+    return placed[-1]
+
+
+def _write_and_reload(model, image_shape, tmp_dir, export_dir):
+    """Writes `model` into `tmp_dir` and reloads it (a `ServingModel`)."""
+    try:
+        _write_saved_model(model, image_shape, tmp_dir)
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+        raise atomic.storage_error(export_dir, short_reason(e)) from e
+    try:
+        return load_serving_model(tmp_dir)
+    except UserError as e:
+        raise RuntimeError(f"the export written to {tmp_dir} does not load: {e}") from e
 
 
 def _write_saved_model(model, image_shape, export_dir):

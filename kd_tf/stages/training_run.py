@@ -7,6 +7,10 @@ through its reloaded copy with its report, and the backup's removal once the
 export is in place. A stage says only what differs: its data, its model and
 what it adds to the report.
 
+Without `--export_dir`, the export goes to the version directory that is
+free when it is complete (`export.NextVersion`): the one TensorBoard's logs
+are named after, unless another run exported there meanwhile.
+
 Ctrl-C during a run says what is true: "no partial export was written"
 until the export is in place (`not_exported`), "the export is complete at
 DIR" after.
@@ -82,6 +86,21 @@ def export_dir_for(config, stage, strategy):
     return export.resolve_export_dir(
         config.export.export_dir, config.export.saved_models_dir, stage, config.export.overwrite
     )
+
+
+def next_version(config, stage, strategy, planned):
+    """For an output complete now, the chief's next free version without
+    `--export_dir` (an `export.NextVersion`; logged when it is not
+    `planned`, the one free at the start), else None (the output goes to
+    `export_dir_for`)."""
+    if config.export.export_dir is not None or not distribution.is_chief(strategy):
+        return None
+    version = export.NextVersion(config.export.saved_models_dir, stage)
+    if version.path != planned:
+        logging.info(
+            "%s was taken by another run meanwhile: exporting to %s", planned, version.path
+        )
+    return version
 
 
 class TrainingRun:
@@ -201,10 +220,12 @@ class TrainingRun:
                 title=f"{self.stage}: {report.model}",
             )
 
-        export.export_model(
+        version = next_version(self.config, self.stage, self.strategy, self.export_dir)
+        self.export_dir = export.export_model(
             precision.float32_copy(model),
-            self.export_dir,
+            version.path if version else self.export_dir,
             check_images=splits.validation.head(CHECK_EXAMPLES),
             finalize=finalize,
             overwrite=self.config.export.overwrite,
+            on_taken=version.taken if version else None,
         )
