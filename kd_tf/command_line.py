@@ -222,8 +222,9 @@ _HELP = (
     (
         "backup_dir",
         "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
-        "the same command after a crash resumes from the last finished epoch. Removed "
-        "once the export is in place.",
+        "the same command on the same data (and teacher) after a crash resumes from the "
+        "last finished epoch. One run at a time uses it; a backup that cannot be written "
+        "(full disk) is a warning. Removed once the export is in place.",
     ),
     (
         "tuner",

@@ -77,6 +77,11 @@ class FileReader:
     def __init__(self, paths):
         self.paths = list(paths)
 
+    @property
+    def files(self):
+        """The files read."""
+        return self.paths
+
     def subset(self, start, end):
         return FileReader(self.paths[start:end])
 
@@ -173,6 +178,8 @@ class DatasetReader:
     """
 
     decode = staticmethod(images_lib.as_rgb)
+    # The files are TFDS's: their data set is known by its name and version.
+    files = ()
 
     def __init__(self, make_dataset, start=0, end=None):
         self.make_dataset, self.start, self.end = make_dataset, start, end

@@ -15,7 +15,7 @@ when asked to (`overwrite=True`), and then atomically too.
 """
 
 from kd_tf.export.contract import ASSETS_EXTRA, INPUT_NAME, SIGNATURE_KEY, ServingModel
-from kd_tf.export.loading import check_classes, check_fits, load_serving_model
+from kd_tf.export.loading import check_classes, check_fits, fingerprint, load_serving_model
 from kd_tf.export.versions import (
     NextVersion,
     assets_extra_dir,
@@ -34,6 +34,7 @@ __all__ = [
     "check_classes",
     "check_fits",
     "export_model",
+    "fingerprint",
     "load_serving_model",
     "next_version_dir",
     "resolve_export_dir",

@@ -1,11 +1,11 @@
 """The run template every training stage shares (teacher, scratch, student).
 
 `TrainingRun` owns what does not depend on the stage: the strategy, the
-export directory (checked before any work), the backup and the epoch it
-resumes after, the fit that restores the best epoch, the export measured
-through its reloaded copy with its report, and the backup's removal once the
-export is in place. A stage says only what differs: its data, its model and
-what it adds to the report.
+export directory (checked before any work), the backup (locked for the run,
+see `backup.lock`) and the epoch it resumes after, the fit that restores the
+best epoch, the export measured through its reloaded copy with its report,
+and the backup's removal once the export is in place. A stage says only what
+differs: its data, its model and what it adds to the report.
 
 Without `--export_dir`, the export goes to the version directory that is
 free when it is complete (`export.NextVersion`): the one TensorBoard's logs
@@ -18,8 +18,7 @@ DIR" after.
 Usage:
 
 ```python
-run = TrainingRun(config, "scratch", "seed_mlp")
-with run.not_exported():
+with TrainingRun(config, "scratch", "seed_mlp") as run, run.not_exported():
     inputs = TrainingInputs(splits, train, validation, steps_per_epoch)
     with run.strategy.scope():
         model = build_and_compile(run.optimizer(inputs.steps_per_epoch))
@@ -44,9 +43,11 @@ from kd_tf import (
     pipelines,
     precision,
     reporting,
+    run_identity,
     training,
 )
 from kd_tf import config as config_lib
+from kd_tf.data import fingerprint
 from kd_tf.stages.report import RunReport, data_summary
 
 # Validation images on which a reloaded export must reproduce the model.
@@ -112,9 +113,13 @@ class TrainingRun:
         model_name: the architecture trained (a `models.MODELS` key or a
             `.keras` file), as the report's `model` shows it.
 
+    Use it as a context manager (or call `close()`): the backup directory
+    is locked until the run ends, however it ends.
+
     Raises:
         UserError: the export directory is taken, or the backup directory
-            holds a backup of another run (see `kd_tf.backup`).
+            is another live run's or holds a backup of another run (see
+            `kd_tf.backup`).
     """
 
     def __init__(self, config, stage, model_name):
@@ -125,9 +130,34 @@ class TrainingRun:
         self.strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
         self.export_dir = export_dir_for(config, stage, self.strategy)
         self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
-        self.run_fields = backup.run_fields(config_lib.fields(config), stage, model_name)
-        self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
+        self._lock = backup.lock(self.backup_dir)
+        try:
+            self.run_fields = run_identity.run_fields(
+                config_lib.fields(config), stage, model_name, **self._teacher_identity()
+            )
+            self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
+        except BaseException:
+            self.close()
+            raise
         self.precision = precision.resolve_for_run(config.runtime.precision)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Releases the backup directory (once)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _teacher_identity(self):
+        teacher_dir = self.config.distillation.teacher_dir
+        if self.stage != "student" or not self.backup_dir or not teacher_dir:
+            return {}
+        return {"teacher": export.fingerprint(teacher_dir)}
 
     @staticmethod
     def not_exported():
@@ -140,12 +170,19 @@ class TrainingRun:
 
     def fit(self, trainer, model, inputs):
         """Trains `trainer` (whose weights are `model`'s) and restores the best
-        epoch; returns `(epoch_records, best_epoch)`."""
+        epoch; returns `(epoch_records, best_epoch)`.
+
+        Raises:
+            UserError: the backup is of other data (see `kd_tf.backup`).
+        """
         log_dir = os.path.join(
             self.config.runtime.log_dir,
             self.stage,
             os.path.basename(os.path.normpath(self.export_dir)),
         )
+        fields = self.run_fields
+        if self.backup_dir:
+            fields = {**fields, "data": fingerprint.fingerprint(inputs.splits)}
         return training.fit_and_restore_best(
             trainer,
             inputs.train,
@@ -155,7 +192,7 @@ class TrainingRun:
             log_dir=distribution.worker_dir(self.strategy, log_dir),
             test_logits=self._test_monitor(model, inputs.splits.test),
             backup_dir=self.backup_dir,
-            run_fields=self.run_fields,
+            run_fields=fields,
         )
 
     def _test_monitor(self, model, test):
