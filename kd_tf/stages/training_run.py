@@ -13,7 +13,9 @@ are named after, unless another run exported there meanwhile.
 
 Ctrl-C during a run says what is true: "no partial export was written"
 until the export is in place (`not_exported`), "the export is complete at
-DIR" after.
+DIR" after. A streamed file removed during the run ends it with one line
+naming the file; the backup stays, so that a rerun resumes once the file is
+back.
 
 Usage:
 
@@ -27,6 +29,7 @@ with TrainingRun(config, "scratch", "seed_mlp") as run, run.not_exported():
 ```
 """
 
+import contextlib
 import os
 import time
 from typing import NamedTuple
@@ -47,7 +50,8 @@ from kd_tf import (
     training,
 )
 from kd_tf import config as config_lib
-from kd_tf.data import fingerprint
+from kd_tf.data import fingerprint, streaming
+from kd_tf.errors import UserError
 from kd_tf.stages.report import RunReport, data_summary
 
 # Validation images on which a reloaded export must reproduce the model.
@@ -173,7 +177,8 @@ class TrainingRun:
         epoch; returns `(epoch_records, best_epoch)`.
 
         Raises:
-            UserError: the backup is of other data (see `kd_tf.backup`).
+            UserError: the backup is of other data (see `kd_tf.backup`), or
+                a streamed file was removed during the run.
         """
         log_dir = os.path.join(
             self.config.runtime.log_dir,
@@ -183,17 +188,38 @@ class TrainingRun:
         fields = self.run_fields
         if self.backup_dir:
             fields = {**fields, "data": fingerprint.fingerprint(inputs.splits)}
-        return training.fit_and_restore_best(
-            trainer,
-            inputs.train,
-            inputs.validation,
-            epochs=self.config.optimization.epochs,
-            steps_per_epoch=inputs.steps_per_epoch,
-            log_dir=distribution.worker_dir(self.strategy, log_dir),
-            test_logits=self._test_monitor(model, inputs.splits.test),
-            backup_dir=self.backup_dir,
-            run_fields=fields,
-        )
+        with self._reading(inputs.splits):
+            return training.fit_and_restore_best(
+                trainer,
+                inputs.train,
+                inputs.validation,
+                epochs=self.config.optimization.epochs,
+                steps_per_epoch=inputs.steps_per_epoch,
+                log_dir=distribution.worker_dir(self.strategy, log_dir),
+                test_logits=self._test_monitor(model, inputs.splits.test),
+                backup_dir=self.backup_dir,
+                run_fields=fields,
+            )
+
+    @contextlib.contextmanager
+    def _reading(self, splits):
+        """A block reading `splits`: a streamed file that can no longer be
+        read ends it with a `UserError` naming the file."""
+        try:
+            yield
+        except streaming.READ_FAILURES as error:
+            unreadable = streaming.unreadable_file(splits)
+            if unreadable is None:
+                raise
+            path, reason = unreadable
+            resumed = backup.resumed_epoch(self.backup_dir)
+            rerun = "rerun"
+            if resumed:
+                rerun = f"rerun to resume after epoch {resumed} from {self.backup_dir}"
+            raise UserError(
+                f"cannot read {path} any more ({reason}): the data set changed during the run; "
+                f"put the file back and {rerun}"
+            ) from error
 
     def _test_monitor(self, model, test):
         if not self.config.runtime.monitor_test:
@@ -227,7 +253,8 @@ class TrainingRun:
             precision=self.precision,
             distillation=distillation or {},
         )
-        self._export(model, splits, report)
+        with self._reading(splits):
+            self._export(model, splits, report)
         with interrupts.outcome(f"the export is complete at {self.export_dir}"):
             backup.remove(self.backup_dir)
             logging.info(
