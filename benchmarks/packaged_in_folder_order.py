@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from kd_tf import data
 from kd_tf import main as kd_tf_main
-from kd_tf.data import directory
+from kd_tf.data import directory, packaged
 from kd_tf.data.splits import Split
 
 
@@ -76,7 +76,8 @@ def main():
     parser.add_argument("kd_tf_flags", nargs="+", help="kd_tf's flags (after --)")
     args = parser.parse_args()
     reordered = packaged_in_folder_order(os.path.abspath(args.files))
-    data.read_packaged_mnist = lambda: reordered
+    # The packaged source reads through kd_tf.data.packaged (kd_tf.data.sources).
+    packaged.read_packaged_mnist = lambda: reordered
     export_dir = os.path.join(os.path.abspath(args.out), "student_packaged_in_folder_order")
     status = kd_tf_main.run_command(
         [*args.kd_tf_flags, "--data_source=packaged", f"--export_dir={export_dir}"]

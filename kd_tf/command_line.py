@@ -98,14 +98,20 @@ _HELP = (
     (
         "teacher_pixel_range",
         "For a teacher that takes float images: the range its pixels are scaled to, "
-        "0-255, 0-1 or -1-1 (a uint8 teacher gets them as they are).",
+        "0-255, 0-1 or -1-1; auto: the range under which it is most accurate on the "
+        "validation split, logged (a uint8 teacher gets them as they are).",
     ),
     (
         "teacher_output",
         "What the teacher's 'logits' output holds: logits; probabilities (their log is "
         "taken); auto: probabilities when every row of a probe batch lies in [0, 1] and sums "
-        "to 1, logged.",
+        "to 1 (within 16-bit rounding), logged with the evidence.",
     ),
+    ("teacher_class_order", "For each of the data set's classes in order, the teacher's output "
+     "that predicts it: a comma list (e.g. 1,0,2) or a file holding one; the check names it."),
+    ("min_teacher_accuracy", "Lowest validation accuracy of a teacher distilled from; default: "
+     "twice chance (at most 1/3 of the way from chance to 100 %) and half of what the best "
+     "pixel range or class order gives; 0: never refuse the teacher."),
     (
         "teacher_logits",
         "cached: compute the teacher's logits once per data set; online: run the teacher "
@@ -113,15 +119,15 @@ _HELP = (
     ),
     (
         "logits_cache",
-        "Where cached teacher logits live: memory (next to their images in the tf.data "
-        "element); disk (TFRecord shards of images, labels and logits, streamed); auto: "
-        "memory while the training logits fit in --logits_memory_mb.",
+        "Where cached teacher logits live: memory; disk (a file of the logits only, read "
+        "through numpy.memmap); auto: memory while the training logits fit in "
+        "--logits_memory_mb.",
     ),
     ("logits_memory_mb", "With --logits_cache=auto: the largest training logits (MiB) kept in memory."),
     (
         "logits_cache_dir",
-        "Where the on-disk logit shards go (in a fresh subdirectory, removed at the end of "
-        "the stage); default: the system's temporary directory.",
+        "Where the file of --logits_cache=disk goes (in a fresh subdirectory, removed at the "
+        "end of the stage); default: the system's temporary directory.",
     ),
     ("dataset", "Data set name (a TFDS name for --data_source=tfds)."),
     (
@@ -181,12 +187,10 @@ _HELP = (
     ),
     (
         "images",
-        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
-        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
-        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
-        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
-        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
-        "black padding, and rounded to uint8.",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/.bmp/"
+        ".gif files) or globs, of any size; each is preprocessed as the export records for its "
+        "training images (decoded, transparency composited, stretched to H x W, its channels; "
+        "inverted, logged, only for grayscale drawings clearly of the other background).",
     ),
     (
         "test_index",
@@ -198,6 +202,8 @@ _HELP = (
         "--stage=predict: also save a PNG grid of the images as the model sees them, with "
         "predicted (and true) labels.",
     ),
+    ("print_format", "--stage=predict: text (`IMAGE class=NAME top3=NAME:P ...`) or json "
+     "(a JSON object a line: image, class, name, probability, top 3 with names)."),
     (
         "tflite_path",
         "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "
@@ -221,10 +227,9 @@ _HELP = (
     ),
     (
         "backup_dir",
-        "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
-        "the same command on the same data (and teacher) after a crash resumes from the "
-        "last finished epoch. One run at a time uses it; a backup that cannot be written "
-        "(full disk) is a warning. Removed once the export is in place.",
+        "Back up every finished epoch into <backup_dir>/<stage>; the same command on the "
+        "same data and teacher resumes after a crash. One run at a time uses it; a failed "
+        "backup (full disk) is a warning. Removed once the export is in place.",
     ),
     (
         "tuner",
@@ -301,11 +306,20 @@ def _integers(name, values, problem):
     return tuple(int(value) for value in values)
 
 
+def _class_order(values):
+    """`--teacher_class_order`, a comma list or a file holding one, as integers."""
+    if values is not None and len(values) == 1 and os.path.isfile(values[0]):
+        with open(values[0]) as f:
+            values = f.read().replace(",", " ").split()
+    return _integers("teacher_class_order", values, config_lib.CLASS_ORDER_PROBLEM)
+
+
 def config_from_flags(flag_values):
     """The `Config` that parsed `flag_values` describe (not validated)."""
     values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
     values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
     values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
+    values["teacher_class_order"] = _class_order(values["teacher_class_order"])
     return config_lib.with_fields(config_lib.Config(), **values)
 
 

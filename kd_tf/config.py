@@ -33,6 +33,8 @@ from kd_tf import (
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
+# How `predict` prints a prediction: one text line, or one JSON object a line.
+PRINT_FORMATS = ("text", "json")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
 SCHEDULES = ("cosine", "constant")
 # The sub-runs of --stage=compare, in the order they run.
@@ -90,8 +92,15 @@ class DistillationConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     teacher_dir: str | None = None
-    teacher_pixel_range: str = "0-255"
+    # "auto": picked from the data for a teacher taking float images (see
+    # `kd_tf.teacher_check`).
+    teacher_pixel_range: str = "auto"
     teacher_output: str = "auto"
+    # For each of the data set's classes, the teacher's output that predicts
+    # it; None: the teacher's own order.
+    teacher_class_order: tuple[int, ...] | None = None
+    # None: `teacher_check.default_floor`; 0: the teacher is never refused.
+    min_teacher_accuracy: float | None = None
     teacher_logits: str = "auto"
     logits_cache: str = "auto"
     logits_memory_mb: int = 2048
@@ -143,6 +152,7 @@ class PredictConfig:
     images: str | None = None
     test_index: tuple[int, ...] | None = None
     output_image: str | None = None
+    print_format: str = "text"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +236,10 @@ def with_fields(config, **values):
 
 TEST_INDEX_PROBLEM = "{0} must be a comma-separated list of integers >= 0"
 IMAGE_SIZE_PROBLEM = "{0} must be two integers >= 1, H,W (e.g. 64,64)"
+CLASS_ORDER_PROBLEM = (
+    "{0} must list each of the teacher's outputs 0..N-1 once, for the data set's classes in "
+    "order (e.g. 1,0,2), or name a file that does"
+)
 
 
 def _at_least(minimum):
@@ -251,6 +265,8 @@ _RULES = {
     "train_examples": _at_least(1),
     "test_index": (lambda v: len(v) > 0 and min(v) >= 0, TEST_INDEX_PROBLEM),
     "image_size": (lambda v: len(v) == 2 and min(v) >= 1, IMAGE_SIZE_PROBLEM),
+    "teacher_class_order": (lambda v: sorted(v) == list(range(len(v))), CLASS_ORDER_PROBLEM),
+    "min_teacher_accuracy": _IN_UNIT_INTERVAL,
     "test_fraction": (lambda v: 0 < v < 1, "{0} must be in (0, 1)"),
     "cpu_devices": _at_least(0),
     "max_trials": _at_least(1),
@@ -265,11 +281,12 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
     "teacher_logits": distillation.TEACHER_LOGITS_MODES,
-    "teacher_pixel_range": tuple(teacher_adapter.PIXEL_RANGES),
+    "teacher_pixel_range": teacher_adapter.TEACHER_PIXEL_RANGES,
     "teacher_output": teacher_adapter.TEACHER_OUTPUTS,
     "logits_cache": logits_cache.LOGITS_CACHES,
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,
+    "print_format": PRINT_FORMATS,
     "strategy": distribution.STRATEGIES,
     "precision": precision.PRECISIONS,
     "tuner": tuning.TUNERS,

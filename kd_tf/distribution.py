@@ -46,7 +46,7 @@ SHARD_POLICY = tf.data.experimental.AutoShardPolicy.DATA
 _TF_CONFIG_HELP = (
     'set TF_CONFIG on every worker, e.g. TF_CONFIG=\'{"cluster": {"worker": '
     '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
-    "(index 1 on the second host); see README, 'Training on several machines'"
+    "(index 1 on the second host); see docs/distributed.md, 'Several machines'"
 )
 _worker_temp_root = None
 

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, locks, pipelines
+from kd_tf import atomic, locks, pipelines, progress
 from kd_tf.errors import ConfigError
 
 LOGITS_CACHES = ("auto", "memory", "disk")
@@ -96,9 +96,11 @@ class LogitsTable:
             ConfigError: the file does not fit on its disk."""
         shape = (len(split), max(1, num_views), int(teacher.model.num_classes))
         array = np.zeros(shape, np.float32) if path is None else allocated_file(path, shape)
-        for view in range(shape[1]):
-            for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
-                array[indices.numpy(), view] = teacher.logits(images).numpy()
+        with progress.Progress("teacher logits", shape[0] * shape[1], "views") as shown:
+            for view in range(shape[1]):
+                for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
+                    array[indices.numpy(), view] = teacher.logits(images).numpy()
+                    shown.add(len(indices))
         if path is not None:
             array.flush()
         return cls(array)

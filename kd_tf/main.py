@@ -23,7 +23,7 @@ Stages, and their main flags:
       --temperature_max --alpha_min --alpha_max, and the student's flags
   --stage=predict  classifies images with an export
       --model_dir --images (files, directories, globs) or --test_index,
-      --output_image
+      --output_image, --print_format=text|json
   --stage=tflite   converts an export to TFLite and measures it
       --model_dir --tflite_path --quantize (none, dynamic, int8)
 

@@ -167,7 +167,7 @@ class ModelSpec:
     Args:
         build: `build(image_shape, num_classes) -> keras.Model`.
         role: "teacher" or "student": what the model is meant for.
-        description: one line for `--helpfull` and the README.
+        description: one line for `--helpfull` and docs/models.md.
         min_image_size: the smallest height and width it takes (its
             unpadded convolutions and poolings shrink the image).
     """
@@ -250,5 +250,5 @@ def build_model(name, image_shape, num_classes):
 
 
 def describe_models():
-    """One line per registered model, for `--helpfull` and the README."""
+    """One line per registered model, for `--helpfull` and docs/models.md."""
     return "\n".join(f"  {name} ({spec.role}): {spec.description}" for name, spec in MODELS.items())

@@ -6,7 +6,7 @@
   GPU, on a CPU with AMX (`amx_bf16` in `/proc/cpuinfo`; TensorFlow runs
   bfloat16 there through oneDNN). A CPU with AVX-512 BF16 but no AMX keeps
   float32: on such a CPU (an AMD EPYC) kd_tf's models trained no faster in
-  bfloat16 (benchmarks/precision.py; README "Precision");
+  bfloat16 (benchmarks/precision.py; docs/precision-and-speed.md);
 - `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
   in a `LossScaleOptimizer`, which scales the loss dynamically);
 - `float32` elsewhere.

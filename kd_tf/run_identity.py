@@ -3,7 +3,7 @@
 A backup records the run's fields (`run_fields`): the config fields that
 change what a training stage computes (`RUN_FIELDS`, and the student's
 `STUDENT_RUN_FIELDS`), its stage and model, and the identities of what it
-read (`IDENTITIES`: the data, `kd_tf.data.fingerprint`, and the student's
+read (`IDENTITIES`: the data, `DataSplits.fingerprint`, and the student's
 teacher, `export.fingerprint`). `NOT_RUN_FIELDS` change only how or where a
 stage computes, or what else it writes, and the groups of `NOT_RUN_GROUPS`
 are read by other stages only: a backup resumes with other values of those.
@@ -52,6 +52,7 @@ RUN_FIELDS = (
 STUDENT_RUN_FIELDS = (
     "teacher_dir",
     "teacher_pixel_range",
+    "teacher_class_order",
     "teacher_output",
     "teacher_logits",
     "temperature",
@@ -71,6 +72,8 @@ NOT_RUN_FIELDS = (
     "logits_cache",
     "logits_memory_mb",
     "logits_cache_dir",
+    # A floor the teacher is checked against before training.
+    "min_teacher_accuracy",
     "backup_dir",
     "log_dir",
     "monitor_test",
@@ -82,7 +85,7 @@ NOT_RUN_FIELDS = (
 NOT_RUN_GROUPS = ("tune", "predict", "lite", "compare")
 # Identities of what a run read, recorded with its fields (see `run_fields`),
 # and how a refusal names them.
-IDENTITIES = {"data": "the data read", "teacher": "the teacher read"}
+IDENTITIES = {"data_fingerprint": "the data read", "teacher": "the teacher read"}
 
 
 def run_fields(settings, stage, model_name, **identities):

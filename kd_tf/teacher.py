@@ -2,7 +2,9 @@
 
 `Teacher.load` loads a model that follows the serving contract (see
 `kd_tf.export`) under the run's strategy; `check_fits` refuses one that does
-not take the data set's images or classes; `datasets` decides how its
+not take the data set's images or classes; `check` measures it on the data
+(see `kd_tf.teacher_check`), picks its pixel range and refuses one that
+cannot teach; `datasets` decides how its
 logits reach the `Distiller` (computed once for every view and cached in
 memory or in a file on disk, or run online every step) and builds the
 training and validation datasets. The file belongs to the `Teacher`: leaving
@@ -13,6 +15,7 @@ Usage:
 ```python
 with teacher.Teacher.load("saved_models/teacher/1", strategy, stage="student") as t:
     t.check_fits(splits)
+    t.check(splits, batch_size=1024)
     logits = t.datasets(splits.train, splits.validation, views=4, random_augment=False,
                         distillation=config.distillation, batch_size=128,
                         eval_batch_size=1024, seed=0)
@@ -26,7 +29,7 @@ import time
 
 import tensorflow as tf
 
-from kd_tf import distillation, export, logits_cache, pipelines, teacher_adapter
+from kd_tf import distillation, export, logits_cache, pipelines, teacher_adapter, teacher_check
 from kd_tf.errors import ConfigError
 
 
@@ -59,23 +62,31 @@ class Teacher:
         model: the `export.ServingModel`.
         adapter: once `check_fits` has seen the data, the
             `teacher_adapter.TeacherAdapter` through which its logits are read.
+        checked: once `check` has measured it, its `teacher_check.TeacherCheck`.
     """
 
-    def __init__(self, model, pixel_range="0-255", output="auto"):
+    def __init__(self, model, pixel_range="auto", output="auto", class_order=None,
+                 min_accuracy=None):
         self.model = model
         self.pixel_range = pixel_range
         self.output = output
+        self.class_order = class_order
+        self.min_accuracy = min_accuracy
         self.adapter = None
+        self.checked = None
         self._shards = None
         self._cache_dir = None
 
     @classmethod
-    def load(cls, teacher_dir, strategy, stage, *, pixel_range="0-255", output="auto"):
+    def load(cls, teacher_dir, strategy, stage, *, pixel_range="auto", output="auto",
+             class_order=None, min_accuracy=None):
         """Loads the teacher at `teacher_dir` under `strategy`'s scope, so that
         its variables are mirrored onto every replica's device and the online
         mode reads them locally; `stage` names the run in the error. A teacher
-        may take float images in `pixel_range` and return probabilities
-        (`output`, see `kd_tf.teacher_adapter`)."""
+        may take float images in `pixel_range`, return probabilities
+        (`output`), predict the classes in another order (`class_order`, see
+        `kd_tf.teacher_adapter`); `min_accuracy` is the check's floor (see
+        `kd_tf.teacher_check`)."""
         if not teacher_dir:
             raise ConfigError(
                 ("stage", "teacher_dir"),
@@ -83,7 +94,8 @@ class Teacher:
                 "the teacher stage, e.g. saved_models/teacher/1, or a .keras file)",
             )
         with strategy.scope():
-            return cls(export.load_serving_model(teacher_dir, float_input=True), pixel_range, output)
+            model = export.load_serving_model(teacher_dir, float_input=True)
+            return cls(model, pixel_range, output, class_order, min_accuracy)
 
     def __enter__(self):
         return self
@@ -98,13 +110,33 @@ class Teacher:
             self._shards = None
 
     def check_fits(self, splits):
-        """Checks that the teacher predicts the data set's classes and takes
-        images its images can be converted to; sets `adapter`."""
+        """Checks that the teacher predicts the data set's classes, named as
+        the data names them, and takes images its images can be converted
+        to; sets `adapter`."""
         export.check_classes(self.model, "teacher", splits)
         teacher_adapter.check_input(self.model, splits.image_shape)
+        if self.class_order is not None and len(self.class_order) != splits.num_classes:
+            raise ConfigError(
+                ("teacher_class_order",),
+                f"{{0}} lists {len(self.class_order)} classes but {splits.dataset} has "
+                f"{splits.num_classes}: list the teacher's output for each class",
+            )
+        export.check_class_names(self.model, "teacher", splits, self.class_order)
         self.adapter = teacher_adapter.TeacherAdapter(
-            self.model, splits.image_shape, self.pixel_range, self.output
+            self.model, splits.image_shape, self.pixel_range, self.output, self.class_order
         )
+
+    def check(self, splits, batch_size):
+        """Measures the teacher on `splits` (`teacher_check.check_teacher`,
+        in batches of `batch_size`) and sets its pixel range; raises
+        `ConfigError` for a teacher that cannot teach."""
+        split, name = teacher_check.check_split(splits)
+        self.checked = teacher_check.check_teacher(
+            self.adapter, split, name, pixel_range=self.pixel_range,
+            min_accuracy=self.min_accuracy, batch_size=batch_size,
+        )
+        if self.checked.pixel_range is not None:
+            self.adapter.pixel_range = self.checked.pixel_range
 
     def datasets(
         self, train, validation, *, views, random_augment, distillation, batch_size,
@@ -163,10 +195,11 @@ class Teacher:
         )
 
     def report_fields(self, logits):
-        """The report fields of the teacher and its `TeacherLogits`."""
+        """The report fields of the teacher, its check and its `TeacherLogits`."""
         return {
             "teacher_dir": self.model.path,
             "teacher_output": self.adapter.output,
+            **self.checked.report_fields(),
             "teacher_logits": logits.mode,
             "teacher_logits_seconds": round(logits.seconds, 2),
             "logits_cache": logits.cache,

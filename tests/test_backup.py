@@ -441,7 +441,7 @@ class RunFieldsCoverageTest(tf.test.TestCase):
     def test_a_backup_resumes_only_the_run_of_its_fields(self):
         settings = config_lib.fields(config_lib.Config())
         for stage in ("teacher", "scratch", "student"):
-            identities = {"data": "256 examples, sha256 0"}
+            identities = {"data_fingerprint": "256 examples, sha256 0"}
             if stage == "student":
                 identities["teacher"] = "sha256 0"
             fields = run_identity.run_fields(settings, stage, "seed_mlp", **identities)
@@ -500,14 +500,17 @@ class ChangedInputsTest(_CommandLineTest):
         self.assert_refused(
             (*argv, f"--idx_dir={second}"), f"\\(--idx_dir={first} there, {second} here\\)"
         )
+        # The same labels, one training image changed.
         shutil.rmtree(first)
-        shutil.copytree(second, first)
+        images = train.images[:500].copy()
+        images[0] = 255 - images[0]
+        _write_idx_dir(first, data.Split(images, train.labels[:500]), test, 0, 500)
         self.assert_refused((*argv, f"--idx_dir={first}"), r"\(the data read: 596 examples")
 
     def test_a_teacher_exported_again_at_its_path_is_refused(self):
         teacher = helpers.tiny_export(os.path.join(self.root, "teacher"))
-        argv = ("--stage=student", f"--teacher_dir={teacher}", "--epochs=1",
-                f"--export_dir={self.root}/1")
+        argv = ("--stage=student", f"--teacher_dir={teacher}", "--min_teacher_accuracy=0",
+                "--epochs=1", f"--export_dir={self.root}/1")
         self.interrupted_at_export(*argv)
         export.export_model(
             helpers.tiny_model(seed=1), teacher, check_images=helpers.random_images(2),

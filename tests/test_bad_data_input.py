@@ -7,7 +7,7 @@ Every refused run must end, before training starts, with exit status 2, one
 to fix, no traceback on stdout or stderr, the earlier export it was asked to
 `--overwrite` byte-for-byte as it was (no debris beside it, no
 `--saved_models_dir` created), and nothing left in its `TMPDIR`. Mixed image
-sizes with `--image_size=H,W` must train and export instead.
+sizes with `--image_size=H,W`, and 1-bit BMPs, must train and export instead.
 
 Each class writes its data and starts all its processes in `setUpClass`, a
 few at a time; the tests check their outcomes. Library-level refusals are in
@@ -26,6 +26,7 @@ from typing import NamedTuple
 import helpers
 import keras
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 
 from kd_tf import export
@@ -34,7 +35,7 @@ from kd_tf.data import tfrecord
 # Processes run at once: kd_tf's start-up (importing TensorFlow) is most of a
 # refusal's few seconds, and the machine may have 2 cores.
 PARALLEL = 3
-# kd_tf's status after a user error (README, What happens when ...), spelled
+# kd_tf's status after a user error (docs/reliability.md, What happens when ...), spelled
 # out rather than read from kd_tf.main.
 EXIT_USER_ERROR = 2
 IMAGE = (8, 8, 1)
@@ -79,6 +80,18 @@ def _tree(root, classes=("cat", "dog"), count=10, shape=IMAGE):
     for c, name in enumerate(classes):
         for i in range(count):
             _write(os.path.join(root, name, f"{i}.png"), _png(_image(i + c, shape)))
+    return root
+
+
+def _one_bit_bmps(root, classes=("cat", "dog"), count=10):
+    """`count` 1-bit (black and white) BMPs of `IMAGE` per class folder,
+    written by Pillow (a dependency of matplotlib), `root/<class>/<i>.bmp`."""
+    pixels = np.random.default_rng(0).random((len(classes), count, *IMAGE[:2])) > 0.5
+    for c, name in enumerate(classes):
+        for i in range(count):
+            path = os.path.join(root, name, f"{i}.bmp")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            PIL.Image.fromarray(pixels[c, i]).convert("1").save(path, "BMP")
     return root
 
 
@@ -222,6 +235,20 @@ class DirectorySourceTest(_BadDataCase):
         cls.two_validations = os.path.join(data, "two_validations")
         for split in ("train", "validation", "val", "test"):
             _tree(os.path.join(cls.two_validations, split))
+        # A class folder in test/ only: its images could never be classified right.
+        cls.unseen_class = os.path.join(data, "unseen_class")
+        for split in ("train", "test"):
+            _tree(os.path.join(cls.unseen_class, split))
+        _tree(os.path.join(cls.unseen_class, "test"), classes=("bird",), count=6)
+        cls.train_only = os.path.join(data, "train_only")
+        _tree(os.path.join(cls.train_only, "train"))
+        cls.no_test = os.path.join(data, "no_test")
+        for split in ("train", "validation"):
+            _tree(os.path.join(cls.no_test, split))
+        cls.test_lacks_a_class = os.path.join(data, "test_lacks_a_class")
+        _tree(os.path.join(cls.test_lacks_a_class, "train"), classes=("cat", "dog", "owl"))
+        _tree(os.path.join(cls.test_lacks_a_class, "test"))
+        cls.one_bit = _one_bit_bmps(os.path.join(data, "one_bit"))
         four_channels, ten_classes = _teachers(cls.root)
         source = "--data_source=directory"
         return {
@@ -237,6 +264,16 @@ class DirectorySourceTest(_BadDataCase):
             "mixed_sizes": (*TINY_RUN, source, f"--data_dir={cls.mixed}"),
             "validation_folder_and_flag": (*TINY_RUN, source, f"--data_dir={cls.with_validation}"),
             "two_validation_folders": (*TINY_RUN, source, f"--data_dir={cls.two_validations}"),
+            "unseen_class": (*TINY_RUN, source, f"--data_dir={cls.unseen_class}"),
+            "train_only": (*TINY_RUN, source, f"--data_dir={cls.train_only}"),
+            "no_test": (*TINY_RUN, source, f"--data_dir={cls.no_test}"),
+            "test_lacks_a_class": (*TINY_RUN, source, f"--data_dir={cls.test_lacks_a_class}"),
+            "one_bit_bmp": (
+                *TINY_RUN,
+                source,
+                f"--data_dir={cls.one_bit}",
+                f"--export_dir={cls.root}/cases/one_bit_bmp/exports/new",
+            ),
             "mixed_sizes_resized": (
                 *TINY_RUN,
                 source,
@@ -304,6 +341,41 @@ class DirectorySourceTest(_BadDataCase):
     def test_mixed_sizes_need_image_size(self):
         self.refused("mixed_sizes", "the images have 2 sizes", "8x8", "16x12", "--image_size=H,W")
         report = self.succeeded("mixed_sizes_resized")
+        self.assertEqual(report["data"]["image_shape"], [8, 8, 1])
+        self.assertEqual(report["data"]["num_classes"], 2)
+
+    def test_a_class_only_in_test_is_refused(self):
+        bird, train = (os.path.join(self.unseen_class, *p) for p in (("test", "bird"), ("train",)))
+        self.refused(
+            "unseen_class",
+            f"{bird}: no such class in {train}",
+            f"add its training images to {train}, or remove the folder from --data_dir",
+        )
+
+    def test_split_folders_without_their_partner(self):
+        self.refused(
+            "train_only",
+            f"--data_dir={self.train_only} has train/ but no test/: add "
+            f"{self.train_only}/test with one folder of images per class",
+            "move the class folders of train/ up into --data_dir",
+        )
+        self.refused(
+            "no_test",
+            f"--data_dir={self.no_test} has train/ and validation/ but no test/: add "
+            f"{self.no_test}/test with one folder of images per class",
+        )
+
+    def test_a_class_missing_from_test(self):
+        tree = self.test_lacks_a_class
+        self.refused(
+            "test_lacks_a_class",
+            f"class 'owl' of {tree}/train has no test image: add {tree}/test/owl with its test "
+            "images",
+            f"or remove {tree}/train/owl to drop the class",
+        )
+
+    def test_one_bit_bmps_train(self):
+        report = self.succeeded("one_bit_bmp")
         self.assertEqual(report["data"]["image_shape"], [8, 8, 1])
         self.assertEqual(report["data"]["num_classes"], 2)
 

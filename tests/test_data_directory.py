@@ -111,7 +111,8 @@ class DirectoryTest(tf.test.TestCase):
         tree = os.path.join(self.root, "colour")
         _write(os.path.join(tree, "a", "grey.png"), np.full((4, 4, 1), 9, np.uint8))
         _write(os.path.join(tree, "b", "red.png"), np.tile(np.array([200, 0, 0], np.uint8), (4, 4, 1)))
-        _write(os.path.join(tree, "b", "alpha.png"), np.full((4, 4, 4), 7, np.uint8))
+        opaque = np.concatenate([np.full((4, 4, 3), 7, np.uint8), np.full((4, 4, 1), 255, np.uint8)], -1)
+        _write(os.path.join(tree, "b", "alpha.png"), opaque)
         train, _, test, _ = directory.read_directory(tree, test_fraction=0.01)
         images = np.concatenate([train.images, test.images])
         self.assertEqual(images.shape, (3, 4, 4, 3))
@@ -140,6 +141,40 @@ class DirectoryTest(tf.test.TestCase):
         self.assertIn(f"cannot read {os.path.join(bad, 'other', 'c.png')}", message)
         self.assertIn("--data_dir", message)
         self.assertNotIn("\n", message)
+
+    def test_split_folders_name_what_is_wrong(self):
+        def tree(name, splits, classes=("cat", "dog")):
+            root = os.path.join(self.root, "splits", name)
+            for split in splits:
+                for label in classes:
+                    _write(os.path.join(root, split, label, "0.png"), np.zeros((3, 3, 1), np.uint8))
+            return root
+
+        test_only = tree("test_only", ("test",))
+        self.assertEqual(
+            self._refusal(test_only),
+            f"--data_dir={test_only} has test/ but no train/: add {test_only}/train with one "
+            "folder of images per class",
+        )
+        val_only = tree("val_only", ("val",))
+        self.assertIn(
+            f"has val/ but no train/ or test/: add {val_only}/train and {val_only}/test",
+            self._refusal(val_only),
+        )
+        unseen = tree("unseen", ("train", "test", "validation"))
+        tree("unseen", ("validation",), classes=("owl", "yak"))
+        self.assertStartsWith(
+            self._refusal(unseen),
+            f"{unseen}/validation/owl, {unseen}/validation/yak: no such class in {unseen}/train",
+        )
+        lacking = tree("lacking", ("train", "test"))
+        tree("lacking", ("val",), classes=("dog",))
+        self.assertStartsWith(
+            self._refusal(lacking),
+            f"class 'cat' of {lacking}/train has no validation image: add {lacking}/val/cat",
+        )
+        os.makedirs(os.path.join(lacking, "val", "cat"))
+        self.assertStartsWith(self._refusal(lacking), "class 'cat' of")
 
     def test_load_splits_names_the_data_set_after_its_folder(self):
         splits = data.load_splits(source="directory", data_dir=self.digits, validation_examples=100)

@@ -103,7 +103,8 @@ class FullDiskTest(tf.test.TestCase):
             cache_dir,
             256,
             helpers.slice_argv(
-                root, "--stage=student", f"--teacher_dir={teacher}", "--epochs=1",
+                root, "--stage=student", f"--teacher_dir={teacher}", "--min_teacher_accuracy=0",
+                "--epochs=1",
                 "--train_examples=2048", "--augment", "--augment_views=15",
                 "--logits_cache=disk", f"--logits_cache_dir={cache_dir}",
             ),

@@ -18,7 +18,7 @@ from kd_tf.errors import ConfigError
 
 SHAPES = ((8, 8, 1), (32, 32, 3), (224, 224, 3))
 NUM_CLASSES = 10
-# Parameters on MNIST 28x28x1 and on 32x32x3 (the README's Models table).
+# Parameters on MNIST 28x28x1 and on 32x32x3 (the table of docs/models.md).
 PARAMETERS = {
     "resnet_small": {(28, 28, 1): 605_354, (32, 32, 3): 605_930},
     "mobilenet_small": {(28, 28, 1): 38_346, (32, 32, 3): 38_634},

@@ -1,14 +1,18 @@
 """Mixed precision: the policy `auto` picks, float32 outputs, loss scaling and
-float32 exports of models trained in 16 bits (fast, synthetic data)."""
+float32 exports of models trained in 16 bits (fast, synthetic data; one
+short training run on 96 real MNIST images)."""
 
 import os
 import tempfile
 
+import helpers
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
-from kd_tf import distillation, export, models, precision
+from kd_tf import command_line, distillation, export, models, precision, stages
 
 IMAGE_SHAPE, CLASSES = (28, 28, 1), 10
 
@@ -22,7 +26,7 @@ class ResolveTest(tf.test.TestCase):
         cases = {
             ("amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
             ("amx_bf16",): "mixed_bfloat16",
-            # AVX-512 BF16 without AMX trained no faster (README "Precision").
+            # AVX-512 BF16 without AMX trained no faster (docs/precision-and-speed.md).
             ("avx512f", "avx512_bf16"): "float32",
             ("avx512f", "avx2"): "float32",
             (): "float32",
@@ -134,6 +138,91 @@ class MixedModelTest(tf.test.TestCase):
                     (images, teacher_logits), labels, distiller((images, teacher_logits))
                 )
                 self.assertEqual(loss.dtype, "float32")
+
+
+def _graph_nodes(export_dir):
+    """Every node of the SavedModel in `export_dir`, read from its
+    `saved_model.pb`: the graph's and those of its functions (where the
+    model's layers are)."""
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    (meta_graph,) = saved_model.meta_graphs
+    graph = meta_graph.graph_def
+    functions = graph.library.function
+    return [*graph.node, *(node for function in functions for node in function.node_def)]
+
+
+def _types(node):
+    """The dtypes a node's attributes name (`T`, `DstT`, `dtype`, lists...)."""
+    found = set()
+    for value in node.attr.values():
+        found.update([value.type] if value.HasField("type") else value.list.type)
+    return {tf.dtypes.as_dtype(t).name for t in found if t != types_pb2.DT_INVALID}
+
+
+# oneDNN ISAs (ONEDNN_MAX_CPU_ISA) without bfloat16 kernels.
+_ISAS_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
+
+
+def _bfloat16_cannot_run():
+    """Why TensorFlow cannot run bfloat16 ops in this process, or None.
+
+    TensorFlow sends them to oneDNN on any CPU with AVX-512 (by cpuid), and
+    falls back to Eigen without it. `ONEDNN_MAX_CPU_ISA=AVX2`, the way to
+    emulate an AVX2-only CPU for oneDNN, leaves oneDNN no bfloat16 kernel on
+    such a CPU ("could not create a primitive descriptor"), where a real
+    AVX2-only CPU runs them in Eigen (emulate that with
+    `TF_ENABLE_ONEDNN_OPTS=0`)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if (
+        isa in _ISAS_WITHOUT_BFLOAT16
+        and "avx512f" in precision.cpu_flags()
+        and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
+    ):
+        return (
+            f"ONEDNN_MAX_CPU_ISA={isa} on a CPU with AVX-512 leaves TensorFlow's bfloat16 ops "
+            "without a oneDNN kernel (set TF_ENABLE_ONEDNN_OPTS=0 to emulate an AVX2-only CPU)"
+        )
+    return None
+
+
+class MixedRunExportTest(tf.test.TestCase):
+    """A training stage run in mixed_bfloat16 exports a float32 graph (the
+    trained weights in float32 layers). What is checked is the graph written
+    to disk, not its numbers, so no CPU feature is needed: Keras computes
+    bfloat16 on any CPU (oneDNN or Eigen, slower without AVX-512 BF16)."""
+
+    # seed_cnn's compute ops, each in float32 in the export whatever the
+    # training (their `T` has no default, so the graph always names it; an op
+    # whose default type is float32, e.g. MaxPool, names it only when it is
+    # not float32, which the check for 16-bit types finds).
+    COMPUTE_OPS = ("Conv2D", "MatMul", "BiasAdd", "Relu")
+
+    def test_the_export_of_a_mixed_bfloat16_run_is_float32(self):
+        if reason := _bfloat16_cannot_run():
+            self.skipTest(reason)
+        root = tempfile.mkdtemp(dir=self.get_temp_dir())
+        tree = helpers.write_mnist_tree(os.path.join(root, "mnist"), 64, 64)
+        report = stages.run(
+            command_line.parse([
+                "--stage=scratch", "--model=seed_cnn", "--precision=mixed_bfloat16",
+                "--data_source=directory", f"--data_dir={tree}", "--validation_examples=16",
+                "--epochs=1", "--batch_size=16", f"--export_dir={root}/export",
+                f"--log_dir={root}/logs",
+            ])
+        )
+        self.assertEqual(report["precision"], "mixed_bfloat16")
+        nodes = _graph_nodes(report["export_dir"])
+        compute = {op: set() for op in self.COMPUTE_OPS}
+        for node in nodes:
+            if node.op in compute:
+                compute[node.op].update(_types(node))
+        self.assertEqual(compute, {op: {"float32"} for op in self.COMPUTE_OPS})
+        in_16_bits = sorted(
+            f"{node.op} {node.name}" for node in nodes if _types(node) & {"bfloat16", "float16"}
+        )
+        self.assertEqual(in_16_bits, [])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""End to end: the same flags give bitwise-identical weights (README,
+"""End to end: the same flags give bitwise-identical weights (docs/exports-and-serving.md,
 Reproducibility), twice in one process and in two separate
 `python -m kd_tf.main` processes, in float32 and in bfloat16."""
 
@@ -31,7 +31,7 @@ class SameSeedTest(helpers.CommandTestCase):
         self._two_processes("processes")
 
     def test_two_processes_in_bfloat16_give_bitwise_identical_weights(self):
-        # Same seed, same precision, same machine (README, Precision).
+        # Same seed, same precision, same machine (docs/precision-and-speed.md).
         exports = self._two_processes("bfloat16", "--precision=mixed_bfloat16")
         self.assertEqual(helpers.read_report(exports[0])["precision"], "mixed_bfloat16")
 

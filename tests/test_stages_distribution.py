@@ -1,6 +1,6 @@
 """End to end: training on several devices and machines gives the training of
-one device with the same global batch (README, Training on several devices
-and machines), on a slice of real MNIST.
+one device with the same global batch (docs/distributed.md), on a slice of
+real MNIST.
 
 `ReplicaEquivalenceTest` uses the 2 logical CPU devices that
 tests/conftest.py configures; `MultiWorkerTest` starts two real
@@ -31,7 +31,7 @@ def _streamed(root):
     if not os.path.isdir(tree):
         helpers.write_mnist_tree(tree, 400, 100)
     return (*STREAMED, f"--data_dir={tree}")
-# README: "the tests check the weights of every stage on 1 and 2 devices to
+# docs/distributed.md: "the tests check the weights of every stage on 1 and 2 devices to
 # 1e-5" (2 replicas sum two half-batch gradients in another order than one
 # device sums the whole batch's).
 ATOL = 1e-5

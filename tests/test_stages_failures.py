@@ -1,5 +1,5 @@
 """End to end: failures during a run on a slice of real MNIST lose nothing
-(README, What happens when ... and Surviving a crash).
+(docs/reliability.md: What happens when ... and Surviving a crash).
 
 `TrainingFailureTest` runs `main.run_command` in process; `ProcessFailureTest`
 interrupts real `python -m kd_tf.main` processes (SIGINT, SIGKILL).

@@ -199,8 +199,8 @@ class TuneStageTest(tf.test.TestCase):
         self.assertEqual(report["temperature"], best["temperature"])
         self.assertEqual(report["alpha"], best["alpha"])
         # Trained again by the student stage, from the same weights on the same
-        # batches, the best trial's setting gives its epochs again (README,
-        # Choosing the temperature): its best epoch is the student's.
+        # batches, the best trial's setting gives its epochs again
+        # (docs/tuning.md): its best epoch is the student's.
         validation = [epoch["val_accuracy"] for epoch in report["epochs"]]
         self.assertEqual(report["best_epoch"], best["best_epoch"])
         self.assertEqual(max(validation), best["val_accuracy"])

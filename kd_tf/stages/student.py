@@ -1,7 +1,8 @@
 """`student`: distils the teacher (`teacher_dir`) into the student.
 
-`prepare_distillation` (shared with `tune`) loads the teacher and the data
-and builds the datasets that carry the teacher's logits; `build_distiller`
+`prepare_distillation` (shared with `tune`) loads the teacher and the data,
+checks the teacher on the data (`Teacher.check`: refused before any training
+when it cannot teach) and builds the datasets that carry the teacher's logits; `build_distiller`
 puts a fresh student into a compiled `Distiller`.
 """
 
@@ -41,7 +42,8 @@ class DistillationInputs(NamedTuple):
 
 @contextlib.contextmanager
 def prepare_distillation(config, strategy, policy):
-    """Loads the teacher and the data, computes the teacher's logits once where
+    """Loads the teacher and the data, checks the teacher on the data (see
+    `kd_tf.teacher_check`), computes the teacher's logits once where
     they can be cached (under the dtype policy `policy`, see
     `precision.graph_rewrite`), and yields `DistillationInputs`; the logit
     shards are removed when the block ends, however it ends.
@@ -61,6 +63,8 @@ def prepare_distillation(config, strategy, policy):
         config.stage,
         pixel_range=distill.teacher_pixel_range,
         output=distill.teacher_output,
+        class_order=distill.teacher_class_order,
+        min_accuracy=distill.min_teacher_accuracy,
     ) as teacher:
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
@@ -69,6 +73,7 @@ def prepare_distillation(config, strategy, policy):
             config.data.augment, config.data.augment_views
         )
         with precision.graph_rewrite(policy):
+            teacher.check(splits, opt.eval_batch_size)
             logits = teacher.datasets(
                 splits.train,
                 splits.validation,

@@ -3,9 +3,11 @@
 `TrainingRun` owns what does not depend on the stage: the strategy, the
 export directory (checked before any work), the backup (locked for the run,
 see `backup.lock`) and the epoch it resumes after, the fit that restores the
-best epoch, the export measured through its reloaded copy with its report,
-and the backup's removal once the export is in place. A stage says only what
-differs: its data, its model and what it adds to the report.
+best epoch, the export (with the data's class names and preprocessing)
+measured through its reloaded copy with its report (per-class accuracy,
+confusion matrix and `confusion.png`), and the backup's removal once the
+export is in place. A stage says only what differs: its data, its model and
+what it adds to the report.
 
 Without `--export_dir`, the export goes to the version directory that is
 free when it is complete (`export.NextVersion`): the one TensorBoard's logs
@@ -45,12 +47,13 @@ from kd_tf import (
     interrupts,
     pipelines,
     precision,
+    preprocessing,
     reporting,
     run_identity,
     training,
 )
 from kd_tf import config as config_lib
-from kd_tf.data import fingerprint, streaming
+from kd_tf.data import streaming
 from kd_tf.errors import UserError
 from kd_tf.stages.report import RunReport, data_summary
 
@@ -106,6 +109,24 @@ def next_version(config, stage, strategy, planned):
             "%s was taken by another run meanwhile: exporting to %s", planned, version.path
         )
     return version
+
+
+def record_test(report, logits, splits):
+    """Sets the test accuracy and loss of `report` (a `RunReport`) from the
+    test split's `logits`, its confusion matrix and each class's accuracy;
+    returns the matrix."""
+    labels = splits.test.labels
+    test = training.evaluate_logits(logits, labels)
+    report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+    matrix = reporting.confusion_matrix(logits.argmax(axis=1), labels, splits.num_classes)
+    report.confusion = matrix.tolist()
+    report.per_class = [
+        {"class": name, "examples": int(examples), "accuracy": accuracy}
+        for name, examples, accuracy in zip(
+            splits.class_names, matrix.sum(axis=1), reporting.class_accuracies(matrix)
+        )
+    ]
+    return matrix
 
 
 class TrainingRun:
@@ -174,7 +195,9 @@ class TrainingRun:
 
     def fit(self, trainer, model, inputs):
         """Trains `trainer` (whose weights are `model`'s) and restores the best
-        epoch; returns `(epoch_records, best_epoch)`.
+        epoch; returns `(epoch_records, best_epoch)`. A backup resumes only a
+        run on the same data: its fields include `data_fingerprint`
+        (`DataSplits.fingerprint`).
 
         Raises:
             UserError: the backup is of other data (see `kd_tf.backup`), or
@@ -187,7 +210,7 @@ class TrainingRun:
         )
         fields = self.run_fields
         if self.backup_dir:
-            fields = {**fields, "data": fingerprint.fingerprint(inputs.splits)}
+            fields = {**fields, "data_fingerprint": inputs.splits.fingerprint()}
         with self._reading(inputs.splits):
             return training.fit_and_restore_best(
                 trainer,
@@ -237,10 +260,12 @@ class TrainingRun:
     def finish(self, model, splits, epochs, best_epoch, distillation=None):
         """Exports `model` with its report, removes the backup; returns the
         report (as `report.json` holds it, plus `export_dir`)."""
+        recorded = preprocessing.Preprocessing.for_splits(splits)
         report = RunReport(
             stage=self.stage,
             flags=config_lib.fields(self.config),
             data=data_summary(splits, self.config.data),
+            preprocessing=recorded.as_json(),
             model=self.model_name,
             params=int(model.count_params()),
             epochs=epochs,
@@ -254,7 +279,7 @@ class TrainingRun:
             distillation=distillation or {},
         )
         with self._reading(splits):
-            self._export(model, splits, report)
+            self._export(model, splits, report, recorded)
         with interrupts.outcome(f"the export is complete at {self.export_dir}"):
             backup.remove(self.backup_dir)
             logging.info(
@@ -267,21 +292,23 @@ class TrainingRun:
             )
         return {**report.as_json(), "export_dir": self.export_dir}
 
-    def _export(self, model, splits, report):
-        """Exports `model`, measures the test split through the reloaded
-        export, and writes the report and curves into it."""
+    def _export(self, model, splits, report, recorded):
+        """Exports `model` (its class names and preprocessing `recorded`),
+        measures the test split through the reloaded export, and writes the
+        report and curves into it."""
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
-            logits = splits.test.map_batches(served.logits, eval_batch_size)
-            test = training.evaluate_logits(logits, splits.test.labels)
-            report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+            logits = splits.test.map_batches(
+                served.logits, eval_batch_size, f"{self.stage}: measuring the test split"
+            )
+            matrix = record_test(report, logits, splits)
             assets = export.assets_extra_dir(staging_dir)
             reporting.write_json(report.as_json(), os.path.join(assets, "report.json"))
-            reporting.plot_curves(
-                report.epochs,
-                os.path.join(assets, "curves.png"),
-                title=f"{self.stage}: {report.model}",
+            title = f"{self.stage}: {report.model}"
+            reporting.plot_curves(report.epochs, os.path.join(assets, "curves.png"), title=title)
+            reporting.plot_confusion(
+                {title: matrix}, splits.class_names, os.path.join(assets, "confusion.png")
             )
 
         version = next_version(self.config, self.stage, self.strategy, self.export_dir)
@@ -289,6 +316,8 @@ class TrainingRun:
             precision.float32_copy(model),
             version.path if version else self.export_dir,
             check_images=splits.validation.head(CHECK_EXAMPLES),
+            class_names=splits.class_names,
+            recorded=recorded,
             finalize=finalize,
             overwrite=self.config.export.overwrite,
             on_taken=version.taken if version else None,
