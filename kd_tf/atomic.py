@@ -6,7 +6,10 @@ when it is complete, so the final path never holds a partial output.
 
 Without `overwrite`, the final path must be absent or an empty directory and
 the staging directory is renamed onto it (`rename(2)` is atomic and refuses a
-non-empty target, so a concurrent run cannot be overwritten either).
+non-empty target, so a concurrent run cannot be overwritten either). With
+`on_taken`, a final path that another run took meanwhile is not refused:
+the output is renamed onto the next path `on_taken` names (the next free
+export version, see `kd_tf.export.versions.NextVersion`).
 
 With `overwrite`, an earlier output at the final path (a directory holding
 `saved_model.pb` or `report.json`) is replaced. The sequence is:
@@ -73,7 +76,11 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 # Failures to write that the user can fix: reported as a `UserError`.
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+STORAGE_ERRNOS = (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS
+)
+# What renaming a directory onto a path another output took raises.
+_TAKEN = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR)
 # `os.link` failures of file systems without hard links.
 _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP)
 
@@ -116,13 +123,18 @@ def check_target(path, *, overwrite):
 
 
 @contextlib.contextmanager
-def staged(path, *, overwrite):
+def staged(path, *, overwrite, on_taken=None):
     """Stage an output next to `path` and move it into place when complete.
 
     Args:
         path: Final path of the output; its parents are created.
         overwrite: Whether an earlier output at `path` may be replaced (see
             the module docstring for the exact sequence).
+        on_taken: Optional, without `overwrite`: a callable `on_taken(path)`
+            giving another final path when `path` is taken by the time the
+            output is complete (another run put its output there); the output
+            goes there instead, by the same atomic rename (asked again while
+            that one is taken too). Without it, a taken `path` is refused.
 
     Yields:
         The staging directory (a new, empty, hidden sibling of `path`) to
@@ -142,11 +154,14 @@ def staged(path, *, overwrite):
         os.makedirs(os.path.dirname(staging), exist_ok=True)
         os.mkdir(staging)
         yield staging
-        check_target(path, overwrite=overwrite)
-        if overwrite and is_output(path):
-            replaced = _replace(staging, path)
+        if on_taken is not None:
+            _rename_into_free_place(staging, path, on_taken)
         else:
-            _rename_into_place(staging, path)
+            check_target(path, overwrite=overwrite)
+            if overwrite and is_output(path):
+                replaced = _replace(staging, path)
+            else:
+                _rename_into_place(staging, path)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
@@ -249,9 +264,22 @@ def _rename_into_place(staging, path):
     try:
         os.rename(staging, path)
     except OSError as e:
-        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+        if e.errno in _TAKEN:
             raise _occupied_error(path) from e
         raise
+
+
+def _rename_into_free_place(staging, path, on_taken):
+    """Renames `staging` onto `path`, or onto the paths `on_taken` gives
+    while the one tried is taken."""
+    while True:
+        try:
+            os.rename(staging, path)
+            return
+        except OSError as e:
+            if e.errno not in _TAKEN:
+                raise
+        path = on_taken(path)
 
 
 def _occupied_error(path):

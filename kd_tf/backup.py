@@ -9,8 +9,8 @@ every epoch and restores the same best epoch as an uninterrupted run.
 
 Files of a backup, for finished epoch k:
 
-- `epoch-<k>.weights.h5`: the model's and the optimiser's weights (Keras
-  `save_weights`);
+- `epoch-<k>.weights.npz`: the model's variables (its weights and the state
+  of its random seeds) and the optimiser's;
 - `best.<e>.npz`: the weights of the best epoch so far;
 - `training_metadata.json` (`RECORD`): the record of epoch k: its number, the
   two files above with their SHA-256, the per-epoch records, the best-epoch
@@ -18,9 +18,11 @@ Files of a backup, for finished epoch k:
 - `training_metadata.previous.json` (`PREVIOUS_RECORD`): the record before.
 
 Backing up epoch k writes the two weight files and flushes them to disk, moves
-the last record to `PREVIOUS_RECORD`, writes the new record (each record whole,
-into a temporary file renamed into place: `atomic.write_file`), then deletes
-the files no record names. A record names only complete files, so a kill at
+the last record to `PREVIOUS_RECORD`, writes the new record, then deletes the
+files no record names. Python writes every file into a temporary file renamed
+into place (`atomic.write_file`): a full disk is an `OSError` that leaves
+nothing behind (HDF5, under Keras's `save_weights`, crashed the process at
+exit after failing to write). A record names only complete files, so a kill at
 any instant leaves the newest record whole and consistent with its files, or
 the one before. On resuming, `find_checkpoint` takes the newest record that
 reads and whose files match their checksums: a record emptied by a machine
@@ -28,16 +30,25 @@ crash, or a damaged weights file, falls back to the epoch before (with a
 warning), and the run skips exactly the epochs of the record it restores.
 
 An epoch whose loss diverged (`divergence.DivergenceMonitor`) is never backed
-up. A backup whose run-defining fields (model, data slice, epochs, batch,
-optimiser and schedule, seed, and the student's teacher and loss: its
-terms and their settings, hints and mixup) differ from the run's is refused with a `ConfigError` naming them,
-and kept: rerun the same command to resume it, or remove it to start over.
-The stage deletes the directory (`remove`) once its export is in place.
+up. A backup that cannot be written (a full disk, a lost permission) is
+reported in one warning and training goes on: the last complete backup
+stays, and the next epoch tries again.
+
+A backup records the run that made it (`run_identity.run_fields`: the
+fields that change what it computes, the data and the teacher it read); a
+backup of another run is refused with a `ConfigError` naming what changed,
+and kept. The stage deletes the directory (`remove`) once its export is in
+place.
+
+One run at a time uses a backup directory: `lock` takes it for the run's
+lifetime (a `locks.LockFile`, `.lock`, which a killed run leaves free) and
+refuses a second run in one line.
 
 Usage:
 
 ```python
-fields = backup.run_fields(config_lib.fields(config), "scratch", "seed_mlp")
+lock = backup.lock(backup_dir)  # released with lock.release() when the run ends
+fields = run_identity.run_fields(config_lib.fields(config), "scratch", "seed_mlp")
 saver = backup.TrainingBackup(backup_dir, recorder, best, monitor, fields)
 train = train.skip(saver.checkpoint.epoch * steps_per_epoch)
 model.fit(train, initial_epoch=saver.checkpoint.epoch,
@@ -45,6 +56,7 @@ model.fit(train, initial_epoch=saver.checkpoint.epoch,
 ```
 """
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -57,61 +69,16 @@ import keras
 import numpy as np
 from absl import logging
 
-from kd_tf import atomic, distribution
+from kd_tf import atomic, distribution, locks, run_identity
 from kd_tf.errors import ConfigError
 
 RECORD = "training_metadata.json"
 PREVIOUS_RECORD = "training_metadata.previous.json"
-_WEIGHTS = "epoch-{}.weights.h5"
+LOCK = ".lock"
+_WEIGHTS = "epoch-{}.weights.npz"
 _BEST = "best.{}.npz"
-_DATA_FILES = re.compile(r"^(epoch-\d+\.weights\.h5|best\.\d+\.npz)$")
+_DATA_FILES = re.compile(r"^(epoch-\d+\.weights\.npz|best\.\d+\.npz)$")
 _RECORD_KEYS = ("epoch", "weights", "weights_sha256", "best_weights", "best_weights_sha256")
-# Config fields that define a training run; a backup resumes only a run with
-# the same values (and the same stage and model).
-RUN_FIELDS = (
-    "dataset",
-    "data_source",
-    "data_dir",
-    "image_size",
-    "test_fraction",
-    # A TFRecord or TFDS split streamed past the budget is read in another
-    # order than the same split in memory.
-    "data_memory_mb",
-    "train_examples",
-    "validation_examples",
-    "augment",
-    "augment_views",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "learning_rate",
-    "lr_schedule",
-    "warmup_epochs",
-    "weight_decay",
-    "seed",
-    "precision",
-)
-STUDENT_RUN_FIELDS = (
-    "teacher_dir",
-    "teacher_pixel_range",
-    "teacher_class_order",
-    "teacher_output",
-    "teacher_logits",
-    "logits_cache",
-    "temperature",
-    "alpha",
-    "distillation_loss",
-    "dkd_alpha",
-    "dkd_beta",
-    "dkd_warmup_epochs",
-    "dist_beta",
-    "dist_gamma",
-    "hint_layers",
-    "hint_weight",
-    "mixup_alpha",
-)
-
-
 class Checkpoint(NamedTuple):
     """What a run resumes from.
 
@@ -147,10 +114,38 @@ def stage_backup_dir(backup_dir, stage, strategy):
     return os.path.join(path, distribution.task_name(strategy))
 
 
-def run_fields(settings, stage, model_name):
-    """The fields that define a training run, from `config.fields(config)`."""
-    names = RUN_FIELDS + (STUDENT_RUN_FIELDS if stage == "student" else ())
-    return {"stage": stage, "model": model_name, **{name: settings[name] for name in names}}
+def lock(backup_dir):
+    """Takes a stage's backup directory for this run (creating it), so that
+    no other run reads or writes it meanwhile.
+
+    Args:
+        backup_dir: the stage's backup directory, or None.
+
+    Returns:
+        The `locks.LockFile` to `release()` when the run ends, however it
+        ends; None without `backup_dir`.
+
+    Raises:
+        ConfigError: another live run holds the directory, or it cannot be
+            created.
+    """
+    if not backup_dir:
+        return None
+    path = os.path.join(backup_dir, LOCK)
+    try:
+        os.makedirs(backup_dir, exist_ok=True)
+        held = locks.LockFile.acquire(path)
+    except OSError as error:
+        raise atomic.storage_error(backup_dir, error.strerror, "backup_dir") from error
+    if held is None:
+        holder = locks.holder(path)
+        process = f" (process {holder})" if holder else ""
+        raise ConfigError(
+            ("backup_dir",),
+            f"{{0}} {backup_dir} is in use by another run{process}: wait for it to end, "
+            "or pass another {0}",
+        )
+    return held
 
 
 def find_checkpoint(backup_dir, fields=None):
@@ -175,7 +170,7 @@ def find_checkpoint(backup_dir, fields=None):
         if record is None:
             damaged.append(name)
             continue
-        _check_fields(backup_dir, record.get("run", {}), fields)
+        run_identity.check(backup_dir, record.get("run", {}), fields)
         return Checkpoint(record["epoch"], record, tuple(damaged))
     return Checkpoint(0, None, tuple(damaged))
 
@@ -205,25 +200,6 @@ def _complete_record(backup_dir, path):
     except (OSError, ValueError, TypeError):
         return None
     return record
-
-
-def _check_fields(backup_dir, saved, fields):
-    differing = sorted(name for name in fields or {} if saved.get(name) != fields[name])
-    if not differing:
-        return
-    shown = "; ".join(
-        f"{{{i + 1}}}={_shown(saved.get(name))} there, {_shown(fields[name])} here"
-        for i, name in enumerate(differing)
-    )
-    raise ConfigError(
-        ("backup_dir", *differing),
-        f"{{0}} {backup_dir} holds a backup of another run ({shown}): rerun with the same "
-        f"flags to resume it, or remove {backup_dir} (or pass another {{0}}) to start over",
-    )
-
-
-def _shown(value):
-    return "unset" if value is None else value
 
 
 def _sha256(path):
@@ -268,6 +244,7 @@ class TrainingBackup(keras.callbacks.Callback):
         self.fields = fields
         self.checkpoint = find_checkpoint(backup_dir, fields)
         self._last_record = self.checkpoint.record
+        self._failing = False
 
     @property
     def last_epoch(self):
@@ -284,43 +261,81 @@ class TrainingBackup(keras.callbacks.Callback):
             if self.checkpoint.damaged:
                 logging.warning("no complete backup in %s: starting from epoch 1", self.backup_dir)
             return
-        self._load_weights(os.path.join(self.backup_dir, record["weights"]))
+        self._load_state(os.path.join(self.backup_dir, record["weights"]))
         self.recorder.epochs = record["epochs"][: record["epoch"]]
         self.best.best = record["best"]
         self.best.best_epoch = record["best_epoch"]
         self.best.wait = record["wait"]
-        with np.load(os.path.join(self.backup_dir, record["best_weights"])) as saved:
-            self.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        self.best.best_weights = _load_arrays(os.path.join(self.backup_dir, record["best_weights"]))
         logging.info("resuming after epoch %d from %s", record["epoch"], self.backup_dir)
 
-    def _load_weights(self, path):
+    def _load_state(self, path):
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
+        variables = _state_variables(self.model)
         try:
-            self.model.load_weights(path)
+            arrays = _load_arrays(path)
         except (ValueError, OSError) as error:
-            reason = str(error).splitlines()[0]
+            problem = str(error).splitlines()[0]
+        else:
+            problem = _mismatch(variables, arrays)
+        if problem:
             raise ConfigError(
                 ("backup_dir",),
-                f"{{0}} {self.backup_dir} holds a backup this model cannot load ({reason}): "
+                f"{{0}} {self.backup_dir} holds a backup this model cannot load ({problem}): "
                 f"remove {self.backup_dir} to start over, or pass another {{0}}",
-            ) from error
+            )
+        for variable, array in zip(variables, arrays):
+            variable.assign(array)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None and self.monitor.diverged_at is not None:
             return
-        self._save(epoch + 1)
+        try:
+            self._save(epoch + 1)
+        except OSError as error:
+            if not self._failing:
+                rerun = f"resume after epoch {self.last_epoch}" if self.last_epoch else "start over"
+                logging.warning(
+                    "could not back up epoch %d into %s (%s): training goes on, a rerun would "
+                    "%s; the next epochs try again",
+                    epoch + 1, self.backup_dir, error.strerror or error, rerun,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            logging.info("backing up into %s again from epoch %d", self.backup_dir, epoch + 1)
+        self._failing = False
 
     def _save(self, epoch):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        """Backs up finished epoch `epoch`; on an `OSError` the backup is the
+        one before, and the files this attempt wrote are removed."""
         weights = os.path.join(self.backup_dir, _WEIGHTS.format(epoch))
-        self.model.save_weights(weights, overwrite=True)
-        atomic.flush_to_disk(weights)
         best = os.path.join(self.backup_dir, _BEST.format(self.best.best_epoch))
-        if self._last_record is None or self._last_record["best_weights"] != os.path.basename(best):
-            atomic.write_file(best, lambda path: _save_arrays(path, self.best.best_weights))
-        record = {
+        written = []
+        try:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            _write_arrays(weights, [v.numpy() for v in _state_variables(self.model)], written)
+            if self._last_record is None or self._last_record["best_weights"] != os.path.basename(
+                best
+            ):
+                _write_arrays(best, self.best.best_weights, written)
+            record = self._record(epoch, weights, best)
+            previous = self._last_record
+            if previous is not None:
+                _write_record(os.path.join(self.backup_dir, PREVIOUS_RECORD), previous)
+            _write_record(os.path.join(self.backup_dir, RECORD), record)
+        except OSError:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
+        self._last_record = record
+        self._prune(record, previous)
+
+    def _record(self, epoch, weights, best):
+        return {
             "epoch": epoch,
             "weights": os.path.basename(weights),
             "weights_sha256": _sha256(weights),
@@ -332,12 +347,6 @@ class TrainingBackup(keras.callbacks.Callback):
             "wait": self.best.wait,
             "run": self.fields or {},
         }
-        previous = self._last_record
-        if previous is not None:
-            _write_record(os.path.join(self.backup_dir, PREVIOUS_RECORD), previous)
-        _write_record(os.path.join(self.backup_dir, RECORD), record)
-        self._last_record = record
-        self._prune(record, previous)
 
     def _prune(self, *records):
         """Deletes the weight files none of `records` names."""
@@ -348,9 +357,37 @@ class TrainingBackup(keras.callbacks.Callback):
                 os.remove(path)
 
 
-def _save_arrays(path, arrays):
-    with open(path, "wb") as f:
-        np.savez(f, *arrays)
+def _state_variables(model):
+    """What a backup restores: the model's variables (weights and random
+    seeds) and its optimiser's."""
+    optimizer = list(model.optimizer.variables) if model.optimizer is not None else []
+    return list(model.variables) + optimizer
+
+
+def _mismatch(variables, arrays):
+    """Why `arrays` cannot be assigned to `variables` in order, or None."""
+    if len(arrays) != len(variables):
+        return f"{len(arrays)} arrays there, {len(variables)} variables here"
+    for variable, array in zip(variables, arrays):
+        if tuple(array.shape) != tuple(variable.shape):
+            return f"{variable.path}: shape {tuple(array.shape)} there, {tuple(variable.shape)} here"
+    return None
+
+
+def _write_arrays(path, arrays, written):
+    """Writes `arrays` to `path` (`atomic.write_file`) and appends `path` to `written`."""
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            np.savez(f, *arrays)
+
+    atomic.write_file(path, write)
+    written.append(path)
+
+
+def _load_arrays(path):
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def _write_record(path, record):

@@ -164,8 +164,9 @@ _HELP = (
     ("train_examples", "Cap on the training split (smoke runs, tests)."),
     (
         "export_dir",
-        "Export exactly here (must not hold an export yet, unless --overwrite); default: "
-        "<saved_models_dir>/<stage>/<next N>.",
+        "Export exactly here (must not hold an export yet, unless --overwrite; a symbolic "
+        "link is followed); default: <saved_models_dir>/<stage>/<N>, the next version free "
+        "when the export is complete.",
     ),
     (
         "overwrite",
@@ -226,9 +227,9 @@ _HELP = (
     ),
     (
         "backup_dir",
-        "Back up every finished epoch into <backup_dir>/<stage>; a run started again with "
-        "the same command after a crash resumes from the last finished epoch. Removed "
-        "once the export is in place.",
+        "Back up every finished epoch into <backup_dir>/<stage>; the same command on the "
+        "same data and teacher resumes after a crash. One run at a time uses it; a failed "
+        "backup (full disk) is a warning. Removed once the export is in place.",
     ),
     (
         "tuner",

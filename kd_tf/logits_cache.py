@@ -26,8 +26,7 @@ if logits_cache.resolve_cache("auto", len(split) * views, classes, 2048) == "dis
 ```
 """
 
-import errno
-import fcntl
+import contextlib
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, pipelines, progress
+from kd_tf import atomic, locks, pipelines, progress
 from kd_tf.errors import ConfigError
 
 LOGITS_CACHES = ("auto", "memory", "disk")
@@ -94,12 +93,12 @@ class LogitsTable:
         e.g. `teacher_adapter.TeacherAdapter.logits`, or `hints.TeacherRows`
         for logits and hint features) over each view of `split`
         (`pipelines.views_in_order`), view 0 being the images themselves,
-        into memory or, with `path`, into a file there."""
+        into memory or, with `path`, into a file there (see `allocated_file`).
+
+        Raises:
+            ConfigError: the file does not fit on its disk."""
         shape = (len(split), max(1, num_views), int(width))
-        if path is None:
-            array = np.zeros(shape, np.float32)
-        else:
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        array = np.zeros(shape, np.float32) if path is None else allocated_file(path, shape)
         with progress.Progress("teacher logits", shape[0] * shape[1], "views") as shown:
             for view in range(shape[1]):
                 for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
@@ -129,6 +128,37 @@ class LogitsTable:
             stateful=False,
         )
         return tf.ensure_shape(logits, [None, self.array.shape[-1]])
+
+
+def allocated_file(path, shape):
+    """A zeroed float32 `.npy` file of `shape` at `path`, opened as a
+    `numpy.memmap`, its disk blocks allocated before any is written.
+
+    A memmap's file is sparse: its pages get disk blocks only when first
+    written, and writing one where the disk is full kills the process with
+    SIGBUS. `posix_fallocate` reserves every block up front (or fails with
+    ENOSPC), so that a full disk is one error here, never a crash later.
+
+    Raises:
+        ConfigError: the file does not fit (naming `logits_cache_dir`); it
+            is removed.
+    """
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        if error.errno not in atomic.STORAGE_ERRNOS:
+            raise
+        megabytes = logits_megabytes(int(np.prod(shape[:-1])), shape[-1])
+        raise ConfigError(
+            ("logits_cache_dir", "logits_cache"),
+            f"could not write the teacher's logits ({megabytes:.1f} MiB) to {path} "
+            f"({error.strerror}): free some space there, pass another {{0}}, or {{1}}=memory",
+        ) from None
+    return array
 
 
 class ShardDirectory:
@@ -164,7 +194,7 @@ class ShardDirectory:
             where = error.filename or parent
             raise atomic.storage_error(where, error.strerror, "logits_cache_dir") from error
         lock = os.open(self.path, os.O_RDONLY)
-        _try_lock(lock)
+        locks.try_lock(lock)
         self._remove = weakref.finalize(self, _remove_locked, self.path, lock)
 
     def __enter__(self):
@@ -188,38 +218,18 @@ def remove_abandoned(parent):
     for name in os.listdir(parent):
         match = _SHARD_DIR.match(name)
         path = os.path.join(parent, name)
-        if not match or not os.path.isdir(path) or _alive(int(match[1])):
+        if not match or not os.path.isdir(path) or locks.process_alive(int(match[1])):
             continue
         try:
             lock = os.open(path, os.O_RDONLY)
         except OSError:
             continue
         try:
-            if _try_lock(lock):
+            if locks.try_lock(lock):
                 shutil.rmtree(path, ignore_errors=True)
                 logging.info("removed the logit shards of an ended run: %s", path)
         finally:
             os.close(lock)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _try_lock(descriptor):
-    """Takes an exclusive `flock`; False if another process holds it (True
-    where the file system has no locks)."""
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        return error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
-    return True
 
 
 def _remove_locked(path, lock):

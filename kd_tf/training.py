@@ -198,7 +198,7 @@ def fit_and_restore_best(
         log_dir: TensorBoard log directory.
         test_logits: optional, see `EpochRecorder`.
         backup_dir: optional directory for `backup.TrainingBackup`.
-        run_fields: the run's `backup.run_fields` (backups of other runs are refused).
+        run_fields: the run's `run_identity.run_fields` (backups of other runs are refused).
 
     Returns:
         `(epoch_records, best_epoch)`, with epochs numbered from 1.

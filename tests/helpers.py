@@ -10,7 +10,7 @@ tests/conftest.py.
   models, images and SavedModels for the fast tests, and a failing export;
   `write_digit_files`: image files of test digits, as users pass them.
 - `start_kd_tf`, `run_kd_tf`, `read_until`, `wait_all`: `python -m kd_tf.main`
-  processes;
+  processes; `run_on_full_disk`, one on a small tmpfs that fills up;
   `CommandTestCase`, its code path in process (`main.run_command`).
 
 pytest puts tests/ on `sys.path` (rootdir-relative "prepend" imports, no
@@ -251,6 +251,44 @@ def read_until(process, text):
     finally:
         watchdog.cancel()
     raise AssertionError(f"no line holds {text!r}: ...{''.join(lines)[-2000:]}")
+
+
+# Runs its arguments after mounting a tmpfs of "$1" KiB on "$2", then lists
+# what is left on it (the mount ends with the namespace).
+_LEFT = "--- left on the tmpfs:"
+_ON_SMALL_TMPFS = (
+    'mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 99; dir="$2"; shift 2; '
+    f'"$@"; status=$?; echo "{_LEFT}"; ls -A "$dir"; exit $status'
+)
+
+
+def run_on_full_disk(directory, kilobytes, argv, timeout=PROCESS_TIMEOUT):
+    """Runs `python -m kd_tf.main *argv` where `directory` (which must exist)
+    is a tmpfs of `kilobytes` KiB: a disk that fills up, without root, in a
+    user and mount namespace of its own (`unshare`).
+
+    Returns:
+        `(exit status, stderr, names left in directory)`.
+
+    Raises:
+        unittest.SkipTest: the machine has no unprivileged user namespaces.
+    """
+    command = [
+        "unshare", "--user", "--map-root-user", "--mount",
+        "sh", "-c", _ON_SMALL_TMPFS, "sh", str(kilobytes), directory,
+        sys.executable, "-m", "kd_tf.main", *argv,
+    ]
+    try:
+        process = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+    except FileNotFoundError:
+        raise unittest.SkipTest("needs unshare (util-linux)") from None
+    if process.returncode == 99 or "unshare:" in process.stderr:
+        raise unittest.SkipTest(
+            f"needs unprivileged user namespaces and tmpfs: {process.stderr.strip()[-200:]}"
+        )
+    return process.returncode, process.stderr, process.stdout.split(_LEFT)[-1].split()
 
 
 def kd_tf_lines(stderr):

@@ -1,18 +1,24 @@
-"""Backups (`--backup_dir`) that survive a diverged epoch, a changed command and
-a kill at any instant of their writing.
+"""Backups (`--backup_dir`) that survive a diverged epoch, a changed command or
+data or teacher, a full disk, a second run on the same directory and a kill at
+any instant of their writing.
 
 `training.fit_and_restore_best` is run directly on a `seed_mlp` and 128 MNIST
 images with a constant learning rate, so that the first epochs of a 3-epoch run
 are a 2-epoch run; a resumed run must end with the records and weights of the
 run that was never interrupted. The command-line cases go through
-`kd_tf.main.run_command`.
+`kd_tf.main.run_command`, or a real `python -m kd_tf.main` where the disk
+fills up (`helpers.run_on_full_disk`) or another process holds the directory.
 """
 
 import contextlib
+import errno
 import hashlib
 import io
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from unittest import mock
@@ -23,8 +29,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import backup, data, determinism, export, main, models, pipelines, reporting, training
-from kd_tf.errors import UserError
+from kd_tf import (
+    backup,
+    data,
+    determinism,
+    export,
+    main,
+    models,
+    pipelines,
+    reporting,
+    run_identity,
+    training,
+)
+from kd_tf import config as config_lib
+from kd_tf.errors import ConfigError, UserError
 
 STEPS = 4
 BATCH = 32
@@ -205,7 +223,7 @@ class ConsistentBackupTest(_FitTest):
         weights = [
             os.path.join(backup_dir, name)
             for name in os.listdir(backup_dir)
-            if name.endswith(".weights.h5")
+            if name.endswith(".weights.npz")
         ]
         newest = max(weights, key=os.path.getmtime)
         with open(newest, "r+b") as f:
@@ -292,6 +310,31 @@ class _CommandLineTest(tf.test.TestCase):
     def report(self, export_dir):
         return reporting.read_json(os.path.join(export_dir, export.ASSETS_EXTRA, "report.json"))
 
+    def interrupted_at_export(self, *argv):
+        """Runs `argv` to the end of training, Ctrl-C at the export: its
+        backup holds every epoch."""
+        with mock.patch.object(export, "export_model", side_effect=KeyboardInterrupt):
+            status, lines = self.run_command(*argv)
+        self.assertEqual(status, main.EXIT_INTERRUPTED, lines)
+
+    def assert_refused(self, argv, pattern):
+        """`argv` ends with exit status 2 and one line matching `pattern`;
+        the backup directory is kept as it was, and free."""
+        before = helpers.snapshot(self.backup_dir)
+        status, lines = self.run_command(*argv)
+        self.assertEqual(status, main.EXIT_USER_ERROR, lines)
+        self.assertLen(lines, 1)
+        self.assertRegex(lines[0], pattern)
+        self.assertEqual(helpers.snapshot(self.backup_dir), before, "the backup is kept")
+        self.assert_free(self.backup_dir)
+
+    def assert_free(self, backup_dir):
+        """No run holds the backup directories under `backup_dir`."""
+        self.assertEqual(
+            [name for _, _, names in os.walk(backup_dir) for name in names if name == backup.LOCK],
+            [],
+        )
+
 
 class DivergedRunTest(_CommandLineTest):
     def test_the_recommended_rerun_starts_from_scratch(self):
@@ -305,6 +348,7 @@ class DivergedRunTest(_CommandLineTest):
         self.assertEqual(status, 2, lines)
         self.assertRegex(lines[0], "training diverged at epoch 1 .*lower --learning_rate")
         self.assertEqual(backup.resumed_epoch(os.path.join(self.backup_dir, "scratch")), 0)
+        self.assert_free(self.backup_dir)
         status, lines = self.run_command(
             "--stage=scratch", "--epochs=2", "--learning_rate=1e-3", f"--export_dir={self.root}/1"
         )
@@ -343,39 +387,250 @@ class RunFieldsTest(_CommandLineTest):
                 self.assertStartsWith(
                     lines[0],
                     f"kd_tf: error: --backup_dir {scratch_backup} holds a backup of another run "
-                    f"({differences}): rerun with the same flags to resume it, or remove",
+                    f"({differences}): rerun with the same flags and data to resume it, or remove",
                 )
                 self.assertEqual(_files(scratch_backup), before, "the backup is kept")
+                self.assert_free(self.backup_dir)
         status, lines = self.run_command(*argv)
         self.assertEqual(status, 0, lines)
         self.assertEqual(self.report(f"{self.root}/1")["resumed_from_epoch"], 3)
         self.assertFalse(os.path.exists(scratch_backup))
 
 
-class DataFingerprintTest(_CommandLineTest):
-    """A backup resumes only a run on the same data: an image added to a
-    class folder (same flags) makes another run."""
 
-    def test_a_rerun_on_changed_folders_is_refused(self):
-        tree = helpers.write_mnist_tree(os.path.join(self.root, "digits"), 300, 100)
+def _fake_backup(directory, fields):
+    """A complete backup of epoch 1 (of placeholder files) recording `fields`."""
+    os.makedirs(directory)
+    record = {"epoch": 1, "run": fields}
+    for key, name in (("weights", "epoch-1.weights.npz"), ("best_weights", "best.0.npz")):
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(name.encode())
+        record[key] = name
+        record[f"{key}_sha256"] = hashlib.sha256(name.encode()).hexdigest()
+    with open(os.path.join(directory, backup.RECORD), "w") as f:
+        json.dump(record, f)
+
+
+def _changed(name, value):
+    """Another value of config field `name` than `value`."""
+    if name in config_lib.CHOICES:
+        return next(choice for choice in config_lib.CHOICES[name] if choice != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [v + 1 for v in value]
+    return f"{value}-other"
+
+
+class RunFieldsCoverageTest(tf.test.TestCase):
+    """Every config field either defines a training run, and a backup
+    resumes only with its value, or is listed as not changing what a stage
+    computes; a field added to the config later is neither until classified."""
+
+    def test_every_config_field_is_classified_once(self):
+        read_by_training = [
+            name for name, group in config_lib.FIELD_GROUPS.items()
+            if group not in run_identity.NOT_RUN_GROUPS
+        ]
+        classified = [
+            "stage", "model", *run_identity.RUN_FIELDS, *run_identity.STUDENT_RUN_FIELDS,
+            *run_identity.NOT_RUN_FIELDS,
+        ]
+        self.assertCountEqual(classified, read_by_training)
+
+    def test_a_backup_resumes_only_the_run_of_its_fields(self):
+        settings = config_lib.fields(config_lib.Config())
+        for stage in ("teacher", "scratch", "student"):
+            identities = {"data_fingerprint": "256 examples, sha256 0"}
+            if stage == "student":
+                identities["teacher"] = "sha256 0"
+            fields = run_identity.run_fields(settings, stage, "seed_mlp", **identities)
+            directory = os.path.join(self.get_temp_dir(), self.id(), stage)
+            _fake_backup(directory, fields)
+            self.assertEqual(backup.resumed_epoch(directory, fields), 1)
+            for name, value in fields.items():
+                with self.subTest(stage=stage, refused=name):
+                    with self.assertRaises(ConfigError) as refusal:
+                        backup.resumed_epoch(directory, {**fields, name: _changed(name, value)})
+                    named = run_identity.IDENTITIES.get(name, name)
+                    self.assertIn(named, str(refusal.exception))
+            for name in set(settings) - set(fields):
+                with self.subTest(stage=stage, resumed=name):
+                    changed = {**settings, name: _changed(name, settings[name])}
+                    self.assertEqual(
+                        backup.resumed_epoch(
+                            directory, run_identity.run_fields(changed, stage, "seed_mlp", **identities)
+                        ),
+                        1,
+                    )
+
+
+class ChangedInputsTest(_CommandLineTest):
+    """A backup records the data and the teacher it was made on: other data
+    in the same folder, other IDX files or a teacher re-exported at the same
+    path is refused in one line naming what changed."""
+
+    def test_a_changed_folder_is_refused_and_resumes_once_restored(self):
+        tree = helpers.write_mnist_tree(os.path.join(self.root, "digits"), 120, 100)
         argv = (
-            "--stage=scratch", "--data_source=directory", f"--data_dir={tree}",
-            "--validation_examples=50", "--train_examples=100", "--epochs=1",
-            f"--export_dir={self.root}/1",
+            "--stage=scratch", "--data_source=directory", f"--data_dir={tree}", "--epochs=2",
+            "--train_examples=64", "--validation_examples=32", f"--export_dir={self.root}/1",
         )
-        with mock.patch.object(export, "export_model", side_effect=KeyboardInterrupt):
-            status, lines = self.run_command(*argv)
-        self.assertEqual(status, main.EXIT_INTERRUPTED, lines)
-        added = os.path.join(tree, "train", "3", "added.png")
-        shutil.copyfile(os.path.join(tree, "train", "7", sorted(os.listdir(f"{tree}/train/7"))[0]), added)
-        status, lines = self.run_command(*argv)
-        self.assertEqual(status, main.EXIT_USER_ERROR, lines)
-        self.assertRegex(lines[0], r"holds a backup of another run \(--data_fingerprint=\w{16} there, "
-                                   r"\w{16} here\)")
-        os.remove(added)
+        self.interrupted_at_export(*argv)
+        extra = os.path.join(tree, "train", "3", "extra.png")
+        shutil.copy(os.path.join(tree, "test", "3", os.listdir(f"{tree}/test/3")[0]), extra)
+        self.assert_refused(
+            argv,
+            r"holds a backup of another run \(the data read: 196 examples, sha256 \w+ there, "
+            r"196 examples, sha256 \w+ here\): rerun with the same flags and data",
+        )
+        os.remove(extra)
         status, lines = self.run_command(*argv)
         self.assertEqual(status, 0, lines)
-        self.assertEqual(self.report(f"{self.root}/1")["resumed_from_epoch"], 1)
+        self.assertEqual(self.report(f"{self.root}/1")["resumed_from_epoch"], 2)
+
+    def test_other_idx_files_are_refused(self):
+        train, test = data.read_packaged_mnist()
+        first, second = (os.path.join(self.root, name) for name in ("a", "b"))
+        for directory, start in ((first, 0), (second, 500)):
+            _write_idx_dir(directory, train, test, start, 500)
+        argv = ("--stage=scratch", "--data_source=idx", "--epochs=1", "--train_examples=64",
+                "--validation_examples=32", f"--export_dir={self.root}/1")
+        self.interrupted_at_export(*argv, f"--idx_dir={first}")
+        self.assert_refused(
+            (*argv, f"--idx_dir={second}"), f"\\(--idx_dir={first} there, {second} here\\)"
+        )
+        # The same labels, one training image changed.
+        shutil.rmtree(first)
+        images = train.images[:500].copy()
+        images[0] = 255 - images[0]
+        _write_idx_dir(first, data.Split(images, train.labels[:500]), test, 0, 500)
+        self.assert_refused((*argv, f"--idx_dir={first}"), r"\(the data read: 596 examples")
+
+    def test_a_teacher_exported_again_at_its_path_is_refused(self):
+        teacher = helpers.tiny_export(os.path.join(self.root, "teacher"))
+        argv = ("--stage=student", f"--teacher_dir={teacher}", "--min_teacher_accuracy=0",
+                "--epochs=1", f"--export_dir={self.root}/1")
+        self.interrupted_at_export(*argv)
+        export.export_model(
+            helpers.tiny_model(seed=1), teacher, check_images=helpers.random_images(2),
+            overwrite=True,
+        )
+        self.assert_refused(
+            argv, r"\(the teacher read: sha256 \w+ there, sha256 \w+ here\): rerun with"
+        )
+
+
+def _write_idx_dir(directory, train, test, start, count):
+    """`count` training and test examples from `start` as the four IDX files."""
+    os.makedirs(directory)
+    for prefix, split in (("train", train), ("t10k", test)):
+        for kind, array in (("images", split.images[start:start + count, ..., 0]),
+                            ("labels", split.labels[start:start + count])):
+            array = np.ascontiguousarray(array, np.uint8)
+            header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            rank = "idx3" if kind == "images" else "idx1"
+            with open(os.path.join(directory, f"{prefix}-{kind}-{rank}-ubyte"), "wb") as f:
+                f.write(header + array.tobytes())
+
+
+class FullDiskTest(_FitTest):
+    """A backup that cannot be written costs a warning, never the run (HDF5
+    failing to write on a full disk crashed the process, exit 139: see
+    `FullDiskProcessTest`)."""
+
+    def _fit_failing(self, backup_dir, epoch):
+        """`_fit` of 3 epochs whose backup of `epoch` fails once its weights
+        are written (the disk fills up); returns the warnings logged."""
+        write_record = backup._write_record
+
+        def fill_up(path, record):
+            if record["epoch"] == epoch:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            write_record(path, record)
+
+        with mock.patch.object(backup, "_write_record", fill_up):
+            with self.assertLogs("absl", "WARNING") as logs:
+                self.assert_like_the_reference(self._fit(backup_dir, epochs=3))
+        return [record.getMessage() for record in logs.records]
+
+    def test_a_failed_backup_warns_and_training_goes_on(self):
+        for epoch, kept in ((2, 3), (3, 2)):
+            with self.subTest(failing=epoch):
+                backup_dir = os.path.join(self.root, f"full{epoch}")
+                warnings = self._fit_failing(backup_dir, epoch)
+                self.assertLen(warnings, 1)
+                self.assertRegex(
+                    warnings[0],
+                    f"could not back up epoch {epoch} into {backup_dir} \\(No space left on "
+                    f"device\\): training goes on, a rerun would resume after epoch {epoch - 1}",
+                )
+                self.assertEqual(backup.resumed_epoch(backup_dir), kept)
+                left = os.listdir(backup_dir)
+                self.assertNotIn(f"epoch-{epoch}.weights.npz", left, "the failed epoch's file")
+                self.assertEqual([name for name in left if name.startswith(".")], [])
+
+
+class FullDiskProcessTest(tf.test.TestCase):
+    def test_a_run_backing_up_onto_a_full_disk_exports(self):
+        root = self.get_temp_dir()
+        backup_dir = os.path.join(root, "small_disk")
+        os.makedirs(backup_dir)
+        export_dir = os.path.join(root, "exported")
+        status, stderr, left = helpers.run_on_full_disk(
+            backup_dir,
+            64,
+            helpers.slice_argv(
+                root, "--stage=scratch", "--epochs=1", "--train_examples=256",
+                f"--backup_dir={backup_dir}", f"--export_dir={export_dir}",
+            ),
+        )
+        self.assertEqual(status, 0, stderr[-2000:])
+        self.assertNotIn("Traceback", stderr)
+        self.assertRegex(stderr, "could not back up epoch 1 into .*No space left on device")
+        self.assertEqual(helpers.read_report(export_dir)["stage"], "scratch")
+        self.assertEqual(left, [], "the backup is removed once the export is in place")
+
+
+# Holds the lock of the backup directory argv[1] until its stdin closes.
+_HOLDER = (
+    "import os, sys\n"
+    "from kd_tf import locks\n"
+    "os.makedirs(sys.argv[1], exist_ok=True)\n"
+    "held = locks.LockFile.acquire(os.path.join(sys.argv[1], sys.argv[2]))\n"
+    "print('held' if held else 'refused', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+class OneRunAtATimeTest(_CommandLineTest):
+    """A run holds its backup directory until it ends: a second run is
+    refused in one line naming the first; a killed run leaves it free."""
+
+    def test_a_second_run_is_refused_and_a_killed_one_leaves_the_directory_free(self):
+        scratch_backup = os.path.join(self.backup_dir, "scratch")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, scratch_backup, backup.LOCK],
+            cwd=helpers.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(holder.kill)
+        self.assertEqual(holder.stdout.readline().strip(), "held")
+        argv = ("--stage=scratch", "--epochs=1", f"--export_dir={self.root}/1")
+        status, lines = self.run_command(*argv)
+        self.assertEqual(status, main.EXIT_USER_ERROR, lines)
+        self.assertEqual(
+            lines,
+            [f"kd_tf: error: --backup_dir {scratch_backup} is in use by another run (process "
+             f"{holder.pid}): wait for it to end, or pass another --backup_dir"],
+        )
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        self.assertTrue(os.path.exists(os.path.join(scratch_backup, backup.LOCK)))
+        status, lines = self.run_command(*argv)
+        self.assertEqual(status, 0, lines)
+        self.assertFalse(os.path.exists(scratch_backup))
 
 
 if __name__ == "__main__":

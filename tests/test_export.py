@@ -382,6 +382,62 @@ class ExportTest(tf.test.TestCase):
             served.logits(self.images.astype(np.float32))
 
 
+class ExportPlaceTest(tf.test.TestCase):
+    """Where an export lands: the version free when it is complete, or where a
+    link given as the export directory points (resolved before training)."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = os.path.join(self.get_temp_dir(), self.id())
+        os.makedirs(self.root)
+        self.images = helpers.random_images(8)
+
+    def test_a_version_taken_meanwhile_moves_the_export_to_the_next(self):
+        version = export.NextVersion(self.root, "teacher")
+        taken = os.path.join(self.root, "teacher", "1")
+        self.assertEqual(version.path, taken)
+
+        def another_run_exports_first(staging, served):
+            export.export_model(helpers.tiny_model(seed=2), taken, check_images=self.images)
+
+        placed = export.export_model(
+            helpers.tiny_model(seed=1), version.path, check_images=self.images,
+            finalize=another_run_exports_first, on_taken=version.taken,
+        )
+        self.assertEqual(placed, os.path.join(self.root, "teacher", "2"))
+        self.assertEqual(version.path, placed)
+        for path, seed in ((taken, 2), (placed, 1)):
+            served = export.load_serving_model(path).predict_logits(self.images)
+            self.assertAllClose(served, helpers.tiny_model(seed=seed)(self.images), atol=1e-5)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(placed))), ["1", "2"])
+
+    def test_a_link_to_an_empty_directory_is_followed(self):
+        empty, link = os.path.join(self.root, "empty"), os.path.join(self.root, "link")
+        os.makedirs(empty)
+        os.symlink(empty, link)
+        self.addCleanup(os.remove, link)  # tf.test's removal of its temp dir follows links
+        path = export.resolve_export_dir(link, self.root, "teacher")
+        self.assertEqual(path, os.path.realpath(empty))
+        export.export_model(helpers.tiny_model(), path, check_images=self.images)
+        self.assertTrue(os.path.islink(link))
+        export.load_serving_model(link)
+        self.assertCountEqual(os.listdir(self.root), ["empty", "link"])
+
+    def test_overwrite_through_a_link_replaces_what_it_points_to(self):
+        target, link = os.path.join(self.root, "3"), os.path.join(self.root, "latest")
+        export.export_model(helpers.tiny_model(seed=1), target, check_images=self.images)
+        os.symlink(target, link)
+        self.addCleanup(os.remove, link)
+        path = export.resolve_export_dir(link, self.root, "teacher", overwrite=True)
+        export.export_model(
+            helpers.tiny_model(seed=2), path, check_images=self.images, overwrite=True
+        )
+        self.assertEqual(os.readlink(link), target)
+        served = export.load_serving_model(link).predict_logits(self.images)
+        self.assertAllClose(served, helpers.tiny_model(seed=2)(self.images), atol=1e-5)
+        self.assertCountEqual(os.listdir(self.root), ["3", "latest"], "no debris")
+
+
 class ExportFailureTest(tf.test.TestCase):
     """A failure while exporting never damages the export already in place."""
 

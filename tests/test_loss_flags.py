@@ -6,7 +6,7 @@ import os
 import tensorflow as tf
 from absl import flags
 
-from kd_tf import backup, command_line, config, loss_flags
+from kd_tf import command_line, config, loss_flags, run_identity
 from kd_tf.errors import ConfigError
 
 
@@ -89,7 +89,7 @@ class ParseTest(tf.test.TestCase):
 class BackupFieldsTest(tf.test.TestCase):
     def test_the_loss_defines_a_student_run(self):
         base = config.fields(config.Config(stage="student"))
-        fields = backup.run_fields(base, "student", "seed_mlp")
+        fields = run_identity.run_fields(base, "student", "seed_mlp")
         for name, value in (
             ("distillation_loss", [["dkd", 1.0]]),
             ("dkd_beta", 2.0),
@@ -99,7 +99,7 @@ class BackupFieldsTest(tf.test.TestCase):
             ("mixup_alpha", 0.2),
         ):
             with self.subTest(field=name):
-                other = backup.run_fields({**base, name: value}, "student", "seed_mlp")
+                other = run_identity.run_fields({**base, name: value}, "student", "seed_mlp")
                 self.assertNotEqual(other, fields)
 
 

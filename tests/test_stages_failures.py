@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import command_line, export, stages
+from kd_tf import command_line, export, stages, training
 from kd_tf.export import writing
 
 
@@ -64,6 +64,25 @@ class TrainingFailureTest(helpers.CommandTestCase):
         served = export.load_serving_model(target)
         self.assertEqual(served.predict_logits(helpers.random_images(8)).shape, (8, 10))
         self.assertEqual(os.listdir(os.path.dirname(target)), ["1"], "no debris")
+
+    def test_a_version_taken_during_training_moves_the_export_to_the_next(self):
+        versions = os.path.join(self.root, "versions")
+        taken = os.path.join(versions, "scratch", "1")
+        fit = training.fit_and_restore_best
+
+        def another_run_exports_meanwhile(*args, **kwargs):
+            result = fit(*args, **kwargs)
+            helpers.tiny_export(taken)
+            return result
+
+        with mock.patch.object(training, "fit_and_restore_best", another_run_exports_meanwhile):
+            status, lines, _ = self.run_command("--stage=scratch", f"--saved_models_dir={versions}")
+        self.assertEqual(status, 0, lines)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(taken))), ["1", "2"])
+        self.assertEqual(helpers.read_report(os.path.join(versions, "scratch", "2"))["stage"],
+                         "scratch")
+        self.assertFalse(os.path.exists(os.path.join(taken, export.ASSETS_EXTRA)),
+                         "the other run's export is its own")
 
 
 # seed_mlp (no dropout, no batch norm) gains validation accuracy every epoch

@@ -14,10 +14,15 @@ teacher (the cached logits must be what it predicts, whatever it predicts):
 - a TFDS data set (mock data) streamed holds what memory holds, and one of
   another size and in colour is resized;
 - the stream is a function of the seed: two iterators, a resumed run
-  (`skip`) and two keras-tuner trials see the same batches.
+  (`skip`) and two keras-tuner trials see the same batches;
+- a streamed file removed during a run ends it with one line naming the
+  file, and the backup resumes once the file is back.
 """
 
+import contextlib
+import io
 import os
+import shutil
 from unittest import mock
 
 import helpers
@@ -27,8 +32,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from kd_tf import data, export, logits_cache, models, pipelines, teacher_adapter
-from kd_tf.data import download_probe, scan, streaming, tfrecord
+from kd_tf import backup, data, export, logits_cache, main, models, pipelines, teacher_adapter
+from kd_tf.data import directory, download_probe, scan, streaming, tfrecord
 
 TRAIN, TEST = 600, 100
 BATCH = 50
@@ -250,3 +255,46 @@ class TfdsStreamTest(tf.test.TestCase):
         self.assertEqual(splits.image_shape, (8, 8, 3))
         self.assertEqual(splits.train.head(2).shape, (2, 8, 8, 3))
         self.assertEqual(splits.num_classes, 10)
+
+
+class FileRemovedDuringARunTest(tf.test.TestCase):
+    def run_command(self, argv):
+        """`(status, kd_tf lines on stderr)` of an in-process run; no traceback."""
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = main.run_command(argv)
+        self.assertNotIn("Traceback", stderr.getvalue())
+        return status, helpers.kd_tf_lines(stderr.getvalue())
+
+    def test_the_file_is_named_and_the_backup_resumes_once_it_is_back(self):
+        root = os.path.join(self.get_temp_dir(), "removed")
+        tree = helpers.write_mnist_tree(os.path.join(root, "tree"), 200, 100)
+        backup_dir = os.path.join(root, "backup")
+        argv = helpers.slice_argv(
+            root, "--stage=scratch", "--data_source=directory", f"--data_dir={tree}",
+            "--data_memory_mb=0", "--epochs=2", "--train_examples=128",
+            "--validation_examples=64", f"--backup_dir={backup_dir}", f"--export_dir={root}/1",
+        )
+        # The last training file is the validation split's (read every epoch).
+        removed = directory.listed_files(tree).train[-1][0]
+        kept = os.path.join(root, "kept.png")
+        back_up = backup.TrainingBackup.on_epoch_end
+
+        def back_up_then_remove(saver, epoch, logs=None):
+            back_up(saver, epoch, logs)
+            if epoch == 0:
+                shutil.move(removed, kept)
+
+        with mock.patch.object(backup.TrainingBackup, "on_epoch_end", back_up_then_remove):
+            status, lines = self.run_command(argv)
+        self.assertEqual(status, main.EXIT_USER_ERROR, lines)
+        self.assertEqual(
+            lines,
+            [f"kd_tf: error: cannot read {removed} any more (No such file or directory): the "
+             "data set changed during the run; put the file back and rerun to resume after "
+             f"epoch 1 from {backup_dir}/scratch"],
+        )
+        shutil.move(kept, removed)
+        status, lines = self.run_command(argv)
+        self.assertEqual(status, 0, lines)
+        self.assertEqual(helpers.read_report(f"{root}/1")["resumed_from_epoch"], 1)

@@ -16,13 +16,21 @@ it in the report; `single_polarity` tells whether every image keeps to it
 (none is clearly of the other polarity: `clear_shades`), which makes a
 grayscale data set one of drawings, whose images `predict` may invert.
 
+`header_size` reads an image's size from its header without decoding it
+(PNG's IHDR, JPEG's start of frame, GIF's first image descriptor, BMP's
+info header), so that a scan refuses an image of another size, however
+large, without decoding it (see `kd_tf.data.scan`).
+
 Usage:
 
 ```python
 image = images.with_channels(images.resized(images.decode(png_bytes), (64, 64)), 3)
 images.background(pixels)  # "dark" (e.g. MNIST) or "light"
+images.header_size(png_bytes)  # (28, 28), decoding nothing
 ```
 """
+
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -162,9 +170,11 @@ def with_channels(image, channels):
 def image_facts(image):
     """What a scan of the data set needs of one RGB image: its height and
     width, whether it is in colour (channels that differ somewhere), and the
-    sum and pixel count of its outermost frame (as `frame_mean` counts it)."""
-    pixels = tf.cast(image, tf.float64)
-    edges = (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1])
+    sum and pixel count of its outermost frame (as `frame_mean` counts it).
+
+    Only the frame is cast to float64 (the whole image would take 24 bytes a
+    pixel: 1.5 GB for 8000x8000)."""
+    edges = [tf.cast(edge, tf.float64) for edge in (image[0], image[-1], image[:, 0], image[:, -1])]
     return {
         "size": tf.shape(image, out_type=tf.int64)[:2],
         "colour": tf.reduce_any(image[..., 0] != image[..., 1])
@@ -172,3 +182,84 @@ def image_facts(image):
         "frame_sum": tf.add_n([tf.reduce_sum(edge) for edge in edges]) / 3.0,
         "frame_count": tf.add_n([tf.size(edge[..., 0], out_type=tf.int64) for edge in edges]),
     }
+
+
+def size_facts(size):
+    """`image_facts` of an image known only by its `size` `[2]` (int64, see
+    `header_size`): no colour, no frame."""
+    return {
+        "size": size,
+        "colour": tf.constant(False),
+        "frame_sum": tf.constant(0.0, tf.float64),
+        "frame_count": tf.constant(0, tf.int64),
+    }
+
+
+def header_size(encoded):
+    """`(height, width)` of a PNG, JPEG, GIF or BMP image (bytes) read from
+    its header, or None for other bytes or a header cut short.
+
+    Usage: `header_size(tf.io.encode_png(image).numpy())` is `image.shape[:2]`.
+    """
+    encoded = bytes(encoded)
+    try:
+        for signature, read in _HEADER_READERS:
+            if encoded.startswith(signature):
+                return read(encoded)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _png_size(encoded):
+    width, height = struct.unpack_from(">II", encoded, 16)
+    return height, width
+
+
+def _bmp_size(encoded):
+    if struct.unpack_from("<I", encoded, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
+        width, height = struct.unpack_from("<HH", encoded, 18)
+    else:
+        width, height = struct.unpack_from("<ii", encoded, 18)
+    return abs(height), width  # a negative height: rows stored top-down
+
+
+def _gif_size(encoded):
+    """The first frame's size (what `decode` keeps), from its image descriptor."""
+    flags = encoded[10]
+    at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while encoded[at] == 0x21:  # extensions: label, then sub-blocks until a 0
+        at += 2
+        while encoded[at]:
+            at += encoded[at] + 1
+        at += 1
+    if encoded[at] != 0x2C:
+        return None
+    width, height = struct.unpack_from("<HH", encoded, at + 5)
+    return height, width
+
+
+def _jpeg_size(encoded):
+    """The size in the start-of-frame segment (SOF0-SOF15 but DHT, JPG, DAC)."""
+    at = 2
+    while True:
+        while encoded[at] != 0xFF:
+            at += 1
+        while encoded[at] == 0xFF:
+            at += 1
+        marker = encoded[at]
+        at += 1
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack_from(">HH", encoded, at + 3)
+            return height, width
+        at += struct.unpack_from(">H", encoded, at)[0]
+
+
+_HEADER_READERS = (
+    (b"\x89PNG\r\n\x1a\n", _png_size),
+    (b"\xff\xd8", _jpeg_size),
+    (b"GIF8", _gif_size),
+    (b"BM", _bmp_size),
+)

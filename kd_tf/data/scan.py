@@ -10,6 +10,11 @@ split is streamed from its files (`kd_tf.data.streaming`). A split whose
 files alone take more than the budget keeps none from the start. An image that does
 not decode stops the scan with the source's error.
 
+Without `--image_size` every image must have the size of the first; an image
+whose header (`images.header_size`) gives another size is not decoded (an
+8000x8000 PNG of 62 KB decodes to 192 MB): it is counted by that size, and
+the data set refused for its sizes.
+
 `assemble` then gives both splits one image shape and their channels.
 
 Usage:
@@ -98,23 +103,61 @@ def scan_split(
 
     keep = stored_bytes is None or stored_bytes <= memory_mb * MEBIBYTE
 
-    def scanned(raw, label, part):
+    def decoded(raw):
         image = decode(raw)
         if image_size is not None:
             image = images_lib.resized(image, image_size)
-        facts = images_lib.image_facts(image)
-        return image if keep else tf.zeros([0], tf.uint8), label, part, facts
+        return image if keep else tf.zeros([0], tf.uint8), images_lib.image_facts(image)
 
     found = SplitScan(images=[] if keep else None)
-    mapped = examples.map(scanned, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
+        expected = None if image_size is not None else _first_size(examples)
+        mapped = examples.map(
+            _scanned(decoded, expected), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
         with progress.Progress(what, total) as shown:
-            for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
+            for image, fact, label, part in mapped.prefetch(4).as_numpy_iterator():
                 _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
                 shown.add()
     except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
         raise on_error(error) from None
     return found
+
+
+def _scanned(decoded, expected):
+    """The scan's map, `(raw, label, part)` -> `(image, facts, label, part)`,
+    with `decoded(raw)` giving `(image, facts)`. With `expected`, a header
+    size, an image whose header gives another size is not decoded: it
+    yields no image and `images.size_facts` of that size."""
+
+    def scanned(raw, label, part):
+        if expected is None:
+            return (*decoded(raw), label, part)
+        size = tf.numpy_function(_header_size, [raw], tf.int64, stateful=False)
+        other = tf.reduce_all(size >= 0) & tf.reduce_any(size != expected)
+        image, facts = tf.cond(
+            other,
+            lambda: (tf.zeros([0], tf.uint8), images_lib.size_facts(tf.reshape(size, [2]))),
+            lambda: decoded(raw),
+        )
+        return image, facts, label, part
+
+    return scanned
+
+
+def _first_size(examples):
+    """The header size of the first image of encoded `examples`, or None
+    (decoded images, as TFDS gives them; no examples; an unknown header)."""
+    if examples.element_spec[0].dtype != tf.string:
+        return None
+    for raw, _, _ in examples.take(1):
+        return images_lib.header_size(raw.numpy())
+    return None
+
+
+def _header_size(encoded):
+    """`images.header_size` as int64 `[2]`, `[-1, -1]` when unknown."""
+    return np.array(images_lib.header_size(encoded) or (-1, -1), np.int64)
 
 
 def _add(found, image, label, part, fact, budget):
@@ -124,9 +167,10 @@ def _add(found, image, label, part, fact, budget):
     found.colour = found.colour or bool(fact["colour"])
     found.frame_sum += float(fact["frame_sum"])
     found.frame_count += int(fact["frame_count"])
-    light, dark = images_lib.clear_shades(float(fact["frame_sum"]) / int(fact["frame_count"]))
-    found.clearly_light += int(light)
-    found.clearly_dark += int(dark)
+    if fact["frame_count"]:  # not an image known by its header alone (`images.size_facts`)
+        light, dark = images_lib.clear_shades(float(fact["frame_sum"]) / int(fact["frame_count"]))
+        found.clearly_light += int(light)
+        found.clearly_dark += int(dark)
     if found.images is None:
         return
     found.bytes += image.nbytes

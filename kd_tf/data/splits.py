@@ -10,6 +10,7 @@ own (an image-folder tree's `validation/`), and assembles the `DataSplits`.
 import dataclasses
 import hashlib
 import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -198,21 +199,33 @@ class DataSplits:
 
     def fingerprint(self):
         """A short digest of what identifies the data for resuming a run:
-        the source, the data set's name, image shape and class names, and
-        the labels of each split in order (which change when images are
-        added, removed or moved between classes).
+        the source, the data set's name, image shape and class names, the
+        labels of each split in order (which change when images are added,
+        removed or moved between classes), and what its images are read
+        from: the images themselves when held in memory (other IDX files,
+        another slice), the paths and sizes of the files of a streamed split
+        (a file rewritten with the same size is not seen: reading every file
+        again would cost a pass over the data; a file put back as it was is
+        the same data). A streamed TFDS split is known by its labels.
 
-        Usage: `splits.fingerprint()` is e.g. `"9f1c2b7a30d4e8a1"`.
+        Usage: `splits.fingerprint()` is e.g. `"61440 examples, sha256 9f1c2b7a30d4e8a1"`.
         """
         digest = hashlib.sha256(
             json.dumps(
                 [self.source, self.dataset, list(self.image_shape), list(self.class_names)]
             ).encode("utf-8")
         )
-        for split in (self.train, self.validation, self.test):
+        splits = (self.train, self.validation, self.test)
+        for split in splits:
             digest.update(np.int64(len(split)).tobytes())
             digest.update(np.ascontiguousarray(split.labels, np.int64).tobytes())
-        return digest.hexdigest()[:16]
+            if split.in_memory:
+                digest.update(np.ascontiguousarray(split.images).data)
+            else:
+                for path in split.reader.files:
+                    digest.update(f"{path}\0{_size(path)}\n".encode())
+        examples = sum(len(split) for split in splits)
+        return f"{examples} examples, sha256 {digest.hexdigest()[:16]}"
 
     def summary(self):
         """Describe the splits in a JSON-serializable dict.
@@ -231,6 +244,13 @@ class DataSplits:
             "validation_examples": len(self.validation),
             "test_examples": len(self.test),
         }
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return "missing"
 
 
 def default_validation_examples(train_size):

@@ -38,6 +38,25 @@ from kd_tf.data.splits import SplitReading, pass_key, permutations
 # Examples a sequential reader permutes at a time, and files it reads at once.
 SHUFFLE_WINDOW = 16384
 INTERLEAVE_FILES = 4
+# What reading a streamed file raises once it was removed, or made
+# unreadable, during the run (see `unreadable_file`).
+READ_FAILURES = (tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
+
+
+def unreadable_file(splits):
+    """The first file of the streamed splits of `splits` (a `DataSplits`)
+    that can no longer be opened, as `(path, reason)`, or None.
+
+    Usage: after a `READ_FAILURES` error while training, name the file.
+    """
+    for split in (splits.train, splits.validation, splits.test):
+        for path in () if split.in_memory else split.reader.files:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as error:
+                return path, error.strerror
+    return None
 
 
 def _permuted(window, key, number):
@@ -76,6 +95,11 @@ class FileReader:
 
     def __init__(self, paths):
         self.paths = list(paths)
+
+    @property
+    def files(self):
+        """The files read."""
+        return self.paths
 
     def subset(self, start, end):
         return FileReader(self.paths[start:end])
@@ -173,6 +197,8 @@ class DatasetReader:
     """
 
     decode = staticmethod(images_lib.as_rgb)
+    # The files are TFDS's: their data set is known by its name and version.
+    files = ()
 
     def __init__(self, make_dataset, start=0, end=None):
         self.make_dataset, self.start, self.end = make_dataset, start, end

@@ -31,10 +31,16 @@ from kd_tf.export.loading import (
     check_classes,
     check_fits,
     keras_model_of,
+    fingerprint,
     load_serving_model,
     recorded_class_names,
 )
-from kd_tf.export.versions import assets_extra_dir, next_version_dir, resolve_export_dir
+from kd_tf.export.versions import (
+    NextVersion,
+    assets_extra_dir,
+    next_version_dir,
+    resolve_export_dir,
+)
 from kd_tf.export.writing import export_model
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "IMAGE_BYTES_NAME",
     "INPUT_NAME",
     "LABELS_FILE",
+    "NextVersion",
     "SIGNATURE_KEY",
     "ServingModel",
     "assets_extra_dir",
@@ -52,6 +59,7 @@ __all__ = [
     "check_fits",
     "export_model",
     "keras_model_of",
+    "fingerprint",
     "load_serving_model",
     "next_version_dir",
     "recorded_class_names",

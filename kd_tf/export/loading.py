@@ -1,5 +1,6 @@
 """Loading any model that follows the serving contract: a SavedModel or a `.keras` file."""
 
+import hashlib
 import json
 import os
 
@@ -126,6 +127,31 @@ def keras_model_of(served):
             )
         weight.assign(value)
     return model
+
+
+def fingerprint(path):
+    """A short identity of the model at `path`, so that a backup resumes only
+    with the same teacher: the SHA-256 of a `.keras` file, or of a
+    SavedModel's `saved_model.pb` and variables index (which holds a checksum
+    of every variable); None when `path` holds neither.
+
+    Usage: `fingerprint("saved_models/teacher/1")` is e.g. `"sha256 1f3a5c7e9b0d2f4a"`;
+    re-exporting a retrained teacher there changes it.
+    """
+    files = [path]
+    if os.path.isdir(path):
+        files = [
+            os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB),
+            os.path.join(path, "variables", "variables.index"),
+        ]
+    files = [name for name in files if os.path.isfile(name)]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    return f"sha256 {digest.hexdigest()[:16]}"
 
 
 def check_fits(model, what, splits):

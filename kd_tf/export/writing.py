@@ -27,7 +27,7 @@ from kd_tf.export.versions import assets_extra_dir
 
 def export_model(
     model, export_dir, *, check_images, class_names=None, recorded=None, finalize=None,
-    atol=1e-5, overwrite=False,
+    atol=1e-5, overwrite=False, on_taken=None,
 ):
     """Write `model` as a verified SavedModel, atomically.
 
@@ -47,43 +47,46 @@ def export_model(
             parents are created.
         check_images: uint8 array `[batch, H, W, C]` on which the reloaded
             export must reproduce the model's logits.
-        class_names: The name of each class, in class order (the data's
-            `class_names`); None: the class numbers, `"0"`, `"1"`, ...
+        class_names: The name of each class, in class order; None: `"0"`, ...
         recorded: The `preprocessing.Preprocessing` of `serving_images`
             (the training data's); None: no background known, no inversion.
-        finalize: Optional callable `finalize(tmp_dir, served)` run after the
-            check and before the rename, where `tmp_dir` is the temporary
-            export directory (write extra files there, e.g. into
-            `assets_extra_dir(tmp_dir)`) and `served` is the reloaded
-            `ServingModel` (its `path` is `tmp_dir`).
-        atol: Largest absolute difference allowed between the logits of the
-            reloaded export and those of `model`.
-        overwrite: Whether to replace an earlier export at `export_dir`;
-            it stays in place until the new export is complete.
+        finalize: Optional `finalize(tmp_dir, served)` run after the check
+            and before the rename: `tmp_dir` is the temporary export
+            directory (write extra files into `assets_extra_dir(tmp_dir)`),
+            `served` the reloaded `ServingModel` (its `path` is `tmp_dir`).
+        atol: Largest difference allowed between the reloaded logits and `model`'s.
+        overwrite: Whether to replace an earlier export at `export_dir`
+            (it stays in place until the new export is complete).
+        on_taken: `on_taken(path) -> another path` for a version directory
+            another run may take meanwhile (`NextVersion.taken`).
 
     Returns:
-        `export_dir`.
+        Where the export is: `export_dir`, or the path `on_taken` gave last.
 
     Raises:
-        UserError: `export_dir` already exists and is not an empty
-            directory, unless `overwrite` is on and it holds an export; or
-            the disk is full or not writable.
+        UserError: `export_dir` is not empty (and not an export replaced
+            with `overwrite`), or the disk is full or not writable.
         RuntimeError: The reloaded export does not reproduce the model.
-        ValueError: `model` does not take a single uint8 input
-            `[batch, H, W, C]`, or `check_images` is not a non-empty uint8
-            array of that rank.
+        ValueError: `model` does not take one uint8 input `[batch, H, W, C]`,
+            or `check_images` is not a non-empty uint8 array of that shape.
     """
     image_shape = model_image_shape(model, "model")
     class_names = _checked_names(model, class_names)
     recorded = recorded or preprocessing.Preprocessing(image_shape)
     check_images = _checked_images(check_images)
-    with atomic.staged(export_dir, overwrite=overwrite) as tmp_dir:
+    placed = [export_dir]
+
+    def taken(path):
+        placed.append(on_taken(path))
+        return placed[-1]
+
+    with atomic.staged(export_dir, overwrite=overwrite, on_taken=on_taken and taken) as tmp_dir:
         served = _written(model, image_shape, (tmp_dir, export_dir), class_names, recorded)
         _check_export(model, served, check_images, atol)
         _check_names(served, class_names, check_images)
         if finalize is not None:
             finalize(tmp_dir, served)
-    return export_dir
+    return placed[-1]
 
 
 def _written(model, image_shape, directories, class_names, recorded):
@@ -123,8 +126,7 @@ def _checked_images(check_images):
     if check_images.dtype != np.uint8 or check_images.ndim != 4 or len(check_images) == 0:
         raise ValueError(
             "`check_images` must be a non-empty uint8 array [batch, H, W, C]. "
-            f"Received dtype={check_images.dtype}, "
-            f"shape={check_images.shape}."
+            f"Received dtype={check_images.dtype}, shape={check_images.shape}."
         )
     return check_images
 

@@ -16,7 +16,7 @@ from absl import logging
 
 from kd_tf import atomic, distribution, interrupts, reporting
 from kd_tf import config as config_lib
-from kd_tf.stages.training_run import export_dir_for
+from kd_tf.stages.training_run import export_dir_for, next_version
 
 
 def run(config, run_stage):
@@ -42,7 +42,12 @@ def run(config, run_stage):
         "summary": rows,
         "per_class": per_class,
     }
-    with atomic.staged(export_dir, overwrite=config.export.overwrite) as staging:
+    version = next_version(config, "compare", strategy, export_dir)
+    with atomic.staged(
+        version.path if version else export_dir,
+        overwrite=config.export.overwrite,
+        on_taken=version.taken if version else None,
+    ) as staging:
         reporting.plot_comparison(
             {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
             os.path.join(staging, "comparison.png"),
@@ -51,6 +56,7 @@ def run(config, run_stage):
         reporting.write_json(summary, os.path.join(staging, "report.json"))
         with open(os.path.join(staging, "summary.md"), "w") as f:
             f.write(table + "\n")
+    export_dir = version.path if version else export_dir
     with interrupts.outcome(f"the comparison is complete at {export_dir}"):
         logging.info("comparison written to %s\n%s", export_dir, table)
     summary["export_dir"] = export_dir

@@ -153,9 +153,8 @@ def build_distiller(config, inputs, model_name, policy, distill=None):
 def run(config):
     """`--stage=student`: returns the report (also written into the export)."""
     model_name = config.model.model or models.DEFAULT_STUDENT
-    run = TrainingRun(config, "student", model_name)
     distill = config.distillation
-    with run.not_exported():
+    with TrainingRun(config, "student", model_name) as run, run.not_exported():
         with prepare_distillation(config, run.strategy, run.precision) as inputs:
             with run.strategy.scope():
                 distiller = build_distiller(config, inputs, model_name, run.precision)

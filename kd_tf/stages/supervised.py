@@ -32,8 +32,7 @@ def train_supervised(config, stage, default_model):
     """Trains `config.model.model` (or `default_model`) on the hard labels and
     exports it; returns the report."""
     model_name = config.model.model or default_model
-    run = TrainingRun(config, stage, model_name)
-    with run.not_exported():
+    with TrainingRun(config, stage, model_name) as run, run.not_exported():
         determinism.make_reproducible(
             config.runtime.seed, deterministic=config.runtime.deterministic
         )

@@ -1,22 +1,28 @@
 """The run template every training stage shares (teacher, scratch, student).
 
 `TrainingRun` owns what does not depend on the stage: the strategy, the
-export directory (checked before any work), the backup and the epoch it
-resumes after, the fit that restores the best epoch, the export (with the
-data's class names and preprocessing) measured through its reloaded copy
-with its report (per-class accuracy, confusion matrix and `confusion.png`),
-and the backup's removal once the export is in place. A stage says only
-what differs: its data, its model and what it adds to the report.
+export directory (checked before any work), the backup (locked for the run,
+see `backup.lock`) and the epoch it resumes after, the fit that restores the
+best epoch, the export (with the data's class names and preprocessing)
+measured through its reloaded copy with its report (per-class accuracy,
+confusion matrix and `confusion.png`), and the backup's removal once the
+export is in place. A stage says only what differs: its data, its model and
+what it adds to the report.
+
+Without `--export_dir`, the export goes to the version directory that is
+free when it is complete (`export.NextVersion`): the one TensorBoard's logs
+are named after, unless another run exported there meanwhile.
 
 Ctrl-C during a run says what is true: "no partial export was written"
 until the export is in place (`not_exported`), "the export is complete at
-DIR" after.
+DIR" after. A streamed file removed during the run ends it with one line
+naming the file; the backup stays, so that a rerun resumes once the file is
+back.
 
 Usage:
 
 ```python
-run = TrainingRun(config, "scratch", "seed_mlp")
-with run.not_exported():
+with TrainingRun(config, "scratch", "seed_mlp") as run, run.not_exported():
     inputs = TrainingInputs(splits, train, validation, steps_per_epoch)
     with run.strategy.scope():
         model = build_and_compile(run.optimizer(inputs.steps_per_epoch))
@@ -25,6 +31,7 @@ with run.not_exported():
 ```
 """
 
+import contextlib
 import os
 import time
 from typing import NamedTuple
@@ -42,9 +49,12 @@ from kd_tf import (
     precision,
     preprocessing,
     reporting,
+    run_identity,
     training,
 )
 from kd_tf import config as config_lib
+from kd_tf.data import streaming
+from kd_tf.errors import UserError
 from kd_tf.stages.report import RunReport, data_summary
 
 # Validation images on which a reloaded export must reproduce the model.
@@ -86,6 +96,21 @@ def export_dir_for(config, stage, strategy):
     )
 
 
+def next_version(config, stage, strategy, planned):
+    """For an output complete now, the chief's next free version without
+    `--export_dir` (an `export.NextVersion`; logged when it is not
+    `planned`, the one free at the start), else None (the output goes to
+    `export_dir_for`)."""
+    if config.export.export_dir is not None or not distribution.is_chief(strategy):
+        return None
+    version = export.NextVersion(config.export.saved_models_dir, stage)
+    if version.path != planned:
+        logging.info(
+            "%s was taken by another run meanwhile: exporting to %s", planned, version.path
+        )
+    return version
+
+
 def record_test(report, logits, splits):
     """Sets the test accuracy and loss of `report` (a `RunReport`) from the
     test split's `logits`, its confusion matrix and each class's accuracy;
@@ -113,9 +138,13 @@ class TrainingRun:
         model_name: the architecture trained (a `models.MODELS` key or a
             `.keras` file), as the report's `model` shows it.
 
+    Use it as a context manager (or call `close()`): the backup directory
+    is locked until the run ends, however it ends.
+
     Raises:
         UserError: the export directory is taken, or the backup directory
-            holds a backup of another run (see `kd_tf.backup`).
+            is another live run's or holds a backup of another run (see
+            `kd_tf.backup`).
     """
 
     def __init__(self, config, stage, model_name):
@@ -126,9 +155,34 @@ class TrainingRun:
         self.strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
         self.export_dir = export_dir_for(config, stage, self.strategy)
         self.backup_dir = backup.stage_backup_dir(config.runtime.backup_dir, stage, self.strategy)
-        self.run_fields = backup.run_fields(config_lib.fields(config), stage, model_name)
-        self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
+        self._lock = backup.lock(self.backup_dir)
+        try:
+            self.run_fields = run_identity.run_fields(
+                config_lib.fields(config), stage, model_name, **self._teacher_identity()
+            )
+            self.resumed_from_epoch = backup.resumed_epoch(self.backup_dir, self.run_fields)
+        except BaseException:
+            self.close()
+            raise
         self.precision = precision.resolve_for_run(config.runtime.precision)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Releases the backup directory (once)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _teacher_identity(self):
+        teacher_dir = self.config.distillation.teacher_dir
+        if self.stage != "student" or not self.backup_dir or not teacher_dir:
+            return {}
+        return {"teacher": export.fingerprint(teacher_dir)}
 
     @staticmethod
     def not_exported():
@@ -143,23 +197,52 @@ class TrainingRun:
         """Trains `trainer` (whose weights are `model`'s) and restores the best
         epoch; returns `(epoch_records, best_epoch)`. A backup resumes only a
         run on the same data: its fields include `data_fingerprint`
-        (`DataSplits.fingerprint`)."""
+        (`DataSplits.fingerprint`).
+
+        Raises:
+            UserError: the backup is of other data (see `kd_tf.backup`), or
+                a streamed file was removed during the run.
+        """
         log_dir = os.path.join(
             self.config.runtime.log_dir,
             self.stage,
             os.path.basename(os.path.normpath(self.export_dir)),
         )
-        return training.fit_and_restore_best(
-            trainer,
-            inputs.train,
-            inputs.validation,
-            epochs=self.config.optimization.epochs,
-            steps_per_epoch=inputs.steps_per_epoch,
-            log_dir=distribution.worker_dir(self.strategy, log_dir),
-            test_logits=self._test_monitor(model, inputs.splits.test),
-            backup_dir=self.backup_dir,
-            run_fields={**self.run_fields, "data_fingerprint": inputs.splits.fingerprint()},
-        )
+        fields = self.run_fields
+        if self.backup_dir:
+            fields = {**fields, "data_fingerprint": inputs.splits.fingerprint()}
+        with self._reading(inputs.splits):
+            return training.fit_and_restore_best(
+                trainer,
+                inputs.train,
+                inputs.validation,
+                epochs=self.config.optimization.epochs,
+                steps_per_epoch=inputs.steps_per_epoch,
+                log_dir=distribution.worker_dir(self.strategy, log_dir),
+                test_logits=self._test_monitor(model, inputs.splits.test),
+                backup_dir=self.backup_dir,
+                run_fields=fields,
+            )
+
+    @contextlib.contextmanager
+    def _reading(self, splits):
+        """A block reading `splits`: a streamed file that can no longer be
+        read ends it with a `UserError` naming the file."""
+        try:
+            yield
+        except streaming.READ_FAILURES as error:
+            unreadable = streaming.unreadable_file(splits)
+            if unreadable is None:
+                raise
+            path, reason = unreadable
+            resumed = backup.resumed_epoch(self.backup_dir)
+            rerun = "rerun"
+            if resumed:
+                rerun = f"rerun to resume after epoch {resumed} from {self.backup_dir}"
+            raise UserError(
+                f"cannot read {path} any more ({reason}): the data set changed during the run; "
+                f"put the file back and {rerun}"
+            ) from error
 
     def _test_monitor(self, model, test):
         if not self.config.runtime.monitor_test:
@@ -195,7 +278,8 @@ class TrainingRun:
             precision=self.precision,
             distillation=distillation or {},
         )
-        self._export(model, splits, report, recorded)
+        with self._reading(splits):
+            self._export(model, splits, report, recorded)
         with interrupts.outcome(f"the export is complete at {self.export_dir}"):
             backup.remove(self.backup_dir)
             logging.info(
@@ -227,12 +311,14 @@ class TrainingRun:
                 {title: matrix}, splits.class_names, os.path.join(assets, "confusion.png")
             )
 
-        export.export_model(
+        version = next_version(self.config, self.stage, self.strategy, self.export_dir)
+        self.export_dir = export.export_model(
             precision.float32_copy(model),
-            self.export_dir,
+            version.path if version else self.export_dir,
             check_images=splits.validation.head(CHECK_EXAMPLES),
             class_names=splits.class_names,
             recorded=recorded,
             finalize=finalize,
             overwrite=self.config.export.overwrite,
+            on_taken=version.taken if version else None,
         )
