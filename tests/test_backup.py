@@ -419,8 +419,10 @@ def _changed(name, value):
         return not value
     if isinstance(value, (int, float)):
         return value + 1
-    if isinstance(value, list):
-        return [v + 1 for v in value]
+    if isinstance(value, (list, tuple)):
+        # A list flag (`hint_layers`, `distillation_loss`, `image_size`): one
+        # more entry, so that an empty default changes too.
+        return [*value, value[-1] if value else "other"]
     return f"{value}-other"
 
 

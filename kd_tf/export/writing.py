@@ -34,11 +34,10 @@ def export_model(
     The SavedModel is written into a temporary sibling of `export_dir`
     (`.<basename>.tmp-<pid>-<random>`), reloaded from disk and compared with
     the in-memory model on `check_images`, handed to `finalize`, and only
-    then moved to `export_dir` (see `kd_tf.atomic`). A functional model's
-    architecture goes into `assets.extra/architecture.json` (`ARCHITECTURE`),
-    so that its layers can teach hints (`loading.keras_model_of`). On any failure the
-    temporary directory is removed and the exception is re-raised, so no
-    partial export is left behind and an earlier export stays as it was.
+    then moved to `export_dir` (see `kd_tf.atomic`), with a functional
+    model's architecture in `assets.extra/architecture.json` for hints
+    (`loading.keras_model_of`). On any failure the staging directory is
+    removed and the exception re-raised: an earlier export stays as it was.
 
     Args:
         model: Keras model taking uint8 images `[batch, H, W, C]` and
@@ -71,9 +70,8 @@ def export_model(
             or `check_images` is not a non-empty uint8 array of that shape.
     """
     image_shape = model_image_shape(model, "model")
-    class_names = _checked_names(model, class_names)
+    class_names, check_images = _checked_names(model, class_names), _checked_images(check_images)
     recorded = recorded or preprocessing.Preprocessing(image_shape)
-    check_images = _checked_images(check_images)
     placed = [export_dir]
 
     def taken(path):
