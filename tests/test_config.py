@@ -47,7 +47,7 @@ class ConfigTest(tf.test.TestCase):
         expected = config.Config(
             stage="student",
             optimization=config.OptimizationConfig(epochs=3),
-            distillation=config.DistillationConfig(alpha=0.5, teacher_dir="/t"),
+            distillation=config.DistillationConfig(alpha=0.5, teacher_dir=("/t",)),
             runtime=config.RuntimeConfig(seed=7),
             predict=config.PredictConfig(test_index=(4, 2)),
             lite=config.LiteConfig(quantize="int8"),

@@ -79,7 +79,7 @@ class TeacherCheckTest(helpers.CommandTestCase):
         strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
         with student.prepare_distillation(config, strategy, "float32") as inputs:
             images = inputs.splits.validation.images
-            return inputs.report_fields(), inputs.teacher.adapter, images
+            return inputs.report_fields(), inputs.teachers.members[0].adapter, images
 
     def test_a_float_input_teacher_gets_the_range_it_was_trained_on(self):
         with self.assertLogs("absl", "INFO") as logs:
