@@ -3,10 +3,11 @@
 `resolve("auto")` picks, from what the machine can run fast:
 
 - `mixed_bfloat16` on a GPU of compute capability 8.0 or more, or, without a
-  GPU, on a CPU with AMX (`amx_bf16` in `/proc/cpuinfo`; TensorFlow runs
-  bfloat16 there through oneDNN). A CPU with AVX-512 BF16 but no AMX keeps
-  float32: on such a CPU (an AMD EPYC) kd_tf's models trained no faster in
-  bfloat16 (benchmarks/precision.py; docs/precision-and-speed.md);
+  GPU, where oneDNN runs bfloat16 on AMX (`cpu_bfloat16`: `amx_bf16` in
+  `/proc/cpuinfo`, oneDNN on and not capped below AMX by
+  `ONEDNN_MAX_CPU_ISA`). A CPU with AVX-512 BF16 but no AMX keeps float32:
+  on such a CPU (an AMD EPYC) kd_tf's models trained no faster in bfloat16
+  (benchmarks/precision.py; docs/precision-and-speed.md);
 - `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
   in a `LossScaleOptimizer`, which scales the loss dynamically);
 - `float32` elsewhere.
@@ -14,7 +15,8 @@
 Under a mixed policy the layers compute in 16 bits and keep float32 weights;
 the models' `logits` layer, the softmax, the losses and the metrics stay in
 float32. The student stage's cached teacher logits are computed under the
-policy too (`graph_rewrite`). Exports are float32 graphs of the trained weights (`float32_copy`),
+policy too (`graph_rewrite`) where oneDNN runs bfloat16 (a CPU with AVX-512),
+in float32 elsewhere. Exports are float32 graphs of the trained weights (`float32_copy`),
 so they keep the serving contract exactly, run on any hardware and convert
 to TFLite, whatever the training precision.
 
@@ -29,14 +31,21 @@ with precision.policy(name):
 """
 
 import contextlib
+import os
 
 import keras
 import tensorflow as tf
 from absl import logging
 
+from kd_tf.errors import ConfigError
+
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
 BF16_CPU_FLAGS = ("amx_bf16",)
+# TensorFlow hands bfloat16 ops (and its bfloat16 graph rewrite) to oneDNN on a
+# CPU with this flag (IsBF16SupportedByOneDNNOnThisCPU: AVX-512F), and runs
+# them on its own kernels elsewhere.
+ONEDNN_BF16_CPU_FLAG = "avx512f"
 # GPUs from this compute capability (Ampere) on have fast bfloat16.
 BF16_GPU_CAPABILITY = (8, 0)
 # Grappler's auto mixed precision, which runs a float32 graph (a teacher's
@@ -66,28 +75,74 @@ def gpu_capabilities():
     return capabilities
 
 
-def resolve(requested, *, cpu=None, gpus=None):
+def cpu_bfloat16(cpu=None, env=None):
+    """What runs bfloat16 ops on this CPU.
+
+    Args:
+        cpu: CPU flags; default: `cpu_flags()`.
+        env: the environment (`TF_ENABLE_ONEDNN_OPTS`, `ONEDNN_MAX_CPU_ISA`
+            or its older name `DNNL_MAX_CPU_ISA`); default: `os.environ`.
+
+    Returns:
+        "amx": oneDNN on AMX; "avx512": oneDNN on AVX-512 without AMX;
+        "tensorflow": TensorFlow's own kernels (no AVX-512F, or oneDNN off),
+        where its bfloat16 graph rewrite changes nothing; None: nothing, as
+        TensorFlow hands bfloat16 to oneDNN (the CPU has AVX-512F) but
+        `ONEDNN_MAX_CPU_ISA` caps oneDNN below AVX512_CORE, so that oneDNN
+        aborts the process.
+
+    Usage: `precision.cpu_bfloat16()  # e.g. "amx"`
+    """
+    cpu = cpu_flags() if cpu is None else cpu
+    env = os.environ if env is None else env
+    onednn_off = env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("0", "false")
+    if onednn_off or ONEDNN_BF16_CPU_FLAG not in cpu:
+        return "tensorflow"
+    # oneDNN's ISA names: SSE41, AVX, AVX2, AVX2_VNNI(_2) below AVX-512,
+    # AVX512_CORE..., AVX10_..., with AMX in the names of those that use AMX.
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if cap not in ("ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
+        return None
+    amx = cap in ("ALL", "DEFAULT") or "AMX" in cap
+    return "amx" if amx and any(flag in cpu for flag in BF16_CPU_FLAGS) else "avx512"
+
+
+def resolve(requested, *, cpu=None, gpus=None, env=None):
     """The dtype policy name for `requested` (one of `PRECISIONS`).
 
     Args:
         requested: "auto" or a policy name, returned as it is.
         cpu: CPU flags; default: `cpu_flags()`.
         gpus: GPU compute capabilities; default: `gpu_capabilities()`.
+        env: the environment; default: `os.environ` (see `cpu_bfloat16`).
 
     Returns:
         "float32", "mixed_bfloat16" or "mixed_float16".
+
+    Raises:
+        ConfigError: "mixed_bfloat16" without a GPU where bfloat16 cannot
+            run (`cpu_bfloat16` is None).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    if requested != "auto":
-        return requested
     gpus = gpu_capabilities() if gpus is None else gpus
     if gpus:
+        if requested != "auto":
+            return requested
         if all(capability >= BF16_GPU_CAPABILITY for capability in gpus):
             return "mixed_bfloat16"
         return "mixed_float16"
-    cpu = cpu_flags() if cpu is None else cpu
-    return "mixed_bfloat16" if any(flag in cpu for flag in BF16_CPU_FLAGS) else "float32"
+    on_cpu = cpu_bfloat16(cpu, env)
+    if requested == "mixed_bfloat16" and on_cpu is None:
+        raise ConfigError(
+            ("precision",),
+            "{0}=mixed_bfloat16 cannot run on this CPU while ONEDNN_MAX_CPU_ISA caps oneDNN "
+            "below AVX512_CORE (TensorFlow hands bfloat16 to oneDNN here): unset it or pass "
+            "{0}=float32",
+        )
+    if requested != "auto":
+        return requested
+    return "mixed_bfloat16" if on_cpu == "amx" else "float32"
 
 
 def float32_copy(model):
@@ -120,9 +175,13 @@ def resolve_for_run(requested):
 def graph_rewrite(name):
     """Within the block, the float32 graphs TensorFlow runs for the first time
     (e.g. a loaded teacher's signature) are rewritten to compute in the 16-bit
-    type of policy `name` (see `_GRAPH_REWRITES`); nothing changes for float32.
+    type of policy `name` (see `_GRAPH_REWRITES`); nothing changes for float32,
+    nor for bfloat16 where oneDNN does not run it (`cpu_bfloat16`; logged).
     The student stage computes its cached teacher logits so."""
     option = _GRAPH_REWRITES.get(name)
+    if name == "mixed_bfloat16" and cpu_bfloat16() not in ("amx", "avx512"):
+        logging.info("teacher logits in float32: oneDNN runs no bfloat16 on this CPU")
+        option = None
     if option is None:
         yield
         return

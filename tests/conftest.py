@@ -14,6 +14,9 @@ a class-scoped fixture too):
 - `class_teacher`: `mnist_teacher` as `cls.teacher`.
 - `digit_files`: image files of MNIST test digits (`cls.images_dir`, ...).
 - `mnist_teacher`: one small teacher export on real MNIST per session.
+
+A class that runs stages or processes end to end is marked `slow`
+(pytest.ini), so that it runs before the quick ones.
 """
 
 import contextlib
@@ -84,3 +87,7 @@ def pytest_collection_modifyitems(config, items):
     # tf.test.TestCase defines a deprecated `test_session` context manager that
     # pytest would otherwise collect as a (skipped) test of every class.
     items[:] = [item for item in items if item.name != "test_session"]
+    # `slow` classes first (a stable sort keeps the order otherwise): xdist
+    # (pytest.ini) then hands the long classes out early and the short ones
+    # fill in, instead of the longest class starting last on one worker.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -20,6 +20,7 @@ from unittest import mock
 import helpers
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import backup, data, determinism, export, main, models, pipelines, reporting, training
@@ -151,6 +152,7 @@ class _FitTest(tf.test.TestCase):
             self.assertAllClose(got, want, atol=1e-6)
 
 
+@pytest.mark.slow
 class ConsistentBackupTest(_FitTest):
     """Defect 5: the epoch record is consistent at every instant, a damaged one
     falls back to the epoch before, and the stream skips what was restored."""

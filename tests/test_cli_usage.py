@@ -13,6 +13,7 @@ from unittest import mock
 
 import helpers
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import (
@@ -43,7 +44,7 @@ STAGE_FLAGS = {
 
 class HelpTest(tf.test.TestCase):
     def test_help_shows_every_stage_its_flag_files_and_main_flags(self):
-        ((_, usage, stderr, _),) = helpers.run_kd_tf(["--help"], timeout=120)
+        ((_, usage, stderr),) = helpers.run_kd_tf(["--help"])
         # absl's --help exits with status 1 after the usage text, on stdout.
         self.assertNotIn("Traceback", stderr)
         self.assertIn("python -m kd_tf.main --flagfile=flags/", usage)
@@ -57,13 +58,15 @@ class HelpTest(tf.test.TestCase):
         self.assertIn("--helpfull", usage)
 
 
+@pytest.mark.slow
 class EpochLogTest(tf.test.TestCase):
     def test_one_line_per_epoch_and_no_tensorflow_error_lines(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
-        ((status, stdout, stderr, _),) = helpers.run_kd_tf(
+        ((status, stdout, stderr),) = helpers.run_kd_tf(
             [
                 "--flagfile=flags/teacher.cfg",
-                "--train_examples=1024",
+                "--train_examples=512",
+                "--validation_examples=256",
                 "--epochs=2",
                 "--monitor_test",
                 f"--export_dir={root}/teacher",
@@ -85,6 +88,7 @@ class EpochLogTest(tf.test.TestCase):
             )
 
 
+@pytest.mark.slow
 class CtrlCTest(tf.test.TestCase):
     """Defect 6: after Ctrl-C the line says what was written and what was not."""
 

@@ -46,6 +46,7 @@ def shared_export(request, class_root):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("shared_export")
 class ExportTest(tf.test.TestCase):
     def setUp(self):

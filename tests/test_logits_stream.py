@@ -9,13 +9,11 @@ import contextlib
 import io
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from unittest import mock
 
 import helpers
+import pytest
 import keras
 import tensorflow as tf
 
@@ -44,6 +42,7 @@ def _student_argv(root, teacher_dir, cache_dir, *argv):
     ]
 
 
+@pytest.mark.slow
 class ShardLifetimeTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -85,53 +84,33 @@ class ShardLifetimeTest(tf.test.TestCase):
                 self.assertEqual(got, status)
             self.assertEqual(os.listdir(self.cache_dir), [], f"after {type(error).__name__}")
 
-    def test_shards_of_a_killed_run_are_removed_by_the_next_run(self):
+    def test_shards_of_a_live_run_are_kept_and_of_a_killed_run_removed(self):
         process = helpers.start_kd_tf(
             _student_argv(self.root, self.teacher_dir, self.cache_dir, "--epochs=500")
         )
         self.addCleanup(process.kill)
-        started = time.monotonic()
-        for line in process.stderr:
-            if "training: 500 epochs" in line:
-                break
-            self.assertLess(time.monotonic() - started, 120, "training did not start")
-        (killed,) = os.listdir(self.cache_dir)
-        self.assertTrue(os.listdir(os.path.join(self.cache_dir, killed)), "shards were written")
+        helpers.read_until(process, "training: 500 epochs")
+        (live,) = os.listdir(self.cache_dir)
+        self.assertTrue(os.listdir(os.path.join(self.cache_dir, live)), "shards were written")
+        # Another run's directory (this process's) removes no live run's shards.
+        with logits_cache.ShardDirectory(self.cache_dir) as mine:
+            self.assertCountEqual(os.listdir(self.cache_dir), [live, os.path.basename(mine.path)])
+        self.assertEqual(os.listdir(self.cache_dir), [live])
         process.send_signal(signal.SIGKILL)
         process.wait()
-        self.assertEqual(os.listdir(self.cache_dir), [killed], "SIGKILL leaves the shards")
+        self.assertEqual(os.listdir(self.cache_dir), [live], "SIGKILL leaves the shards")
 
         status, stderr = self.run_command("--epochs=1")
         self.assertEqual(status, 0, stderr[-2000:])
         self.assertEqual(os.listdir(self.cache_dir), [], "the next run removed them")
 
-    def test_the_shards_of_a_live_run_are_kept(self):
-        alive = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                (
-                    "import sys; from kd_tf import logits_cache\n"
-                    f"shards = logits_cache.ShardDirectory({self.cache_dir!r})\n"
-                    "print(shards.path, flush=True); sys.stdin.read()"
-                ),
-            ],
-            cwd=helpers.REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(alive.kill)
-        alive_path = alive.stdout.readline().strip()
-        self.assertTrue(os.path.isdir(alive_path), alive_path)
-        with logits_cache.ShardDirectory(self.cache_dir) as mine:
-            self.assertCountEqual(
-                os.listdir(self.cache_dir),
-                [os.path.basename(alive_path), os.path.basename(mine.path)],
-            )
-        self.assertEqual(os.listdir(self.cache_dir), [os.path.basename(alive_path)])
-        alive.communicate("", timeout=60)
-        self.assertEqual(os.listdir(self.cache_dir), [], "its owner removed it on exit")
+    def test_a_directory_left_open_is_removed_with_its_object(self):
+        # (weakref.finalize: also when the interpreter exits.)
+        shards = logits_cache.ShardDirectory(self.cache_dir)
+        path = shards.path
+        del shards
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(os.listdir(self.cache_dir), [])
 
 
 if __name__ == "__main__":

@@ -232,6 +232,7 @@ class BadInputTest(helpers.CommandTestCase):
             )
 
 
+@pytest.mark.slow
 class ProcessTest(tf.test.TestCase):
     """Real `python -m kd_tf.main` processes that stop before any training."""
 
@@ -241,14 +242,14 @@ class ProcessTest(tf.test.TestCase):
             "--model=resnet9000": "--model",
         }
         results = helpers.run_kd_tf(*(["--stage=student", argument] for argument in cases))
-        for (argument, message), (status, _, stderr, _) in zip(cases.items(), results):
+        for (argument, message), (status, _, stderr) in zip(cases.items(), results):
             with self.subTest(command_line=argument):
                 self.assertEqual(status, main.EXIT_BAD_FLAG, stderr[-2000:])
                 self.assertIn(message, stderr)
                 self.assertNotIn("Traceback", stderr)
 
     def test_student_without_teacher(self):
-        ((status, _, stderr, _),) = helpers.run_kd_tf(
+        ((status, _, stderr),) = helpers.run_kd_tf(
             ["--stage=student", "--train_examples=64", "--saved_models_dir=/nonexistent/x"]
         )
         self.assertEqual(status, 2)
@@ -256,7 +257,7 @@ class ProcessTest(tf.test.TestCase):
         self.assertNotIn("Traceback", stderr)
 
     def test_helpfull_lists_the_models(self):
-        ((_, stdout, _, _),) = helpers.run_kd_tf(["--helpfull"])
+        ((_, stdout, _),) = helpers.run_kd_tf(["--helpfull"])
         for name in ("lenet_bn", "seed_cnn", "seed_mlp", "compact_cnn"):
             self.assertIn(name, stdout)
 
@@ -266,12 +267,10 @@ class ProcessTest(tf.test.TestCase):
         export.export_model(helpers.tiny_model(), truncated, check_images=helpers.random_images(8))
         with open(os.path.join(truncated, "saved_model.pb"), "r+b") as f:
             f.truncate(100)
-        ((status, _, stderr, seconds),) = helpers.run_kd_tf(
-            ["--stage=student", f"--teacher_dir={truncated}", f"--saved_models_dir={root}/models"],
-            timeout=60,
+        ((status, _, stderr),) = helpers.run_kd_tf(
+            ["--stage=student", f"--teacher_dir={truncated}", f"--saved_models_dir={root}/models"]
         )
         self.assertEqual(status, 2, stderr[-2000:])
-        self.assertLess(seconds, 30)
         self.assertNotIn("Traceback", stderr)
         lines = helpers.kd_tf_lines(stderr)
         self.assertLen(lines, 1)

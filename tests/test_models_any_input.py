@@ -25,6 +25,7 @@ PARAMETERS = {
 }
 
 
+@pytest.mark.slow
 class RegistryTest(tf.test.TestCase):
     def test_every_model_runs_or_refuses_below_its_smallest_size(self):
         images = np.random.default_rng(0)
@@ -54,6 +55,7 @@ class RegistryTest(tf.test.TestCase):
         self.assertEqual(models.MODELS["mobilenet_small"].role, "student")
         self.assertEqual((models.DEFAULT_TEACHER, models.DEFAULT_STUDENT), ("lenet_bn", "seed_mlp"))
 
+    @helpers.requires_bfloat16
     def test_the_colour_models_keep_float32_logits_under_mixed_precision(self):
         for name in PARAMETERS:
             with self.subTest(model=name), precision.policy("mixed_bfloat16"):
@@ -95,7 +97,7 @@ class ModelFileTest(helpers.CommandTestCase):
 
     def _trains(self, stage, path, *argv):
         export_dir = self._path(f"{stage}_export")
-        status, lines, _ = self.run_command(
+        status, lines = self.run_command(
             f"--stage={stage}", f"--model={path}", f"--export_dir={export_dir}", *argv
         )
         self.assertEqual(status, 0, lines)

@@ -1,6 +1,6 @@
 """A small data set with the default flags: scikit-learn's 1,797 real 8x8 digits
-as a class-folder tree (1,442 training images) go through teacher, student,
-scratch, compare and predict through `kd_tf.main.run_command`, with the default
+as a class-folder tree (1,442 training images) go through compare (teacher,
+student, scratch) and predict through `kd_tf.main.run_command`, with the default
 validation split (a twelfth of the training split) and the default models, or
 the one-line refusal of a model that needs larger images."""
 
@@ -10,6 +10,7 @@ import os
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
@@ -38,27 +39,20 @@ def _run(*argv):
     return status, out.getvalue().splitlines(), err.getvalue()
 
 
+@pytest.mark.slow
 class SmallDataTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
         self.root = tempfile.mkdtemp(prefix="kd_tf_small-")
         self.data_dir = os.path.join(self.root, "digits")
         self.images = _digits_tree(self.data_dir)
-        # Only what any run on these folders needs, and 2 epochs to stay quick.
+        # Only what any run on these folders needs; the flag files add 2 epochs.
         self.common = (
             "--data_source=directory",
             f"--data_dir={self.data_dir}",
             f"--saved_models_dir={self.root}/saved_models",
             f"--log_dir={self.root}/logs",
         )
-
-    def _train(self, stage, *argv):
-        export_dir = os.path.join(self.root, stage)
-        status, _, err = _run(
-            f"--stage={stage}", *self.common, "--epochs=2", f"--export_dir={export_dir}", *argv
-        )
-        self.assertEqual(status, 0, err)
-        return export_dir, reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))
 
     def _flagfile(self, stage, *argv):
         path = os.path.join(self.root, f"{stage}.cfg")
@@ -75,17 +69,8 @@ class SmallDataTest(tf.test.TestCase):
             r"8x8: pick another --model \(.*seed_cnn"
         )
 
-        teacher_dir, teacher = self._train("teacher", "--model=seed_cnn")
-        counts = teacher["data"]
-        train_split = counts["train_examples"] + counts["validation_examples"]
-        self.assertEqual((train_split, counts["test_examples"]), (1442, 355))  # every 5th held out
-        self.assertEqual(counts["validation_examples"], 1442 // 12)
-        self.assertIsNone(teacher["flags"]["validation_examples"])
-        self.assertEqual(teacher["data"]["background"], "dark")
-        student_dir, student = self._train("student", f"--teacher_dir={teacher_dir}")
-        _, scratch = self._train("scratch")
-        self.assertEqual((student["model"], scratch["model"]), ("seed_mlp", "seed_mlp"))
-
+        # compare runs teacher, student (of that teacher) and scratch with the
+        # flags of their files and of the command line: each stage once.
         flagfiles = {
             "teacher": self._flagfile("teacher", "--model=seed_cnn"),
             "student": self._flagfile("student"),
@@ -95,11 +80,25 @@ class SmallDataTest(tf.test.TestCase):
             "--stage=compare", *self.common, *(f"--{s}_flagfile={p}" for s, p in flagfiles.items())
         )
         self.assertEqual(status, 0, err)
-        compare_dirs = os.listdir(os.path.join(self.root, "saved_models", "compare"))
-        self.assertLen(compare_dirs, 1)
+        (compare_dir,) = os.listdir(os.path.join(self.root, "saved_models", "compare"))
+        runs = reporting.read_json(
+            os.path.join(self.root, "saved_models", "compare", compare_dir, "report.json")
+        )["runs"]
+        teacher, student, scratch = (
+            reporting.read_json(os.path.join(runs[stage], "assets.extra", "report.json"))
+            for stage in ("teacher", "student", "scratch")
+        )
+        counts = teacher["data"]
+        train_split = counts["train_examples"] + counts["validation_examples"]
+        self.assertEqual((train_split, counts["test_examples"]), (1442, 355))  # every 5th held out
+        self.assertEqual(counts["validation_examples"], 1442 // 12)
+        self.assertIsNone(teacher["flags"]["validation_examples"])
+        self.assertEqual(teacher["data"]["background"], "dark")
+        self.assertEqual(student["teacher_dir"], runs["teacher"])
+        self.assertEqual((student["model"], scratch["model"]), ("seed_mlp", "seed_mlp"))
 
         status, lines, err = _run(
-            "--stage=predict", f"--model_dir={student_dir}", f"--images={','.join(self.images)}"
+            "--stage=predict", f"--model_dir={runs['student']}", f"--images={','.join(self.images)}"
         )
         self.assertEqual(status, 0, err)
         self.assertLen(lines, len(self.images))

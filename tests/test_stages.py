@@ -29,6 +29,7 @@ STUDENT_KEYS = {
 README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root", "class_teacher")
 class StagesTest(tf.test.TestCase):
     @classmethod
@@ -110,6 +111,7 @@ class StagesTest(tf.test.TestCase):
                     "--stage=student",
                     f"--teacher_dir={self.teacher.export_dir}",
                     "--alpha=0.5",
+                    helpers.FLOAT32,
                     *argv,
                 )
             )

@@ -1,14 +1,17 @@
-"""A 3-channel data set runs every stage end to end (issue 12's acceptance).
+"""A 3-channel data set runs every stage end to end.
 
 Generated colour photos, 32x32x3 in three classes (the brightest channel is
-the class), written as image folders (`--data_source=directory`): teacher
-(`resnet_small`), student (`mobilenet_small`), scratch, compare (from flag
-files), tune (2 trials), predict (on image files) and tflite, each one epoch
-on 240 training images.
+the class), written as image folders (`--data_source=directory`): the colour
+models as teacher (`resnet_small`) and student (`mobilenet_small`), then
+scratch, compare (from flag files), tune (2 trials), predict (on image files)
+and tflite, each one epoch on 192 training images. Scratch, compare and tune
+train the small `seed_cnn` and `seed_mlp` (a colour model's run costs about
+8 s of CPU, theirs 2 to 3 s): what they add is their stage on 3 channels.
 """
 
 import os
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,6 +52,7 @@ def colour_teacher(request, class_root):
     cls.teacher = cls.run_stage("--stage=teacher", "--model=resnet_small")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root", "colour_teacher")
 class ColourStagesTest(tf.test.TestCase):
     @classmethod
@@ -88,16 +92,13 @@ class ColourStagesTest(tf.test.TestCase):
             f"--teacher_dir={self.teacher['export_dir']}",
         )
         self._check_training_report(student, "student", "mobilenet_small")
-        scratch = self.run_stage("--stage=scratch", "--model=mobilenet_small")
-        self._check_training_report(scratch, "scratch", "mobilenet_small")
+        scratch = self.run_stage("--stage=scratch", "--model=seed_cnn")
+        self._check_training_report(scratch, "scratch", "seed_cnn")
 
     def test_compare_from_flag_files(self):
         flagfiles = []
-        for stage, model in (
-            ("teacher", "resnet_small"),
-            ("student", "mobilenet_small"),
-            ("scratch", "mobilenet_small"),
-        ):
+        models = {"teacher": "seed_cnn", "student": "seed_mlp", "scratch": "seed_mlp"}
+        for stage, model in models.items():
             path = os.path.join(self.root, f"{stage}.cfg")
             with open(path, "w") as f:
                 f.write("\n".join(self.argv(f"--stage={stage}", f"--model={model}")) + "\n")
@@ -108,12 +109,15 @@ class ColourStagesTest(tf.test.TestCase):
         summary = reporting.read_json(
             os.path.join(self.root, "saved_models", "compare", compare, "report.json")
         )
-        self.assertEqual(sorted(summary["runs"]), ["scratch", "student", "teacher"])
+        self.assertEqual(sorted(summary["runs"]), sorted(models))
+        for stage, export_dir in summary["runs"].items():
+            report = {**helpers.read_report(export_dir), "export_dir": export_dir}
+            self._check_training_report(report, stage, models[stage])
 
     def test_tune(self):
         report = self.run_stage(
             "--stage=tune",
-            "--model=mobilenet_small",
+            "--model=seed_mlp",
             f"--teacher_dir={self.teacher['export_dir']}",
             "--tuner=random",
             "--max_trials=2",

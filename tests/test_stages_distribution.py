@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from kd_tf import export, stages
 
-# One epoch of 4 steps of the global batch of 64.
-SLICE = ("--epochs=1", "--train_examples=256", "--validation_examples=128")
+# One epoch of 4 steps of the global batch of 64, in float32 on every CPU
+# (ATOL is float32's).
+SLICE = ("--epochs=1", "--train_examples=256", "--validation_examples=128", helpers.FLOAT32)
 # The files of a streamed data set (issue 12): real MNIST images as a
 # class-folder tree, read from the files while training.
 STREAMED = ("--data_source=directory", "--data_memory_mb=0")
@@ -56,6 +57,7 @@ class _SameWeights(tf.test.TestCase):
         return export_dir
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class ReplicaEquivalenceTest(_SameWeights):
     """1 replica and 2 replicas (2 logical CPUs), same seed and global batch:
@@ -119,6 +121,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class MultiWorkerTest(_SameWeights):
     def _start_workers(self, argv, worker_tmp):

@@ -57,7 +57,7 @@ class TrainingFailureTest(helpers.CommandTestCase):
             )
         self.assertEqual(helpers.snapshot(target), before)
         self.assertEqual(os.listdir(os.path.dirname(target)), ["1"], "no debris")
-        status, _, _ = self.run_command("--stage=scratch", f"--export_dir={target}", "--overwrite")
+        status, _ = self.run_command("--stage=scratch", f"--export_dir={target}", "--overwrite")
         self.assertEqual(status, 0)
         report = helpers.read_report(target)
         self.assertEqual((report["stage"], report["model"]), ("scratch", "seed_mlp"))
@@ -81,6 +81,7 @@ RESUMABLE_RUN = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root")
 class ProcessFailureTest(tf.test.TestCase):
     def test_ctrl_c_during_training(self):
@@ -96,17 +97,13 @@ class ProcessFailureTest(tf.test.TestCase):
             )
         )
         self.addCleanup(process.kill)
-        started = time.perf_counter()
-        for line in process.stderr:
-            if "training: 100 epochs" in line:
-                break
-            self.assertLess(time.perf_counter() - started, 60)
+        helpers.read_until(process, "training: 100 epochs")
         time.sleep(1.0)
         process.send_signal(signal.SIGINT)
-        started = time.perf_counter()
-        _, stderr = process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=helpers.PROCESS_TIMEOUT)
         self.assertEqual(process.returncode, 130, stderr[-2000:])
-        self.assertLess(time.perf_counter() - started, 30)
+        # It stops within the epoch under way: at most that one ends after the signal.
+        self.assertLessEqual(len(re.findall(r"\] epoch \d+/100", stderr)), 1, stderr[-2000:])
         self.assertNotIn("Traceback", stderr)
         self.assertEqual(
             helpers.kd_tf_lines(stderr), ["kd_tf: interrupted: no partial export was written"]

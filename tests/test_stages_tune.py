@@ -53,6 +53,7 @@ def search(request, class_root, class_teacher):
     cls.report = stages.run(cls.tune_settings(cls.tune_dir))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("search")
 class TuneStageTest(tf.test.TestCase):
     @classmethod

@@ -84,6 +84,7 @@ def _positions(images, reference):
     return np.array([where[image.tobytes()] for image in images])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("mnist_files")
 class StreamedSplitTest(tf.test.TestCase):
     def stream(self, split, views=VIEWS, seed=3, path=None):
@@ -188,8 +189,14 @@ class StreamedSplitTest(tf.test.TestCase):
                 self.adapter.predict_logits(self.views[view], batch_size=128),
                 atol=1e-6,
             )
-        stream = pipelines.training_dataset(split, BATCH, seed=3, views=VIEWS, logits=on_disk)
-        for one, two in zip(_batches(stream, 20), _batches(self.stream(split), 20)):
+        # Both tables come from the same teacher batches, hence the same
+        # kernels: their streams are bitwise equal (a table computed in other
+        # batches may differ in the last bits, as oneDNN blocks them otherwise).
+        streams = [
+            pipelines.training_dataset(split, BATCH, seed=3, views=VIEWS, logits=table)
+            for table in (on_disk, in_memory)
+        ]
+        for one, two in zip(*(_batches(stream, 20) for stream in streams)):
             self.assertAllEqual(one, two)
 
     def test_two_trials_on_one_stream_train_alike(self):

@@ -11,8 +11,10 @@ runs on a real-MNIST slice.
 import os
 import tempfile
 
+import helpers
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kd_tf import distillation_losses, export, main, precision, reporting, teacher_adapter
@@ -216,6 +218,7 @@ class AdapterTest(tf.test.TestCase):
             teacher_adapter.check_input(export.load_serving_model(four), SHAPE)
 
 
+@pytest.mark.slow
 class ForeignTeacherStudentTest(tf.test.TestCase):
     """Students distilled on a real-MNIST slice from each foreign teacher train
     as from the teacher with the true logits."""
@@ -229,7 +232,7 @@ class ForeignTeacherStudentTest(tf.test.TestCase):
             "--stage=student", f"--teacher_dir={teacher}", f"--export_dir={export_dir}",
             "--train_examples=256", "--validation_examples=128", "--batch_size=64",
             "--epochs=2", "--seed=4", f"--log_dir={root}/logs", "--min_teacher_accuracy=0",
-            "--precision=float32", *argv,
+            helpers.FLOAT32, *argv,
         ])
         self.assertEqual(status, 0)
         return reporting.read_json(os.path.join(export_dir, "assets.extra", "report.json"))

@@ -34,8 +34,10 @@ class SplitReading:
     def batches(self, batch_size):
         """A finite, ordered `tf.data.Dataset` of `(images, labels)` batches."""
         labels = tf.constant(self.labels)
-        return self.in_order().map(lambda index, image: (image, tf.gather(labels, index))).batch(
-            batch_size
+        return (
+            self.in_order()
+            .batch(batch_size)
+            .map(lambda indices, images: (images, tf.gather(labels, indices)))
         )
 
     def map_batches(self, function, batch_size, what="measuring"):
@@ -144,10 +146,10 @@ class Split(SplitReading):
         )
 
     def in_order(self):
-        images = tf.constant(self.images)
-        return tf.data.Dataset.range(len(self)).map(
-            lambda index: (index, tf.gather(images, index))
-        )
+        # Sliced by tf.data itself: a traced function per example (a `map`)
+        # took 0.3 s of CPU per pass over the 10,000 MNIST test images, this 0.02 s.
+        indices = tf.range(len(self), dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((indices, tf.constant(self.images)))
 
     def batched_passes(self, seed, batch_size):
         """Endless passes over the split in batches of `(passes, indices,
