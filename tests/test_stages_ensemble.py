@@ -6,31 +6,14 @@ here; teachers that disagree on their classes refused in one line before
 any training."""
 
 import os
+import re
 
 import helpers
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kd_tf import data, export, teacher
-
-
-def _float_teacher(path):
-    """A `.keras` MLP taking float32 images in [0, 1], trained on MNIST
-    training images 2048-4095 (the session's teacher saw the first 2048)."""
-    train = data.read_packaged_mnist()[0].subset(2048, 4096)
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input(helpers.IMAGE_SHAPE, dtype="float32"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(train.images / 255.0, train.labels, epochs=2, batch_size=64, verbose=0)
-    model.save(path)
-    return model
 
 
 def _accuracy(logits, labels):
@@ -61,17 +44,21 @@ def ensemble(request, class_root, mnist_teacher):
     cls = request.cls
     cls.teacher = mnist_teacher
     cls.float_path = os.path.join(class_root, "float_teacher.keras")
-    cls.float_model = _float_teacher(cls.float_path)
+    # Trained on other images than the session's teacher (the first 2048).
+    cls.float_model = helpers.float_mnist_teacher(
+        cls.float_path, 2048, 4096, seed=1, hidden=32, epochs=2
+    )
     cls.test_split = data.read_packaged_mnist()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("class_root", "ensemble")
 class EnsembleStagesTest(helpers.CommandTestCase):
     def _student(self, name, *argv):
         export_dir = os.path.join(self.root, name)
         teachers = f"--teacher_dir={self.teacher.export_dir},{self.float_path}"
-        status, lines, _ = self.run_command(
-            "--stage=student", teachers, f"--export_dir={export_dir}", "--precision=float32", *argv
+        status, lines = self.run_command(
+            "--stage=student", teachers, f"--export_dir={export_dir}", helpers.FLOAT32, *argv
         )
         self.assertEqual(status, 0, lines)
         return helpers.read_report(export_dir), export_dir
@@ -83,7 +70,7 @@ class EnsembleStagesTest(helpers.CommandTestCase):
             ("--stage=tflite", f"--model_dir={export_dir}", f"--tflite_path={tflite}"),
             ("--stage=predict", f"--model_dir={export_dir}", "--test_index=0,1,2"),
         ):
-            status, lines, _ = self.run_command(*argv)
+            status, lines = self.run_command(*argv)
             self.assertEqual(status, 0, lines)
         self.assertEqual(report["teacher_logits"], "cached")
         self.assertEqual(report["flags"]["teacher_dir"], [self.teacher.export_dir, self.float_path])
@@ -130,12 +117,13 @@ class EnsembleStagesTest(helpers.CommandTestCase):
             check_images=np.zeros((2, *helpers.IMAGE_SHAPE), np.uint8),
             class_names=[f"digit {i}" for i in range(10)],
         )
-        teacher = self.teacher.export_dir
+        first = self.teacher.export_dir
+        shown = {path: re.escape(path) for path in (first, eight, named)}
         cases = (
-            (f"{teacher},{eight}", rf"the teachers in --teacher_dir disagree: {teacher} predicts "
-             rf"10 classes, {eight} 8"),
-            (f"{teacher},{named}", rf"the teachers in --teacher_dir name their classes "
-             rf"differently: class 0 is '0' in {teacher}, 'digit 0' in {named}"),
+            (f"{first},{eight}", f"the teachers in --teacher_dir disagree: {shown[first]} "
+             f"predicts 10 classes, {shown[eight]} 8"),
+            (f"{first},{named}", f"the teachers in --teacher_dir name their classes "
+             f"differently: class 0 is '0' in {shown[first]}, 'digit 0' in {shown[named]}"),
         )
         for teachers, pattern in cases:
             with self.subTest(teachers=teachers):
