@@ -166,6 +166,8 @@ class FlagParsingTest(tf.test.TestCase):
             "--steps_per_execution=0": "--steps_per_execution must be >= 1",
             "--model=resnet9000": "--model",
             "--stage=deploy": "--stage",
+            "--teacher_dir=a,,b": "--teacher_dir must be a teacher (an export, a SavedModel or a "
+            ".keras file) or a comma-separated list of them, without empty entries",
         }
         for argument, message in cases.items():
             with self.subTest(argument=argument):
