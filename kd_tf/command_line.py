@@ -93,7 +93,8 @@ _HELP = (
     (
         "teacher_dir",
         "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
-        "or a .keras file.",
+        "or a .keras file; a comma-separated list of them distils from their ensemble (the "
+        "mean of their softened probabilities; each teacher checked on the data).",
     ),
     (
         "teacher_pixel_range",

@@ -105,7 +105,8 @@ class DistillationConfig:
     hint_layers: tuple[tuple[str, str], ...] = ()
     hint_weight: float = 1.0
     mixup_alpha: float = 0.0
-    teacher_dir: str | None = None
+    # One teacher, or an ensemble (see `kd_tf.teacher`), in this order.
+    teacher_dir: tuple[str, ...] | None = None
     # "auto": picked from the data for a teacher taking float images (see
     # `kd_tf.teacher_check`).
     teacher_pixel_range: str = "auto"
@@ -297,6 +298,11 @@ _RULES = {
     "test_index": (lambda v: len(v) > 0 and min(v) >= 0, TEST_INDEX_PROBLEM),
     "image_size": (lambda v: len(v) == 2 and min(v) >= 1, IMAGE_SIZE_PROBLEM),
     "teacher_class_order": (lambda v: sorted(v) == list(range(len(v))), CLASS_ORDER_PROBLEM),
+    "teacher_dir": (
+        lambda v: all(v),
+        "{0} must be a teacher (an export, a SavedModel or a .keras file) or a comma-separated "
+        "list of them, without empty entries",
+    ),
     "min_teacher_accuracy": _IN_UNIT_INTERVAL,
     "test_fraction": (lambda v: 0 < v < 1, "{0} must be in (0, 1)"),
     "cpu_devices": _at_least(0),
@@ -333,13 +339,28 @@ _COMBINATION_RULES = (
         "{0} cannot be combined with {1}=multi_worker: each worker trains on its GPUs or "
         "its one CPU",
     ),
+    (
+        ("hint_layers", "teacher_dir"),
+        lambda pairs, teachers: not pairs or len(teachers or ()) <= 1,
+        "{0} reads the layers of one teacher, and {1} lists several: pass one teacher with "
+        "{0}, or drop {0} for the ensemble",
+    ),
+    (
+        ("teacher_class_order", "teacher_dir"),
+        lambda order, teachers: order is None or len(teachers or ()) <= 1,
+        "{0} reorders the outputs of one teacher, and {1} lists several: distil from that "
+        "teacher alone, or give the ensemble teachers in the data's class order",
+    ),
     *loss_flags.COMBINATION_RULES,
 )
 
 
 def _shown(name, value):
-    """`value` of field `name` as an error shows it (as its flag is written)."""
-    return loss_flags.format_value(name, value) if name in loss_flags.FORMS else value
+    """`value` of field `name` as an error shows it (as its flag is written:
+    a list with commas)."""
+    if name in loss_flags.FORMS:
+        return loss_flags.format_value(name, value)
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def validate(config):

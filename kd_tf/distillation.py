@@ -6,8 +6,11 @@ combines the hard-label loss with weighted distillation terms
 
 The teacher's outputs reach it cached, in the data (`((images, teacher),
 labels)`), or online, from a `teacher` callable run on every batch outside
-the gradient tape. Either way they are rows `[batch, width]`: the logits,
-followed by the features of the hint terms (`kd_tf.hints.OutputLayout`).
+the gradient tape. Either way they are rows `[batch, width]`: the logits
+(of each teacher of an ensemble, side by side), followed by the features of
+the hint terms (`kd_tf.hints.OutputLayout`). An ensemble's terms see its
+teachers' logits `[batch, teachers, classes]`, which
+`distillation_losses.teacher_distribution` averages into one target.
 
 Usage:
 
@@ -59,11 +62,15 @@ class Distiller(keras.Model):
             `Distiller` does).
         steps_per_epoch: steps in an epoch, for a warming-up `DKD` (the epoch
             is the optimiser's step count over it).
+        teachers: the teachers whose logits the rows hold side by side (an
+            ensemble's target is their mean distribution).
     """
 
-    def __init__(self, student, terms, alpha, teacher=None, steps_per_epoch=None, **kwargs):
+    def __init__(
+        self, student, terms, alpha, teacher=None, steps_per_epoch=None, teachers=1, **kwargs
+    ):
         super().__init__(**kwargs)
-        _check_terms(terms, alpha, steps_per_epoch)
+        _check_terms(terms, alpha, steps_per_epoch, teachers)
         self.student = student
         if isinstance(teacher, keras.Layer):
             teacher.trainable = False
@@ -74,7 +81,7 @@ class Distiller(keras.Model):
         self._hints = [term for _, term, _ in terms if isinstance(term, Hint)]
         self.projections = [hint.projection for hint in self._hints if hint.projection is not None]
         self._layout = hints_lib.OutputLayout(
-            int(student.outputs[0].shape[-1]), [hint.teacher_shape for hint in self._hints]
+            int(student.outputs[0].shape[-1]), [hint.teacher_shape for hint in self._hints], teachers
         )
         self._student_outputs = hints_lib.student_extractor(student, self._hints)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -164,7 +171,7 @@ class Distiller(keras.Model):
         ]
 
 
-def _check_terms(terms, alpha, steps_per_epoch):
+def _check_terms(terms, alpha, steps_per_epoch, teachers):
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     names = [name for name, _, _ in terms]
@@ -173,6 +180,8 @@ def _check_terms(terms, alpha, steps_per_epoch):
     warming = [name for name, term, _ in terms if isinstance(term, DKD) and term.warmup_epochs]
     if warming and not steps_per_epoch:
         raise ValueError(f"{warming[0]} warms up over epochs: pass steps_per_epoch")
+    if teachers > 1 and any(isinstance(term, Hint) for _, term, _ in terms):
+        raise ValueError(f"hints read one teacher's layers, got {teachers} teachers")
 
 
 def _scaled_for_replicas(loss):

@@ -12,9 +12,8 @@ with hard labels `y`, student logits `s` and the weighted terms `L_i`
 
 The logit terms (`KD`, `DKD`, `DIST`) see the teacher through one seam,
 `teacher_distribution`: the teacher's softened class distribution, as
-probabilities and log-probabilities. It is the one place where a target
-other than one teacher's softmax (e.g. the mean over several teachers)
-would be formed.
+probabilities and log-probabilities, where the teachers of an ensemble
+(logits `[batch, teachers, classes]`) are averaged into one distribution.
 
 Usage:
 
@@ -38,17 +37,47 @@ _PEARSON_EPSILON = 1e-8
 
 
 def teacher_distribution(teacher_logits, temperature):
-    """The teacher's class distribution at temperature T, `(p, log p)`.
+    """The teacher's class distribution at temperature T, `(p, log p)`; for
+    an ensemble, the mean of its teachers' distributions.
+
+    With several teachers (Hinton et al. 2015, section 4) the target is the
+    arithmetic mean of their softened probabilities,
+
+        p = mean_k softmax(t_k / T),   log p = m + log mean_k exp(log softmax(t_k / T) - m)
+
+    (m the largest of the teachers' log-probabilities, so that the log
+    stays finite however sure they are; two teachers that agree give
+    exactly their own `(p, log p)`). Every logit term reads the teacher
+    through this function, so KD, DKD and DIST all take the mean
+    distribution as one teacher's. For KD this equals the sum of
+    per-teacher KL terms (big_vision's distillation) up to a constant and
+    the factor K (the number of teachers), for any student distribution q:
+
+        sum_k KL(p_k || q) = K KL(p || q) + sum_k KL(p_k || p)
+
+    (the last sum holds the teachers alone, so the student's gradients are
+    K times those of KL(p || q)).
+    DKD splits the mean distribution into its target and non-target
+    parts, and DIST correlates with the mean distribution.
 
     Args:
-        teacher_logits: float `[batch, classes]`; treated as a constant.
+        teacher_logits: float `[batch, classes]`, or `[batch, teachers,
+            classes]` for an ensemble; treated as a constant.
         temperature: T > 0.
 
     Returns:
-        float32 `(softmax(t / T), log_softmax(t / T))`, each `[batch, classes]`.
+        float32 `(p, log p)`, each `[batch, classes]`.
     """
     scaled = ops.stop_gradient(ops.cast(teacher_logits, "float32")) / temperature
-    return ops.softmax(scaled, axis=-1), ops.log_softmax(scaled, axis=-1)
+    if len(scaled.shape) == 2:
+        return ops.softmax(scaled, axis=-1), ops.log_softmax(scaled, axis=-1)
+    # Teacher by teacher, so that each sees the kernels of one teacher's
+    # `[batch, classes]`: the float32 rounding of a softmax depends on the shape.
+    each = [teacher_distribution(scaled[:, k], 1.0) for k in range(scaled.shape[1])]
+    log_p = ops.stack([log_p for _, log_p in each], axis=1)
+    top = ops.max(log_p, axis=1)
+    mean_log_p = top + ops.log(ops.mean(ops.exp(log_p - top[:, None, :]), axis=1))
+    return ops.mean(ops.stack([p for p, _ in each], axis=1), axis=1), mean_log_p
 
 
 def _student_log_probabilities(student_logits, temperature):

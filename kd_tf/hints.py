@@ -10,15 +10,17 @@ dense layer for flat features, a 1x1 convolution for feature maps of the
 same height and width; anything else is refused.
 
 The teacher's outputs travel as rows `[batch, width]` (`OutputLayout`):
-its logits, then each hint's features flattened; the same rows are cached
+its logits (the logits of each teacher of an ensemble, side by side), then
+each hint's features flattened; the same rows are cached
 (`kd_tf.logits_cache`) or computed online (`TeacherRows`), and the
-`Distiller` splits them.
+`Distiller` splits them. Hints read one teacher's layers: an ensemble
+has none.
 
 Usage:
 
 ```python
 pairs = plan([("penultimate", "penultimate")], teacher_model, student, "saved_models/teacher/1")
-rows = TeacherRows(adapter, teacher_model, pairs)         # images -> [batch, rows.width]
+rows = TeacherRows([adapter], teacher_model, pairs)       # images -> [batch, rows.width]
 terms = hint_terms(pairs, weight=1.0)                      # for the Distiller
 ```
 """
@@ -45,8 +47,8 @@ class HintPair(NamedTuple):
 
 
 class OutputLayout:
-    """Rows of the teacher's outputs: `num_classes` logits, then each
-    feature of `feature_shapes` flattened.
+    """Rows of the teachers' outputs: `num_classes` logits of each of
+    `teachers` teachers, then each feature of `feature_shapes` flattened.
 
     Usage:
 
@@ -54,15 +56,21 @@ class OutputLayout:
     layout = OutputLayout(10, [(256,)])
     rows = layout.join(logits, [features])       # [batch, 266]
     logits, (features,) = layout.split(rows)
+    layout = OutputLayout(10, teachers=3)        # rows [batch, 30]
+    logits, _ = layout.split(rows)               # [batch, 3, 10]
     ```
     """
 
-    def __init__(self, num_classes, feature_shapes=()):
+    def __init__(self, num_classes, feature_shapes=(), teachers=1):
         self.num_classes = int(num_classes)
+        self.teachers = int(teachers)
         self.feature_shapes = [tuple(shape) for shape in feature_shapes]
-        self.width = self.num_classes + sum(math.prod(s) for s in self.feature_shapes)
+        self.logits_width = self.teachers * self.num_classes
+        self.width = self.logits_width + sum(math.prod(s) for s in self.feature_shapes)
 
     def join(self, logits, features):
+        """Rows of `logits` (`[batch, teachers * classes]`, the teachers'
+        side by side) and `features`."""
         if not self.feature_shapes:
             return logits
         batch = ops.shape(logits)[0]
@@ -70,15 +78,16 @@ class OutputLayout:
         return ops.concatenate([logits, *flat], axis=-1)
 
     def split(self, rows):
-        """`(logits, [features])` of `rows`."""
-        if not self.feature_shapes:
-            return rows, []
-        features, start = [], self.num_classes
+        """`(logits, [features])` of `rows`: logits `[batch, classes]` of one
+        teacher, `[batch, teachers, classes]` of several."""
+        logits, features, start = rows[:, : self.logits_width], [], self.logits_width
         for shape in self.feature_shapes:
             size = math.prod(shape)
             features.append(ops.reshape(rows[:, start : start + size], (-1, *shape)))
             start += size
-        return rows[:, : self.num_classes], features
+        if self.teachers > 1:
+            logits = ops.reshape(logits, (-1, self.teachers, self.num_classes))
+        return logits, features
 
 
 def penultimate_layer(model):
@@ -215,18 +224,23 @@ def student_extractor(student, hints):
 
 
 class TeacherRows:
-    """The teacher's outputs as `OutputLayout` rows: `images -> [batch,
-    width]` float32, through its `teacher_adapter.TeacherAdapter` (the
-    logits alone without `pairs`, else from its Keras `model` in one pass).
+    """The teachers' outputs as `OutputLayout` rows: `images -> [batch,
+    width]` float32, through each teacher's `teacher_adapter.TeacherAdapter`
+    (their logits side by side without `pairs`; with `pairs`, of one teacher,
+    its logits and features from its Keras `model` in one pass).
 
     Attributes:
         layout: the `OutputLayout`.
         width: its width.
     """
 
-    def __init__(self, adapter, model=None, pairs=()):
-        self.adapter = adapter
-        self.layout = OutputLayout(adapter.model.num_classes, [p.teacher_shape for p in pairs])
+    def __init__(self, adapters, model=None, pairs=()):
+        if pairs and len(adapters) != 1:
+            raise ValueError(f"hints read one teacher's layers, got {len(adapters)} teachers")
+        self.adapters = tuple(adapters)
+        self.layout = OutputLayout(
+            self.adapters[0].model.num_classes, [p.teacher_shape for p in pairs], len(adapters)
+        )
         self.width = self.layout.width
         self._extractor = None
         if pairs:
@@ -237,6 +251,8 @@ class TeacherRows:
 
     def __call__(self, images):
         if self._extractor is None:
-            return self.adapter.logits(images)
-        outputs = self._extractor(self.adapter.images(images), training=False)
-        return self.layout.join(self.adapter.as_logits(outputs[0]), outputs[1:])
+            logits = [adapter.logits(images) for adapter in self.adapters]
+            return logits[0] if len(logits) == 1 else ops.concatenate(logits, axis=-1)
+        (adapter,) = self.adapters
+        outputs = self._extractor(adapter.images(images), training=False)
+        return self.layout.join(adapter.as_logits(outputs[0]), outputs[1:])

@@ -8,6 +8,7 @@ tests/conftest.py.
 - `read_report`, `exported_variables`: what an export holds.
 - `tiny_model`, `random_images`, `save_module`, `failing_writer`: synthetic
   models, images and SavedModels for the fast tests, and a failing export;
+  `float_mnist_teacher`: a `.keras` teacher taking float images;
   `write_digit_files`: image files of test digits, as users pass them.
 - `start_kd_tf`, `run_kd_tf`, `read_until`, `wait_all`: `python -m kd_tf.main`
   processes; `run_on_full_disk`, one on a small tmpfs that fills up;
@@ -130,6 +131,24 @@ def tiny_export(path, overwrite=False):
     """`tiny_model()` exported at `path` (a stand-in teacher or model)."""
     images = np.zeros((2, *IMAGE_SHAPE), np.uint8)
     return export.export_model(tiny_model(), path, check_images=images, overwrite=overwrite)
+
+
+def float_mnist_teacher(path, first, stop, *, seed, hidden, epochs):
+    """A `.keras` MLP taking float32 images in [0, 1] (a foreign teacher),
+    trained on MNIST training images `first`..`stop - 1` scaled to [0, 1]
+    and saved at `path`; returns the model."""
+    train = data.read_packaged_mnist()[0].subset(first, stop)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input(IMAGE_SHAPE, dtype="float32"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train.images / 255.0, train.labels, epochs=epochs, batch_size=64, verbose=0)
+    model.save(path)
+    return model
 
 
 def random_images(count):

@@ -47,7 +47,7 @@ class ConfigTest(tf.test.TestCase):
         expected = config.Config(
             stage="student",
             optimization=config.OptimizationConfig(epochs=3),
-            distillation=config.DistillationConfig(alpha=0.5, teacher_dir="/t"),
+            distillation=config.DistillationConfig(alpha=0.5, teacher_dir=("/t",)),
             runtime=config.RuntimeConfig(seed=7),
             predict=config.PredictConfig(test_index=(4, 2)),
             lite=config.LiteConfig(quantize="int8"),
@@ -166,6 +166,8 @@ class FlagParsingTest(tf.test.TestCase):
             "--steps_per_execution=0": "--steps_per_execution must be >= 1",
             "--model=resnet9000": "--model",
             "--stage=deploy": "--stage",
+            "--teacher_dir=a,,b": "--teacher_dir must be a teacher (an export, a SavedModel or a "
+            ".keras file) or a comma-separated list of them, without empty entries",
         }
         for argument, message in cases.items():
             with self.subTest(argument=argument):

@@ -1,5 +1,6 @@
 """The Distiller: its train_step (teacher outside the tape, loss scaling,
-metrics), the cached and online modes, DKD's warm-up, mixed labels and hints."""
+metrics), the cached and online modes, DKD's warm-up, mixed labels, hints
+and ensembles of teachers."""
 
 import os
 
@@ -216,7 +217,7 @@ class HintDistillerTest(tf.test.TestCase):
         distiller = distillation.Distiller(student, terms, alpha=0.5)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
-        rows = hints.TeacherRows(_Adapter(teacher), teacher, [pair])(images)
+        rows = hints.TeacherRows([_Adapter(teacher)], teacher, [pair])(images)
         self.assertEqual(rows.shape, (32, 3 + 5))
         dataset = tf.data.Dataset.from_tensor_slices(
             ((images, rows), rng.integers(0, 3, 32))
@@ -230,6 +231,64 @@ class HintDistillerTest(tf.test.TestCase):
         projection_paths = {w.path for w in projection.weights}
         self.assertEmpty(projection_paths & {w.path for w in student.weights})
         self.assertLen(distiller.trainable_weights, len(student.trainable_weights) + 2)
+
+
+class EnsembleDistillerTest(tf.test.TestCase):
+    """Rows of several teachers' logits side by side: the terms see their
+    mean softened distribution."""
+
+    TERMS = [
+        ("kd", losses.KD(4.0), 0.5),
+        ("dkd", losses.DKD(4.0, 1.0, 8.0, warmup_epochs=0), 0.25),
+        ("dist", losses.DIST(4.0), 0.25),
+    ]
+
+    def setUp(self):
+        rng = np.random.default_rng(0)
+        self.split = data.Split(
+            rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8), rng.integers(0, 3, 64)
+        )
+        self.logits = [
+            _tiny_student(seed).predict(self.split.images, verbose=0) for seed in (1, 2)
+        ]
+
+    def _trained(self, rows, teachers, run_eagerly=False):
+        """`(student weights after one epoch of SGD, evaluation metrics)`."""
+        distiller = distillation.Distiller(_tiny_student(), self.TERMS, 0.7, teachers=teachers)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5), run_eagerly=run_eagerly)
+        dataset = pipelines.evaluation_dataset(
+            self.split, 16, logits=logits_cache.LogitsTable(rows[:, None])
+        )
+        distiller.fit(dataset, epochs=1, verbose=0)
+        return distiller.student.get_weights(), distiller.evaluate(dataset, return_dict=True, verbose=0)
+
+    def test_two_identical_teachers_train_exactly_as_one(self):
+        # Eagerly, each op runs the same kernel on the same shapes in both
+        # runs. Compiled, grappler rewrites the two graphs differently: the
+        # weights then differ by ~1e-7 (measured, the three terms together).
+        one = self._trained(self.logits[0], teachers=1, run_eagerly=True)
+        two = self._trained(
+            np.concatenate([self.logits[0]] * 2, axis=1), teachers=2, run_eagerly=True
+        )
+        for got, expected in zip(two[0], one[0]):
+            self.assertAllEqual(got, expected)
+        self.assertEqual(two[1], one[1])
+
+    def test_the_terms_see_the_mean_distribution(self):
+        """A teacher whose logits are T log p, p the mean of the softened
+        distributions, has p as its own softened distribution."""
+        scaled = np.stack(self.logits, axis=1).astype(np.float64) / 4.0
+        softened = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        mean = (softened / softened.sum(axis=-1, keepdims=True)).mean(axis=1)
+        as_one = (4.0 * np.log(mean)).astype(np.float32)
+        _, ensemble = self._trained(np.concatenate(self.logits, axis=1), teachers=2)
+        _, single = self._trained(as_one, teachers=1)
+        # The same student steps from targets equal to ~1e-7: the losses
+        # agree to float32 rounding over one epoch of 4 steps.
+        self.assertAllClose(ensemble, single, rtol=1e-5, atol=1e-6)
+        self.assertNotAllClose(
+            ensemble["kd_loss"], self._trained(self.logits[0], teachers=1)[1]["kd_loss"]
+        )
 
 
 class ResumeTest(tf.test.TestCase):
@@ -250,7 +309,7 @@ class ResumeTest(tf.test.TestCase):
         )
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
-        rows = hints.TeacherRows(_Adapter(teacher), teacher, [pair])(images)
+        rows = hints.TeacherRows([_Adapter(teacher)], teacher, [pair])(images)
         dataset = tf.data.Dataset.from_tensor_slices(
             ((images, rows), rng.integers(0, 3, 32))
         ).batch(16)

@@ -1,6 +1,7 @@
 """Each distillation loss term against a NumPy reference on a fixed batch:
 values, and gradients (central differences of the float64 reference), plus
-the property each term's key step gives."""
+the property each term's key step gives; and each logit term on an
+ensemble's target, the mean of its teachers' softened probabilities."""
 
 import keras
 import numpy as np
@@ -13,6 +14,13 @@ RNG = np.random.default_rng(7)
 STUDENT = (RNG.normal(size=(6, 5)) * 2.0).astype(np.float32)
 TEACHER = (RNG.normal(size=(6, 5)) * 3.0).astype(np.float32)
 LABELS = np.array([0, 4, 2, 2, 1, 3], np.int64)
+# An ensemble of three teachers of the same batch, [6, 3, 5]: TEACHER and
+# two others, one of them much surer.
+ENSEMBLE = np.stack(
+    [TEACHER, (RNG.normal(size=(6, 5)) * 3.0).astype(np.float32),
+     (RNG.normal(size=(6, 5)) * 8.0).astype(np.float32)],
+    axis=1,
+)
 TEMPERATURES = (1.0, 4.0)
 # float32 against float64: the losses are sums of a few dozen terms of size
 # ~1, so their float32 rounding is ~1e-6 relative.
@@ -83,13 +91,20 @@ def value_and_gradient(term, student=STUDENT, teacher=TEACHER, **kwargs):
     return float(value), tape.gradient(value, student).numpy(), tape.gradient(value, teacher)
 
 
-class ReferenceTest(tf.test.TestCase):
+def mean_distribution(teachers, temperature):
+    """The mean over the teachers (axis 1) of their softened probabilities, float64."""
+    return _softmax(np.asarray(teachers, np.float64) / temperature).mean(axis=1)
+
+
+class MatchesReference:
     def assert_matches(self, term, reference, **kwargs):
         value, gradient, teacher_gradient = value_and_gradient(term, **kwargs)
         self.assertAllClose(value, reference(STUDENT.astype(np.float64)), rtol=RTOL, atol=0)
         self.assertAllClose(gradient, numeric_gradient(reference, STUDENT), atol=GRAD_ATOL, rtol=0)
         self.assertIsNone(teacher_gradient, "the teacher's outputs are a constant")
 
+
+class ReferenceTest(MatchesReference, tf.test.TestCase):
     def test_kd(self):
         for temperature in TEMPERATURES:
             with self.subTest(temperature=temperature):
@@ -140,6 +155,80 @@ class ReferenceTest(tf.test.TestCase):
             reference,
             teacher=features,
         )
+
+
+class EnsembleTest(MatchesReference, tf.test.TestCase):
+    """An ensemble's target is the mean of its teachers' softened
+    probabilities p; every logit term takes it as one teacher's, i.e. as the
+    target of a teacher with logits T log p (softmax(log p) = p)."""
+
+    def test_the_target_is_the_mean_of_the_softened_probabilities(self):
+        for temperature in TEMPERATURES:
+            with self.subTest(temperature=temperature):
+                p, log_p = losses.teacher_distribution(ENSEMBLE, temperature)
+                expected = mean_distribution(ENSEMBLE, temperature)
+                # float32 softmaxes of 5 classes, averaged: ~1e-7 relative.
+                self.assertAllClose(p, expected, rtol=1e-6, atol=1e-7)
+                self.assertAllClose(log_p, np.log(expected), rtol=0, atol=1e-5)
+
+    def test_the_log_target_stays_finite_when_the_teachers_are_sure(self):
+        sure = ENSEMBLE * 1000.0
+        _, log_p = losses.teacher_distribution(sure, 1.0)
+        scaled = sure.astype(np.float64)
+        log_each = scaled - scaled.max(-1, keepdims=True)
+        log_each -= np.log(np.exp(log_each).sum(-1, keepdims=True))
+        top = log_each.max(axis=1)
+        expected = top + np.log(np.exp(log_each - top[:, None]).mean(axis=1))
+        self.assertTrue(np.all(np.isfinite(log_p)))
+        self.assertAllClose(log_p, expected, rtol=1e-6, atol=1e-3)
+
+    def test_each_term_takes_the_mean_distribution(self):
+        for temperature in TEMPERATURES:
+            as_logits = temperature * np.log(mean_distribution(ENSEMBLE, temperature))
+            cases = (
+                (losses.KD(temperature), lambda s: kd_reference(s, as_logits, temperature), {}),
+                (
+                    losses.DKD(temperature, 1.0, 8.0, warmup_epochs=0),
+                    lambda s: dkd_reference(s, as_logits, LABELS, temperature, 1.0, 8.0),
+                    {"labels": LABELS},
+                ),
+                (
+                    losses.DIST(temperature, 1.0, 1.0),
+                    lambda s: dist_reference(s, as_logits, temperature, 1.0, 1.0),
+                    {},
+                ),
+            )
+            for term, reference, kwargs in cases:
+                with self.subTest(term=type(term).__name__, temperature=temperature):
+                    self.assert_matches(term, reference, teacher=ENSEMBLE, **kwargs)
+
+    def test_kd_of_the_ensemble_is_the_sum_of_per_teacher_kd_up_to_a_constant(self):
+        """sum_k KL(p_k || q) = K KL(p || q) + sum_k KL(p_k || p): K times the
+        gradients, and a difference that is the teachers' alone."""
+        temperature, count = 4.0, ENSEMBLE.shape[1]
+        term = losses.KD(temperature)
+        value, gradient, _ = value_and_gradient(term, teacher=ENSEMBLE)
+        each = [value_and_gradient(term, teacher=ENSEMBLE[:, k]) for k in range(count)]
+        self.assertAllClose(sum(g for _, g, _ in each), count * gradient, atol=GRAD_ATOL, rtol=0)
+        softened = _softmax(ENSEMBLE.astype(np.float64) / temperature)
+        mean = softened.mean(axis=1)
+        spread = sum(np.mean(_kl(softened[:, k], mean)) for k in range(count))
+        self.assertAllClose(
+            sum(v for v, _, _ in each) - count * value, temperature**2 * spread, rtol=RTOL, atol=0
+        )
+
+    def test_two_identical_teachers_give_exactly_one_teachers_loss(self):
+        twice = np.stack([TEACHER, TEACHER], axis=1)
+        for term, kwargs in (
+            (losses.KD(4.0), {}),
+            (losses.DKD(4.0, 1.0, 8.0, warmup_epochs=0), {"labels": LABELS}),
+            (losses.DIST(4.0), {}),
+        ):
+            with self.subTest(term=type(term).__name__):
+                one, one_gradient, _ = value_and_gradient(term, teacher=TEACHER, **kwargs)
+                two, two_gradient, _ = value_and_gradient(term, teacher=twice, **kwargs)
+                self.assertEqual(one, two)
+                self.assertAllEqual(one_gradient, two_gradient)
 
 
 class KeyStepTest(tf.test.TestCase):

@@ -16,7 +16,7 @@ from kd_tf import data, models, pipelines
 class DistillationStagesTest(helpers.CommandTestCase):
     def _student_then_tflite_and_predict(self, name, *argv):
         export_dir = os.path.join(self.root, name)
-        status, lines, _ = self.run_command(
+        status, lines = self.run_command(
             "--stage=student", f"--teacher_dir={self.teacher.export_dir}",
             f"--export_dir={export_dir}", "--precision=float32", *argv,
         )
@@ -26,7 +26,7 @@ class DistillationStagesTest(helpers.CommandTestCase):
             ("--stage=tflite", f"--model_dir={export_dir}", f"--tflite_path={tflite}"),
             ("--stage=predict", f"--model_dir={export_dir}", "--test_index=0,1,2"),
         ):
-            status, lines, _ = self.run_command(*argv)
+            status, lines = self.run_command(*argv)
             self.assertEqual(status, 0, lines)
         self.assertTrue(os.path.isfile(tflite))
         return helpers.read_report(export_dir), export_dir

@@ -10,12 +10,11 @@ images, trained on pixels in [0, 1]; an untrained (random) teacher.
 import os
 
 import helpers
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import command_line, data, distribution, teacher_check
+from kd_tf import command_line, distribution, teacher_check
 from kd_tf.stages import student
 
 CLASSES = 10
@@ -43,30 +42,16 @@ def _swapped_teacher(path, teacher_dir):
     return path
 
 
-def _float_teacher(path):
-    """A `.keras` MLP taking float32 images, trained on the first 2048 MNIST
-    training images scaled to [0, 1] (the check measures it on others)."""
-    train = data.read_packaged_mnist()[0].subset(0, 2048)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(helpers.IMAGE_SHAPE, dtype="float32"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(CLASSES),
-    ])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(train.images / 255.0, train.labels, epochs=3, batch_size=64, verbose=0)
-    model.save(path)
-    return model
-
-
 @pytest.fixture(scope="class")
 def teachers(request, class_root, mnist_teacher):
     cls = request.cls
     cls.teacher = mnist_teacher
     cls.swapped = _swapped_teacher(os.path.join(class_root, "swapped"), mnist_teacher.export_dir)
     cls.float_path = os.path.join(class_root, "float_teacher.keras")
-    cls.float_model = _float_teacher(cls.float_path)
+    cls.float_model = helpers.float_mnist_teacher(
+        # Trained on images the check does not measure it on.
+        cls.float_path, 0, 2048, seed=0, hidden=64, epochs=3
+    )
 
 
 @pytest.mark.usefixtures("class_root", "teachers")
@@ -79,7 +64,7 @@ class TeacherCheckTest(helpers.CommandTestCase):
         strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
         with student.prepare_distillation(config, strategy, "float32") as inputs:
             images = inputs.splits.validation.images
-            return inputs.report_fields(), inputs.teacher.adapter, images
+            return inputs.report_fields(), inputs.teachers.members[0].adapter, images
 
     def test_a_float_input_teacher_gets_the_range_it_was_trained_on(self):
         with self.assertLogs("absl", "INFO") as logs:
@@ -143,7 +128,7 @@ class RandomTeacherTest(tf.test.TestCase):
         root = self.root
         teacher = helpers.tiny_export(os.path.join(root, "random"))
         argv = helpers.slice_argv(root, "--stage=student", f"--teacher_dir={teacher}")
-        ((status, _, stderr, _),) = helpers.run_kd_tf(argv)
+        ((status, _, stderr),) = helpers.run_kd_tf(argv)
         self.assertEqual(status, 2, stderr[-2000:])
         self.assertNotIn("Traceback", stderr)
         (line,) = helpers.kd_tf_lines(stderr)

@@ -70,7 +70,7 @@ def _run_all(runs, run_stage):
     for stage in config_lib.COMPARE_STAGES:
         run = runs[stage]
         if stage == "student":
-            run = config_lib.with_fields(run, teacher_dir=reports["teacher"]["export_dir"])
+            run = config_lib.with_fields(run, teacher_dir=[reports["teacher"]["export_dir"]])
         try:
             reports[stage] = run_stage(run)
         except KeyboardInterrupt as error:

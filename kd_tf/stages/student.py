@@ -1,11 +1,12 @@
-"""`student`: distils the teacher (`teacher_dir`) into the student.
+"""`student`: distils the teacher (`teacher_dir`), or the ensemble of
+teachers it lists, into the student.
 
-`prepare_distillation` (shared with `tune`) loads the teacher and the data,
-checks the hints against both models and the teacher on the data
-(`Teacher.check`: refused before any training when it cannot teach), and
-builds the datasets that carry the teacher's outputs; `build_distiller` puts
-a fresh student into a compiled `Distiller` with the loss terms of a
-`config.DistillationConfig`.
+`prepare_distillation` (shared with `tune`) loads the teachers and the data,
+checks the hints against both models and each teacher on the data
+(`Teacher.check`: refused before any training when it cannot teach), builds
+the datasets that carry the teachers' outputs and measures the teachers on
+the test split for the report; `build_distiller` puts a fresh student into a
+compiled `Distiller` with the loss terms of a `config.DistillationConfig`.
 """
 
 import contextlib
@@ -30,30 +31,31 @@ from kd_tf.stages.training_run import TrainingRun, load_data
 
 
 class DistillationInputs(NamedTuple):
-    """What a distillation run trains on (a `TrainingInputs` plus the teacher,
-    and the checked `hints.HintPair`s)."""
+    """What a distillation run trains on (a `TrainingInputs` plus the
+    teachers, and the checked `hints.HintPair`s)."""
 
     splits: data.DataSplits
     train: object
     validation: object
     steps_per_epoch: int
-    teacher: teacher_lib.Teacher
+    teachers: teacher_lib.Teachers
     logits: teacher_lib.TeacherLogits
     hint_pairs: list
 
     def report_fields(self):
-        """The teacher's fields of the student and tune reports."""
-        return self.teacher.report_fields(self.logits)
+        """The teachers' fields of the student and tune reports."""
+        return self.teachers.report_fields(self.logits)
 
 
 @contextlib.contextmanager
 def prepare_distillation(config, strategy, policy):
-    """Loads the teacher and the data, checks the hints (`--hint_layers`)
-    against the teacher and the run's student, checks the teacher on
-    the data (see `kd_tf.teacher_check`), computes the teacher's outputs once
-    where they can be cached (under the dtype policy `policy`, see
-    `precision.graph_rewrite`), and yields `DistillationInputs`; the
-    shards are removed when the block ends, however it ends.
+    """Loads the teachers and the data, checks the hints (`--hint_layers`)
+    against the teacher and the run's student, checks each teacher on
+    the data (see `kd_tf.teacher_check`), computes the teachers' outputs once
+    where they can be cached and measures them on the test split (under the
+    dtype policy `policy`, see `precision.graph_rewrite`), and yields
+    `DistillationInputs`; the shards are removed when the block ends,
+    however it ends.
 
     Usage:
 
@@ -64,7 +66,7 @@ def prepare_distillation(config, strategy, policy):
     """
     runtime, opt = config.runtime, config.optimization
     distill = config.distillation
-    with teacher_lib.Teacher.load(
+    with teacher_lib.Teachers.load(
         distill.teacher_dir,
         strategy,
         config.stage,
@@ -73,17 +75,17 @@ def prepare_distillation(config, strategy, policy):
         class_order=distill.teacher_class_order,
         min_accuracy=distill.min_teacher_accuracy,
         layers=bool(distill.hint_layers),
-    ) as teacher:
+    ) as teachers:
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
-        teacher.check_fits(splits)
-        hint_pairs = _hint_pairs(config, teacher, splits)
+        teachers.check_fits(splits)
+        hint_pairs = _hint_pairs(config, teachers.members[0], splits)
         views, random_augment = pipelines.augmentation(
             config.data.augment, config.data.augment_views
         )
         with precision.graph_rewrite(policy):
-            teacher.check(splits, opt.eval_batch_size)
-            logits = teacher.datasets(
+            teachers.check(splits, opt.eval_batch_size)
+            logits = teachers.datasets(
                 splits.train,
                 splits.validation,
                 views=views,
@@ -94,20 +96,21 @@ def prepare_distillation(config, strategy, policy):
                 seed=runtime.seed,
                 hint_pairs=hint_pairs,
             )
+            teachers.measure_test(splits.test, opt.eval_batch_size)
         yield DistillationInputs(
             splits=splits,
             train=logits.train,
             validation=logits.validation,
             steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), opt.batch_size),
-            teacher=teacher,
+            teachers=teachers,
             logits=logits,
             hint_pairs=hint_pairs,
         )
 
 
 def _hint_pairs(config, teacher, splits):
-    """`hints.plan` of `--hint_layers`, read on the run's student built for
-    it (none without hints)."""
+    """`hints.plan` of `--hint_layers`, read on `teacher` (a `Teacher`; hints
+    take one) and the run's student built for it (none without hints)."""
     if not config.distillation.hint_layers:
         return []
     model_name = config.model.model or models.DEFAULT_STUDENT
@@ -137,6 +140,7 @@ def build_distiller(config, inputs, model_name, policy, distill=None):
             alpha=distill.alpha,
             teacher=inputs.logits.outputs if online else None,
             steps_per_epoch=inputs.steps_per_epoch,
+            teachers=len(inputs.teachers.members),
         )
         # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
         distiller.build((None, *splits.image_shape))
