@@ -447,7 +447,7 @@ class RunFieldsCoverageTest(tf.test.TestCase):
         for stage in ("teacher", "scratch", "student"):
             identities = {"data_fingerprint": "256 examples, sha256 0"}
             if stage == "student":
-                identities["teacher"] = ["sha256 0"]
+                identities["teacher"] = "sha256 0"
             fields = run_identity.run_fields(settings, stage, "seed_mlp", **identities)
             directory = os.path.join(self.get_temp_dir(), self.id(), stage)
             _fake_backup(directory, fields)
@@ -521,7 +521,7 @@ class ChangedInputsTest(_CommandLineTest):
             overwrite=True,
         )
         self.assert_refused(
-            argv, r"\(the teacher read: \[.sha256 \w+.\] there, \[.sha256 \w+.\] here\): rerun with"
+            argv, r"\(the teacher read: sha256 \w+ there, sha256 \w+ here\): rerun with"
         )
 
 

@@ -182,7 +182,7 @@ class TrainingRun:
         teacher_dir = self.config.distillation.teacher_dir
         if self.stage != "student" or not self.backup_dir or not teacher_dir:
             return {}
-        return {"teacher": [export.fingerprint(path) for path in teacher_dir]}
+        return {"teacher": ", ".join(str(export.fingerprint(path)) for path in teacher_dir)}
 
     @staticmethod
     def not_exported():
