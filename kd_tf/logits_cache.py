@@ -90,15 +90,16 @@ class LogitsTable:
     def compute(cls, teacher, split, *, num_views, seed, batch_size=1024, path=None):
         """Runs `teacher` (a `teacher_adapter.TeacherAdapter`) over each
         view of `split` (`pipelines.views_in_order`), view 0 being the images
-        themselves, into memory or, with `path`, into a file there."""
+        themselves, into memory or, with `path`, into a file there. The
+        views are drawn on tf.data's threads while the teacher runs on the
+        batches drawn before."""
         shape = (len(split), max(1, num_views), int(teacher.model.num_classes))
         if path is None:
             array = np.zeros(shape, np.float32)
         else:
             array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-        for view in range(shape[1]):
-            for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
-                array[indices.numpy(), view] = teacher.logits(images).numpy()
+        for views, indices, images in pipelines.views_in_order(split, shape[1], seed, batch_size):
+            array[indices.numpy(), views.numpy()] = teacher.logits(images).numpy()
         if path is not None:
             array.flush()
         return cls(array)

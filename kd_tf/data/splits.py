@@ -28,11 +28,15 @@ class SplitReading:
     def __len__(self):
         return len(self.labels)
 
+    def batched_in_order(self, batch_size):
+        """`in_order()` in batches of `(indices, images)`."""
+        return self.in_order().batch(batch_size)
+
     def batches(self, batch_size):
         """A finite, ordered `tf.data.Dataset` of `(images, labels)` batches."""
         labels = tf.constant(self.labels)
-        return self.in_order().map(lambda index, image: (image, tf.gather(labels, index))).batch(
-            batch_size
+        return self.batched_in_order(batch_size).map(
+            lambda indices, images: (images, tf.gather(labels, indices))
         )
 
     def map_batches(self, function, batch_size):
@@ -127,6 +131,13 @@ class Split(SplitReading):
         images = tf.constant(self.images)
         return tf.data.Dataset.range(len(self)).map(
             lambda index: (index, tf.gather(images, index))
+        )
+
+    def batched_in_order(self, batch_size):
+        """`in_order()` in batches, gathered a batch at a time."""
+        images = tf.constant(self.images)
+        return tf.data.Dataset.range(len(self)).batch(batch_size).map(
+            lambda indices: (indices, tf.gather(images, indices))
         )
 
     def batched_passes(self, seed, batch_size):
