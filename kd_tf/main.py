@@ -67,7 +67,7 @@ logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 from absl import app, flags
 
-from kd_tf import command_line, interrupts, stages
+from kd_tf import command_line, cpu, interrupts, stages
 from kd_tf.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
@@ -85,6 +85,7 @@ def execute(config):
         0 on success; `EXIT_USER_ERROR` after a `UserError` and
         `EXIT_INTERRUPTED` after Ctrl-C, each reported as one line on stderr.
     """
+    cpu.setup()
     try:
         with interrupts.catching_interrupts():
             stages.run(config)

@@ -3,10 +3,10 @@
 `resolve("auto")` picks, from what the machine can run fast:
 
 - `mixed_bfloat16` on a GPU of compute capability 8.0 or more, or, without a
-  GPU, on a CPU with AMX (`amx_bf16` in `/proc/cpuinfo`; TensorFlow runs
-  bfloat16 there through oneDNN). A CPU with AVX-512 BF16 but no AMX keeps
-  float32: on such a CPU (an AMD EPYC) kd_tf's models trained no faster in
-  bfloat16 (benchmarks/precision.py; docs/precision-and-speed.md);
+  GPU, where oneDNN runs bfloat16 on AMX (`cpu.Cpu.onednn_amx_bfloat16`: the
+  `amx_bf16` flag, oneDNN on, no `ONEDNN_MAX_CPU_ISA` below AMX). A CPU with
+  AVX-512 BF16 but no AMX keeps float32: on such a CPU (an AMD EPYC) kd_tf's
+  models trained no faster in bfloat16 (docs/precision-and-speed.md);
 - `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
   in a `LossScaleOptimizer`, which scales the loss dynamically);
 - `float32` elsewhere.
@@ -34,9 +34,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from kd_tf import cpu as cpu_lib
+
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-# CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
-BF16_CPU_FLAGS = ("amx_bf16",)
 # GPUs from this compute capability (Ampere) on have fast bfloat16.
 BF16_GPU_CAPABILITY = (8, 0)
 # Grappler's auto mixed precision, which runs a float32 graph (a teacher's
@@ -45,16 +45,6 @@ _GRAPH_REWRITES = {
     "mixed_bfloat16": "auto_mixed_precision_onednn_bfloat16",
     "mixed_float16": "auto_mixed_precision",
 }
-
-
-def cpu_flags(path="/proc/cpuinfo"):
-    """The CPU's feature flags, from `path` (empty where there is no such file)."""
-    try:
-        with open(path) as f:
-            lines = [line for line in f if line.startswith("flags")]
-    except OSError:
-        return set()
-    return {flag for line in lines for flag in line.split(":", 1)[1].split()}
 
 
 def gpu_capabilities():
@@ -71,7 +61,7 @@ def resolve(requested, *, cpu=None, gpus=None):
 
     Args:
         requested: "auto" or a policy name, returned as it is.
-        cpu: CPU flags; default: `cpu_flags()`.
+        cpu: a `cpu.Cpu`; default: `cpu.describe()`.
         gpus: GPU compute capabilities; default: `gpu_capabilities()`.
 
     Returns:
@@ -86,8 +76,7 @@ def resolve(requested, *, cpu=None, gpus=None):
         if all(capability >= BF16_GPU_CAPABILITY for capability in gpus):
             return "mixed_bfloat16"
         return "mixed_float16"
-    cpu = cpu_flags() if cpu is None else cpu
-    return "mixed_bfloat16" if any(flag in cpu for flag in BF16_CPU_FLAGS) else "float32"
+    return cpu_lib.choose(cpu_lib.describe() if cpu is None else cpu).precision
 
 
 def float32_copy(model):

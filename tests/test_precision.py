@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kd_tf import command_line, distillation, export, models, precision, stages
+from kd_tf import command_line, cpu, distillation, export, models, precision, stages
 
 IMAGE_SHAPE, CLASSES = (28, 28, 1), 10
 
@@ -21,19 +21,27 @@ def _images(count, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
 
 
+def _cpu(*flags, onednn=True, onednn_max_isa=None):
+    return cpu.Cpu("a CPU", frozenset(flags), 2, onednn, onednn_max_isa)
+
+
 class ResolveTest(tf.test.TestCase):
     def test_auto(self):
         cases = {
-            ("amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
-            ("amx_bf16",): "mixed_bfloat16",
+            _cpu("amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
+            _cpu("amx_bf16"): "mixed_bfloat16",
+            _cpu("amx_bf16", onednn_max_isa="AVX512_CORE_AMX"): "mixed_bfloat16",
+            # oneDNN without AMX (off, or capped below it) has no fast bfloat16.
+            _cpu("amx_bf16", onednn=False): "float32",
+            _cpu("amx_bf16", onednn_max_isa="AVX2"): "float32",
             # AVX-512 BF16 without AMX trained no faster (docs/precision-and-speed.md).
-            ("avx512f", "avx512_bf16"): "float32",
-            ("avx512f", "avx2"): "float32",
-            (): "float32",
+            _cpu("avx512f", "avx512_bf16"): "float32",
+            _cpu("avx512f", "avx2"): "float32",
+            _cpu(): "float32",
         }
-        for flags, expected in cases.items():
-            with self.subTest(cpu=flags):
-                self.assertEqual(precision.resolve("auto", cpu=set(flags), gpus=[]), expected)
+        for machine, expected in cases.items():
+            with self.subTest(cpu=machine):
+                self.assertEqual(precision.resolve("auto", cpu=machine, gpus=[]), expected)
         for gpus, expected in (
             ([(8, 0)], "mixed_bfloat16"),
             ([(9, 0), (8, 6)], "mixed_bfloat16"),
@@ -41,20 +49,14 @@ class ResolveTest(tf.test.TestCase):
             ([(8, 0), (7, 0)], "mixed_float16"),
         ):
             with self.subTest(gpus=gpus):
-                self.assertEqual(precision.resolve("auto", cpu={"avx512_bf16"}, gpus=gpus), expected)
+                resolved = precision.resolve("auto", cpu=_cpu("avx512_bf16"), gpus=gpus)
+                self.assertEqual(resolved, expected)
 
     def test_explicit_choices_are_kept(self):
         for name in ("float32", "mixed_bfloat16", "mixed_float16"):
-            self.assertEqual(precision.resolve(name, cpu=set(), gpus=[(7, 0)]), name)
+            self.assertEqual(precision.resolve(name, cpu=_cpu(), gpus=[(7, 0)]), name)
         with self.assertRaises(ValueError):
             precision.resolve("bfloat16")
-
-    def test_cpu_flags_are_read_from_cpuinfo(self):
-        path = os.path.join(tempfile.mkdtemp(), "cpuinfo")
-        with open(path, "w") as f:
-            f.write("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: fpu amx_bf16\n")
-        self.assertEqual(precision.cpu_flags(path), {"fpu", "avx512f", "avx512_bf16", "amx_bf16"})
-        self.assertEqual(precision.cpu_flags(path + ".missing"), set())
 
     def test_policy_is_restored(self):
         before = keras.config.dtype_policy().name
@@ -177,7 +179,7 @@ def _bfloat16_cannot_run():
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if (
         isa in _ISAS_WITHOUT_BFLOAT16
-        and "avx512f" in precision.cpu_flags()
+        and "avx512f" in cpu.read_cpuinfo()[1]
         and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
     ):
         return (

@@ -47,6 +47,8 @@ class RunReport:
         stage_seconds: wall time up to the export.
         resumed_from_epoch: the backed-up epoch it resumed after (0: none).
         precision: the dtype policy it trained in (see `kd_tf.precision`).
+        cpu: the CPU and the threads and precision chosen for it
+            (`kd_tf.cpu.as_json`).
         distillation: the student's teacher and loss fields (empty otherwise).
         test_accuracy, test_loss: measured through the reloaded export.
     """
@@ -64,6 +66,7 @@ class RunReport:
     stage_seconds: float
     resumed_from_epoch: int
     precision: str
+    cpu: dict
     distillation: dict = dataclasses.field(default_factory=dict)
     test_accuracy: float | None = None
     test_loss: float | None = None
