@@ -62,12 +62,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kd_tf import cpu
+
+cpu.prefer_onednn()
 # TensorFlow's own Python logging (SavedModel writing details) is not for users.
 logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 from absl import app, flags
 
-from kd_tf import command_line, cpu, interrupts, stages
+from kd_tf import command_line, interrupts, stages
 from kd_tf.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS

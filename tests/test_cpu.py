@@ -74,6 +74,20 @@ class ChoicesTest(tf.test.TestCase):
         self.assertTrue(forced.onednn)
         self.assertEqual(cpu.choose(forced).precision, "float32")
 
+    def test_onednn_is_turned_on_with_avx2_unless_the_user_said_otherwise(self):
+        for model in CPUS:
+            with self.subTest(cpu=model):
+                environ = {}
+                cpu.prefer_onednn(_cpuinfo(self.get_temp_dir(), model), environ)
+                self.assertEqual(environ, {"TF_ENABLE_ONEDNN_OPTS": "1"})
+                self.assertTrue(cpu.describe(_cpuinfo(self.get_temp_dir(), model), environ).onednn)
+        environ = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+        cpu.prefer_onednn(_cpuinfo(self.get_temp_dir(), "AMD EPYC 7R13 Processor"), environ)
+        self.assertEqual(environ, {"TF_ENABLE_ONEDNN_OPTS": "0"})
+        environ = {}
+        cpu.prefer_onednn(os.path.join(self.get_temp_dir(), "missing"), environ)
+        self.assertEqual(environ, {})
+
     def test_more_cores_keep_one_inter_op_thread_per_core(self):
         machine = dataclasses.replace(self.describe("AMD EPYC 7R13 Processor"), cores=16)
         self.assertEqual(cpu.choose(machine), cpu.Choices("float32", 16, 16))
