@@ -12,7 +12,12 @@ Both run under the same precision (`precision.graph_rewrite`). The result holds 
 images per second (median over rounds) and `pass / bare`, the share of the teacher's bare speed
 the pass keeps (1.0: drawing the views costs nothing).
 
-Usage (from `benchmarks/run.py`, or alone):
+`suite` (`python -m benchmarks.run logits_pass`) measures the default teacher
+(`models.DEFAULT_TEACHER`, exported untrained: inference costs what a trained one's does) on
+the first `EXAMPLES` training images of MNIST in the student stage's default `VIEWS` views,
+its batch (`--eval_batch_size`'s default) and the precision `--precision=auto` picks here.
+
+Usage:
 
 ```python
 result = logits_pass.measure("saved_models/teacher/1", split, views=4, batch_size=1024, rounds=3)
@@ -23,9 +28,13 @@ result["ratio"]  # e.g. 0.93
 import statistics
 import time
 
+import keras
 import tensorflow as tf
 
-from kd_tf import export, logits_cache, precision, teacher_adapter
+from kd_tf import config, data, export, logits_cache, models, precision, teacher_adapter
+
+EXAMPLES, VIEWS = 8192, 15
+REQUIRED_RATIO = 0.9
 
 
 def _timed(function):
@@ -86,3 +95,20 @@ def measure(teacher_dir, split, *, views, batch_size, rounds, precision_name="fl
         "bare_seconds": [round(s, 3) for s in seconds["bare"]],
         "pass_seconds": [round(s, 3) for s in seconds["pass"]],
     }
+
+
+def suite(settings):
+    """The default teacher's pass against its signature (see the module doc)."""
+    train, _ = data.read_packaged_mnist()
+    examples, views = (256, 2) if settings.smoke else (EXAMPLES, VIEWS)
+    split = data.Split(train.images[:examples], train.labels[:examples])
+    teacher_dir = f"{settings.out}/logits_pass/teacher"
+    if not tf.saved_model.contains_saved_model(teacher_dir):
+        keras.utils.set_random_seed(0)
+        model = models.build_model(models.DEFAULT_TEACHER, split.image_shape, 10)
+        export.export_model(model, teacher_dir, check_images=split.images[:8])
+    result = measure(
+        teacher_dir, split, views=views, batch_size=config.OptimizationConfig.eval_batch_size,
+        rounds=settings.rounds, precision_name=precision.resolve("auto"),
+    )
+    return {**result, "required_ratio": REQUIRED_RATIO, "met": result["ratio"] >= REQUIRED_RATIO}

@@ -33,7 +33,7 @@ import time
 import keras
 import numpy as np
 
-from kd_tf import data, distillation, logits_cache, models, pipelines, precision, training
+from kd_tf import cpu, data, distillation, logits_cache, models, pipelines, precision, training
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BATCH = 128
@@ -150,7 +150,7 @@ def main():
         if key.endswith("seconds")
     }
     result = {
-        "cpu_flags": sorted(precision.cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile"}),
+        "cpu": cpu.as_json(*cpu.setup()),
         "auto_resolves_to": precision.resolve("auto"),
         "rounds": runs,
         "medians": medians,
