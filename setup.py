@@ -14,6 +14,7 @@ setup(
         "absl-py>=2.1",
         "matplotlib>=3.8",
         "ai-edge-litert>=2.3",  # LiteRT's interpreter for the tflite stage
+        "tqdm>=4.60",  # progress bars on a terminal (already a tensorflow-datasets dependency)
     ],
     # pytest-xdist: `make test` runs the suite on 2 workers (README, The two commands).
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},

@@ -24,6 +24,7 @@ report = kd_tf_process.read_report("/tmp/t")
 import dataclasses
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -122,6 +123,18 @@ def read_report(export_dir):
     """The `report.json` kd_tf wrote into an export (`assets.extra/`)."""
     with open(os.path.join(export_dir, "assets.extra", "report.json")) as f:
         return json.load(f)
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo) and core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        name = names[0] if names else name
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def checkout_commit(repo=REPO):

@@ -74,7 +74,8 @@ def measure(teacher_dir, split, *, views, batch_size, rounds, precision_name="fl
 
     def logits_pass():
         logits_cache.LogitsTable.compute(
-            adapter, split, num_views=views, seed=0, batch_size=batch_size
+            adapter.logits, adapter.model.num_classes, split, num_views=views, seed=0,
+            batch_size=batch_size,
         )
 
     seconds = {"bare": [], "pass": []}

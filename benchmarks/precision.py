@@ -33,7 +33,17 @@ import time
 import keras
 import numpy as np
 
-from kd_tf import cpu, data, distillation, logits_cache, models, pipelines, precision, training
+from kd_tf import (
+    cpu,
+    data,
+    distillation,
+    distillation_losses,
+    logits_cache,
+    models,
+    pipelines,
+    precision,
+    training,
+)
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BATCH = 128
@@ -76,7 +86,8 @@ def _teacher(splits, policy, epochs):
 def _student_epoch(splits, policy, logits, epochs):
     with precision.policy(policy):
         student = models.build_model("seed_mlp", splits.image_shape, splits.num_classes)
-        distiller = distillation.Distiller(student, temperature=4.0, alpha=0.9)
+        terms = [("kd", distillation_losses.KD(4.0), 1.0)]
+        distiller = distillation.Distiller(student, terms, alpha=0.9)
         steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
         distiller.compile(
             optimizer=training.make_optimizer(

@@ -37,6 +37,7 @@ from kd_tf import (
     command_line,
     data,
     distillation,
+    distillation_losses,
     export,
     logits_cache,
     models,
@@ -259,7 +260,9 @@ def _lever_run(setup, splits, logits, *, pipeline, steps_per_execution, jit_comp
     median training seconds per epoch after the first (which traces)."""
     keras.utils.set_random_seed(SEED)
     student = models.build_model(STUDENT, splits.image_shape, splits.num_classes)
-    distiller = distillation.Distiller(student, TEMPERATURE, ALPHA)
+    distiller = distillation.Distiller(
+        student, [("kd", distillation_losses.KD(TEMPERATURE), 1.0)], ALPHA
+    )
     distiller.compile(optimizer=_student_optimizer(setup, splits),
                       steps_per_execution=steps_per_execution, jit_compile=jit_compile)
     recorder = training.EpochRecorder()

@@ -29,8 +29,8 @@ warning), and the run skips exactly the epochs of the record it restores.
 
 An epoch whose loss diverged (`divergence.DivergenceMonitor`) is never backed
 up. A backup whose run-defining fields (model, data slice, epochs, batch,
-optimiser and schedule, seed, and the student's teacher, temperature and
-alpha) differ from the run's is refused with a `ConfigError` naming them,
+optimiser and schedule, seed, and the student's teacher and loss: its
+terms and their settings, hints and mixup) differ from the run's is refused with a `ConfigError` naming them,
 and kept: rerun the same command to resume it, or remove it to start over.
 The stage deletes the directory (`remove`) once its export is in place.
 
@@ -94,11 +94,21 @@ RUN_FIELDS = (
 STUDENT_RUN_FIELDS = (
     "teacher_dir",
     "teacher_pixel_range",
+    "teacher_class_order",
     "teacher_output",
     "teacher_logits",
     "logits_cache",
     "temperature",
     "alpha",
+    "distillation_loss",
+    "dkd_alpha",
+    "dkd_beta",
+    "dkd_warmup_epochs",
+    "dist_beta",
+    "dist_gamma",
+    "hint_layers",
+    "hint_weight",
+    "mixup_alpha",
 )
 
 

@@ -22,7 +22,7 @@ import typing
 from absl import flags
 
 from kd_tf import config as config_lib
-from kd_tf import lite, models
+from kd_tf import lite, loss_flags, models
 from kd_tf.errors import ConfigError, UserError
 
 _DEFAULTS = {
@@ -89,7 +89,7 @@ _HELP = (
         "teacher's logits on them can be cached.",
     ),
     ("temperature", "Distillation temperature T."),
-    ("alpha", "Weight of the soft (teacher) term, in [0, 1]."),
+    ("alpha", "Weight of the distillation terms against the hard labels' term, in [0, 1]."),
     (
         "teacher_dir",
         "Teacher for --stage=student and tune: a SavedModel following the serving contract, "
@@ -98,14 +98,20 @@ _HELP = (
     (
         "teacher_pixel_range",
         "For a teacher that takes float images: the range its pixels are scaled to, "
-        "0-255, 0-1 or -1-1 (a uint8 teacher gets them as they are).",
+        "0-255, 0-1 or -1-1; auto: the range under which it is most accurate on the "
+        "validation split, logged (a uint8 teacher gets them as they are).",
     ),
     (
         "teacher_output",
         "What the teacher's 'logits' output holds: logits; probabilities (their log is "
         "taken); auto: probabilities when every row of a probe batch lies in [0, 1] and sums "
-        "to 1, logged.",
+        "to 1 (within 16-bit rounding), logged with the evidence.",
     ),
+    ("teacher_class_order", "For each of the data set's classes in order, the teacher's output "
+     "that predicts it: a comma list (e.g. 1,0,2) or a file holding one; the check names it."),
+    ("min_teacher_accuracy", "Lowest validation accuracy of a teacher distilled from; default: "
+     "twice chance (at most 1/3 of the way from chance to 100 %) and half of what the best "
+     "pixel range or class order gives; 0: never refuse the teacher."),
     (
         "teacher_logits",
         "cached: compute the teacher's logits once per data set; online: run the teacher "
@@ -180,12 +186,10 @@ _HELP = (
     ),
     (
         "images",
-        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg "
-        "files) or globs; PNG/JPEG of any size, grayscale or colour. Each is decoded to the "
-        "model's channels (colour to luma, alpha dropped), inverted if the mean brightness of "
-        "its outermost pixel frame is above 127.5 (dark ink on light paper; MNIST digits are "
-        "light on dark), resized keeping its aspect ratio to fit the model's H x W with "
-        "black padding, and rounded to uint8.",
+        "--stage=predict: comma-separated image files, directories (their .png/.jpg/.jpeg/.bmp/"
+        ".gif files) or globs, of any size; each is preprocessed as the export records for its "
+        "training images (decoded, transparency composited, stretched to H x W, its channels; "
+        "inverted, logged, only for grayscale drawings clearly of the other background).",
     ),
     (
         "test_index",
@@ -197,6 +201,8 @@ _HELP = (
         "--stage=predict: also save a PNG grid of the images as the model sees them, with "
         "predicted (and true) labels.",
     ),
+    ("print_format", "--stage=predict: text (`IMAGE class=NAME top3=NAME:P ...`) or json "
+     "(a JSON object a line: image, class, name, probability, top 3 with names)."),
     (
         "tflite_path",
         "--stage=tflite: the .tflite file to write (must not exist yet); the report goes "
@@ -270,7 +276,7 @@ _DEFINERS = {
 
 
 def _define(name, help_text, flag_values):
-    default = _DEFAULTS[name]
+    default = loss_flags.flag_default(name, _DEFAULTS[name])
     if name in config_lib.CHOICES:
         choices = list(config_lib.CHOICES[name])
         flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
@@ -281,7 +287,7 @@ def _define(name, help_text, flag_values):
 
 def define_flags(flag_values):
     """Defines every kd_tf flag on `flag_values` (absl's `FLAGS` or a new one)."""
-    for name, help_text in _HELP:
+    for name, help_text in (*_HELP, *loss_flags.HELP):
         if name == "log_dir" and name in flag_values:
             # absl.logging defines --log_dir on the global FLAGS; kd_tf shares it.
             flag_values.set_default(name, _DEFAULTS[name])
@@ -299,11 +305,20 @@ def _integers(name, values, problem):
     return tuple(int(value) for value in values)
 
 
+def _class_order(values):
+    """`--teacher_class_order`, a comma list or a file holding one, as integers."""
+    if values is not None and len(values) == 1 and os.path.isfile(values[0]):
+        with open(values[0]) as f:
+            values = f.read().replace(",", " ").split()
+    return _integers("teacher_class_order", values, config_lib.CLASS_ORDER_PROBLEM)
+
+
 def config_from_flags(flag_values):
     """The `Config` that parsed `flag_values` describe (not validated)."""
-    values = {name: flag_values[name].value for name in config_lib.FIELD_GROUPS}
+    values = loss_flags.typed({n: flag_values[n].value for n in config_lib.FIELD_GROUPS})
     values["test_index"] = _integers("test_index", values["test_index"], config_lib.TEST_INDEX_PROBLEM)
     values["image_size"] = _integers("image_size", values["image_size"], config_lib.IMAGE_SIZE_PROBLEM)
+    values["teacher_class_order"] = _class_order(values["teacher_class_order"])
     return config_lib.with_fields(config_lib.Config(), **values)
 
 
@@ -321,7 +336,6 @@ def _compare_runs(flag_values, config):
         for name, value in config_lib.fields(config).items()
         if flag_values[name].present and name not in _COMPARE_OWN
     }
-    given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items()}
     runs = []
     for stage in config_lib.COMPARE_STAGES:
         path = flag_values[f"{stage}_flagfile"].value

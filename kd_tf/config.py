@@ -25,6 +25,7 @@ from kd_tf import (
     distribution,
     lite,
     logits_cache,
+    loss_flags,
     models,
     precision,
     teacher_adapter,
@@ -33,6 +34,8 @@ from kd_tf import (
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
+# How `predict` prints a prediction: one text line, or one JSON object a line.
+PRINT_FORMATS = ("text", "json")
 OPTIMIZERS = ("adam", "adamw", "adadelta", "sgd")
 SCHEDULES = ("cosine", "constant")
 # The sub-runs of --stage=compare, in the order they run.
@@ -85,13 +88,33 @@ class OptimizationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistillationConfig:
-    """The teacher, how its logits reach the student, and the loss's T and alpha."""
+    """The teacher, how its logits reach the student, and the loss: T, alpha,
+    the weighted terms (`kd_tf.distillation_losses`) and their settings, the
+    hints (`kd_tf.hints`) and mixup."""
 
     temperature: float = 4.0
     alpha: float = 0.9
+    # (loss, weight) pairs of `distillation_losses.LOGIT_LOSSES`.
+    distillation_loss: tuple[tuple[str, float], ...] = (("kd", 1.0),)
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup_epochs: int = 20
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    # (teacher layer, student layer) pairs; `hints.PENULTIMATE` for either.
+    hint_layers: tuple[tuple[str, str], ...] = ()
+    hint_weight: float = 1.0
+    mixup_alpha: float = 0.0
     teacher_dir: str | None = None
-    teacher_pixel_range: str = "0-255"
+    # "auto": picked from the data for a teacher taking float images (see
+    # `kd_tf.teacher_check`).
+    teacher_pixel_range: str = "auto"
     teacher_output: str = "auto"
+    # For each of the data set's classes, the teacher's output that predicts
+    # it; None: the teacher's own order.
+    teacher_class_order: tuple[int, ...] | None = None
+    # None: `teacher_check.default_floor`; 0: the teacher is never refused.
+    min_teacher_accuracy: float | None = None
     teacher_logits: str = "auto"
     logits_cache: str = "auto"
     logits_memory_mb: int = 2048
@@ -133,6 +156,10 @@ class TuneConfig:
     temperature_max: float = 20.0
     alpha_min: float = 0.1
     alpha_max: float = 0.9
+    # Losses a trial chooses from (empty: `distillation_loss`), and
+    # (setting, min, max) ranges of `loss_flags.TUNABLE_SETTINGS`.
+    tune_losses: tuple[str, ...] = ()
+    tune_ranges: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +170,7 @@ class PredictConfig:
     images: str | None = None
     test_index: tuple[int, ...] | None = None
     output_image: str | None = None
+    print_format: str = "text"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,18 +229,29 @@ FIELD_GROUPS = {"stage": None} | {
 }
 
 
+def _plain(value):
+    """`value` with its tuples, nested ones too, as lists (what JSON gives back)."""
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
 def fields(config):
     """Every setting of `config` as a flat `{field: value}` dict, sorted by name
     (tuples as lists): the run report's `flags`."""
     values = {}
     for name, group in FIELD_GROUPS.items():
-        value = getattr(config if group is None else getattr(config, group), name)
-        values[name] = list(value) if isinstance(value, tuple) else value
+        values[name] = _plain(getattr(config if group is None else getattr(config, group), name))
     return dict(sorted(values.items()))
 
 
+def _tupled(value):
+    """`value` with its lists, nested ones too, as tuples (as fields hold them)."""
+    return tuple(_tupled(item) for item in value) if isinstance(value, list) else value
+
+
 def with_fields(config, **values):
-    """A copy of `config` with leaf fields replaced, named flat (`epochs=2`)."""
+    """A copy of `config` with leaf fields replaced, named flat (`epochs=2`);
+    lists (as `fields` gives them) become tuples."""
+    values = {name: _tupled(value) for name, value in values.items()}
     unknown = set(values) - set(FIELD_GROUPS)
     if unknown:
         raise TypeError(f"unknown config fields: {sorted(unknown)}")
@@ -226,6 +265,10 @@ def with_fields(config, **values):
 
 TEST_INDEX_PROBLEM = "{0} must be a comma-separated list of integers >= 0"
 IMAGE_SIZE_PROBLEM = "{0} must be two integers >= 1, H,W (e.g. 64,64)"
+CLASS_ORDER_PROBLEM = (
+    "{0} must list each of the teacher's outputs 0..N-1 once, for the data set's classes in "
+    "order (e.g. 1,0,2), or name a file that does"
+)
 
 
 def _at_least(minimum):
@@ -233,6 +276,8 @@ def _at_least(minimum):
 
 
 _IN_UNIT_INTERVAL = (lambda v: 0.0 <= v <= 1.0, "{0} must be in [0, 1]")
+
+
 # field -> (check on its value, problem); None values pass (optional fields).
 _RULES = {
     "epochs": _at_least(1),
@@ -251,6 +296,8 @@ _RULES = {
     "train_examples": _at_least(1),
     "test_index": (lambda v: len(v) > 0 and min(v) >= 0, TEST_INDEX_PROBLEM),
     "image_size": (lambda v: len(v) == 2 and min(v) >= 1, IMAGE_SIZE_PROBLEM),
+    "teacher_class_order": (lambda v: sorted(v) == list(range(len(v))), CLASS_ORDER_PROBLEM),
+    "min_teacher_accuracy": _IN_UNIT_INTERVAL,
     "test_fraction": (lambda v: 0 < v < 1, "{0} must be in (0, 1)"),
     "cpu_devices": _at_least(0),
     "max_trials": _at_least(1),
@@ -259,17 +306,19 @@ _RULES = {
     "alpha_min": _IN_UNIT_INTERVAL,
     "alpha_max": _IN_UNIT_INTERVAL,
     "model": (models.is_model, models.MODEL_PROBLEM),
+    **loss_flags.RULES,
 }
 CHOICES = {
     "stage": STAGES,
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
     "teacher_logits": distillation.TEACHER_LOGITS_MODES,
-    "teacher_pixel_range": tuple(teacher_adapter.PIXEL_RANGES),
+    "teacher_pixel_range": teacher_adapter.TEACHER_PIXEL_RANGES,
     "teacher_output": teacher_adapter.TEACHER_OUTPUTS,
     "logits_cache": logits_cache.LOGITS_CACHES,
     "data_source": data.DATA_SOURCES,
     "quantize": lite.QUANTIZATIONS,
+    "print_format": PRINT_FORMATS,
     "strategy": distribution.STRATEGIES,
     "precision": precision.PRECISIONS,
     "tuner": tuning.TUNERS,
@@ -284,7 +333,13 @@ _COMBINATION_RULES = (
         "{0} cannot be combined with {1}=multi_worker: each worker trains on its GPUs or "
         "its one CPU",
     ),
+    *loss_flags.COMBINATION_RULES,
 )
+
+
+def _shown(name, value):
+    """`value` of field `name` as an error shows it (as its flag is written)."""
+    return loss_flags.format_value(name, value) if name in loss_flags.FORMS else value
 
 
 def validate(config):
@@ -302,10 +357,10 @@ def validate(config):
                 (name,), f"{{0}} must be one of {', '.join(CHOICES[name])}", (value,)
             )
         if name in _RULES and not _RULES[name][0](value):
-            raise ConfigError((name,), _RULES[name][1], (value,))
+            raise ConfigError((name,), _RULES[name][1], (_shown(name, value),))
     for names, check, problem in _COMBINATION_RULES:
         combination = tuple(values[name] for name in names)
         if not check(*combination):
-            raise ConfigError(names, problem, combination)
+            raise ConfigError(names, problem, tuple(map(_shown, names, combination)))
     for _, run in config.compare.runs:
         validate(run)

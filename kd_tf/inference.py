@@ -1,33 +1,27 @@
 """Predicting with an exported model on image files or test images.
 
-`find_images` expands `--images` into files, `model_background` reads the
-background of a model's training images from its export's report,
-`load_images` turns PNG/JPEG files of any size into the model's uint8 input,
-and `predict` returns each image's class and top classes, which
-`format_prediction` renders as one line.
+`find_images` expands `--images` into files (the types the directory source
+reads: PNG, JPEG, BMP, GIF), `model_preprocessing` reads what the model's
+export records of its training images' preprocessing, `load_images` turns
+files of any size into the model's uint8 input with exactly that
+preprocessing (`kd_tf.preprocessing`: the training pipeline's, which the
+export's `serving_images` signature applies too), and `predict` returns each
+image's class, by number and name, and top classes, which `format_prediction`
+renders as one line (`format_json` as one JSON object).
 
-What `load_images` does to every file, in this order:
-
-1. decode (`kd_tf.data.images.decode`) into uint8 with the model's number of
-   channels: colour to grayscale (ITU-R 601 luma) for a 1-channel model,
-   grayscale to RGB for a 3-channel one; an alpha channel is dropped;
-2. invert (`255 - x`) when the image's background and the model's disagree:
-   the image's is "light" when the mean brightness of its outermost one-pixel
-   frame is above mid-grey (127.5), else "dark" (`kd_tf.data.images.background`);
-   the model's is the one its report records for its training images (MNIST:
-   "dark", so dark ink on light paper is inverted for it). A model without
-   one (a foreign SavedModel, a `.keras` file) gets no image inverted;
-3. resize, keeping the aspect ratio, to fit the model's H x W (bilinear with
-   anti-aliasing) and pad the short side equally on both ends with black;
-4. round to uint8.
+Images are inverted only for a model of a drawing data set (grayscale,
+single-polarity), and only when clearly of the other background; each
+inversion is logged. A model without a record (a foreign SavedModel, a
+`.keras` file, an export older than the record) gets images resized and
+converted to its channels, never inverted.
 
 Usage:
 
 ```python
 served = export.load_serving_model("saved_models/student/1")
 paths = inference.find_images("digits/*.png")
-background = inference.model_background("saved_models/student/1")  # "dark", "light" or None
-images = inference.load_images(paths, served.image_shape, background)
+recorded = inference.model_preprocessing("saved_models/student/1", served.image_shape)
+images = inference.load_images(paths, recorded)
 predictions = inference.predict(served, images)
 for path, prediction in zip(paths, predictions):
     print(inference.format_prediction(os.path.basename(path), prediction))
@@ -43,12 +37,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, reporting
-from kd_tf.data import images as image_data
+from kd_tf import atomic, preprocessing, reporting
+from kd_tf.data.directory import IMAGE_EXTENSIONS
 from kd_tf.errors import ConfigError, UserError
 from kd_tf.export import ASSETS_EXTRA
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TOP_K = 3
 _GLOB_CHARACTERS = "*?["
 
@@ -59,14 +52,18 @@ class Prediction:
 
     Arguments:
         label: The predicted class (argmax of the logits).
-        top: `(class, probability)` pairs of the most probable classes,
+        name: Its name.
+        top: `(class, name, probability)` of the most probable classes,
             most probable first.
         true_label: The known class of the image, or `None`.
+        true_name: Its name, or `None`.
     """
 
     label: int
+    name: str
     top: tuple
     true_label: int | None = None
+    true_name: str | None = None
 
 
 def find_images(spec):
@@ -74,8 +71,8 @@ def find_images(spec):
 
     Args:
         spec: Comma-separated entries, each a file, a directory (its
-            `.png`, `.jpg` and `.jpeg` files, not recursive) or a glob
-            pattern such as `digits/*.png`.
+            files of `IMAGE_EXTENSIONS`, not recursive) or a glob pattern
+            such as `digits/*.png`.
 
     Returns:
         The files, in the order of the entries, each entry's files sorted,
@@ -107,7 +104,7 @@ def find_images(spec):
         if not found:
             raise ConfigError(
                 ("images",),
-                f"{{0}} entry {entry} matches no image file: pass PNG or JPEG files "
+                f"{{0}} entry {entry} matches no image file: pass PNG, JPEG, BMP or GIF files "
                 f"({', '.join(IMAGE_EXTENSIONS)})",
             )
         paths += [path for path in found if path not in paths]
@@ -117,91 +114,80 @@ def find_images(spec):
 
 
 def _check_image_shape(image_shape):
-    if len(image_shape) != 3 or None in image_shape or image_shape[-1] not in (1, 3):
+    if not preprocessing.takes_image_files(image_shape):
         raise UserError(
             f"the model takes images of shape {tuple(image_shape)}: image files can only be "
             "converted for a fixed H x W with 1 or 3 channels"
         )
 
 
-def model_background(model_dir):
-    """The background of the model's training images, as the report of its
-    export (`assets.extra/report.json`, `data.background`) records it.
+def model_preprocessing(model_dir, image_shape):
+    """The preprocessing the report of the export in `model_dir` records
+    (`assets.extra/report.json`, see `preprocessing.Preprocessing.from_report`).
 
     Args:
         model_dir: `--model_dir`: an export directory or a `.keras` file.
+        image_shape: the model's `(H, W, C)`, C 1 or 3.
 
     Returns:
-        `"dark"` or `"light"`, or None when there is no such record (a
-        foreign SavedModel, a `.keras` file, an export older than the
-        record), which is logged: images are then not inverted.
+        A `preprocessing.Preprocessing`; without a report (a foreign
+        SavedModel, a `.keras` file), one that never inverts, which is logged.
+
+    Raises:
+        UserError: the model's input is not a fixed-size 1- or 3-channel
+            image, or the record names a method this kd_tf lacks.
     """
+    _check_image_shape(image_shape)
     path = os.path.join(model_dir, ASSETS_EXTRA, "report.json")
     try:
         with open(path) as f:
-            recorded = json.load(f).get("data", {}).get("background")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded in image_data.BACKGROUNDS:
-        logging.info("%s was trained on images with a %s background", model_dir, recorded)
-        return recorded
-    logging.warning(
-        "%s has no report recording the background of its training images (%s): "
-        "the images are not inverted",
-        model_dir,
-        path,
+            report = json.load(f)
+    except (OSError, ValueError):
+        report = None
+    recorded = preprocessing.Preprocessing.from_report(
+        report if isinstance(report, dict) else {}, image_shape
     )
-    return None
+    if recorded.background is None:
+        logging.warning(
+            "%s has no report recording the preprocessing of its training images (%s): the "
+            "images are resized to its input and not inverted",
+            model_dir,
+            path,
+        )
+    else:
+        logging.info("%s: images are preprocessed as %s", model_dir, recorded)
+    return recorded
 
 
-def convert_image(image, image_shape, background):
-    """Convert one decoded image to the model's input (steps 2-4 above).
-
-    Args:
-        image: uint8 array or tensor `[h, w, C]` with the model's channels.
-        image_shape: The model's `(H, W, C)`.
-        background: The model's training images' background (`"dark"` or
-            `"light"`, see `model_background`); the image is inverted when
-            its own differs. None: never inverted.
-
-    Returns:
-        uint8 array `[H, W, C]`.
-    """
-    height, width, _ = image_shape
-    pixels = tf.cast(image, tf.float32)
-    if background is not None and image_data.background(image) != background:
-        pixels = 255.0 - pixels
-    resized = tf.image.resize_with_pad(pixels, height, width, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8).numpy()
-
-
-def load_images(paths, image_shape, background):
-    """Read image files as the model's uint8 input (see the module doc).
+def load_images(paths, recorded):
+    """Read image files as the model's uint8 input (see the module doc),
+    logging each one inverted.
 
     Args:
-        paths: PNG, JPEG (or GIF, BMP) files of any size, grayscale or colour.
-        image_shape: The model's `(H, W, C)`, C being 1 or 3.
-        background: The model's training images' background, or None (see
-            `convert_image`).
+        paths: PNG, JPEG, BMP or GIF files of any size, grayscale or colour.
+        recorded: the model's `preprocessing.Preprocessing`.
 
     Returns:
         uint8 array `[len(paths), H, W, C]`.
 
     Raises:
-        UserError: A file cannot be decoded, or the model's input is not a
-            fixed-size 1- or 3-channel image.
+        UserError: A file cannot be decoded.
     """
-    _check_image_shape(image_shape)
     images = []
     for path in paths:
         try:
-            image = image_data.decode(tf.io.read_file(path), channels=image_shape[-1])
+            image, inverted = preprocessing.prepare_file(tf.io.read_file(path), recorded)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
             raise UserError(
                 f"cannot read {path} as an image ({e.message.splitlines()[0]}): "
-                "pass PNG or JPEG files"
+                "pass PNG, JPEG, BMP or GIF files"
             ) from e
-        images.append(convert_image(image, image_shape, background))
+        if inverted:
+            logging.info(
+                "%s: inverted, its background is clearly unlike the training images' (%s)",
+                path, recorded.background,
+            )
+        images.append(image.numpy())
     return np.stack(images)
 
 
@@ -209,7 +195,8 @@ def predict(served, images, labels=None, batch_size=1024):
     """Classify images with a loaded model.
 
     Args:
-        served: A `kd_tf.export.ServingModel`.
+        served: A `kd_tf.export.ServingModel`; its `class_names` name the
+            classes (the class numbers when it records none).
         images: uint8 array `[N, H, W, C]` in the model's input shape.
         labels: Optional int array `[N]` of true classes.
         batch_size: Images per call of the model.
@@ -220,24 +207,49 @@ def predict(served, images, labels=None, batch_size=1024):
     logits = served.predict_logits(images, batch_size=batch_size)
     probabilities = tf.nn.softmax(logits).numpy()
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
-    return [
-        Prediction(
-            label=int(np.argmax(logits[i])),
-            top=tuple((int(k), float(probabilities[i, k])) for k in top[i]),
-            true_label=None if labels is None else int(labels[i]),
+    predictions = []
+    for i in range(len(images)):
+        label = int(np.argmax(logits[i]))
+        true_label = None if labels is None else int(labels[i])
+        predictions.append(
+            Prediction(
+                label=label,
+                name=served.name_of(label),
+                top=tuple((int(k), served.name_of(k), float(probabilities[i, k])) for k in top[i]),
+                true_label=true_label,
+                true_name=None if true_label is None else served.name_of(true_label),
+            )
         )
-        for i in range(len(images))
-    ]
+    return predictions
 
 
-def format_prediction(name, prediction):
-    """One line: `digit7.png class=7 top3=7:0.998 2:0.001 3:0.000`, with
-    ` label=7` appended when the true class is known."""
-    top = " ".join(f"{k}:{p:.3f}" for k, p in prediction.top)
-    line = f"{name} class={prediction.label} top{len(prediction.top)}={top}"
-    if prediction.true_label is not None:
-        line += f" label={prediction.true_label}"
+def format_prediction(image, prediction):
+    """One line: `cat1.png class=Cat top3=Cat:0.998 Dog:0.001 Bird:0.000`,
+    with ` label=Cat` appended when the true class is known."""
+    top = " ".join(f"{name}:{p:.3f}" for _, name, p in prediction.top)
+    line = f"{image} class={prediction.name} top{len(prediction.top)}={top}"
+    if prediction.true_name is not None:
+        line += f" label={prediction.true_name}"
     return line
+
+
+def format_json(image, prediction):
+    """One JSON object (a line of JSON Lines): the image, its class by
+    number (`class`) and `name`, its `probability`, the `top` classes, and
+    `label` and `label_name` when the true class is known."""
+    fields = {
+        "image": image,
+        "class": prediction.label,
+        "name": prediction.name,
+        "probability": prediction.top[0][2],
+        "top": [
+            {"class": label, "name": name, "probability": probability}
+            for label, name, probability in prediction.top
+        ],
+    }
+    if prediction.true_label is not None:
+        fields.update(label=prediction.true_label, label_name=prediction.true_name)
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def save_grid(images, names, predictions, path, title):
@@ -253,9 +265,9 @@ def save_grid(images, names, predictions, path, title):
     """
     captions = []
     for name, prediction in zip(names, predictions):
-        caption = f"{name}\npred {prediction.label} ({prediction.top[0][1]:.3f})"
-        if prediction.true_label is not None:
-            caption += f"\ntrue {prediction.true_label}"
+        caption = f"{name}\npred {prediction.name} ({prediction.top[0][2]:.3f})"
+        if prediction.true_name is not None:
+            caption += f"\ntrue {prediction.true_name}"
         captions.append(caption)
     wrong = [
         i for i, p in enumerate(predictions) if p.true_label is not None and p.true_label != p.label

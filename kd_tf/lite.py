@@ -3,12 +3,14 @@
 `convert` turns a SavedModel that follows the serving contract into a
 `.tflite` flat buffer (TensorFlow's `tf.lite.TFLiteConverter`) whose
 `serving_default` signature keeps the uint8 `images` input and the `logits`,
-`probabilities` and `classes` outputs. `tflite_logits` runs it in LiteRT's
-interpreter (the `ai-edge-litert` package, the successor of the deprecated
-`tf.lite.Interpreter`), and `export_tflite` writes the file and a report
-comparing test accuracy and size with the SavedModel's. The output paths are
-checked before converting; the file and its report are created exclusively,
-never in place of a file that appeared meanwhile.
+`probabilities`, `classes` and `class_names` outputs. `tflite_logits` runs it
+in LiteRT's interpreter (the `ai-edge-litert` package, the successor of the
+deprecated `tf.lite.Interpreter`), and `export_tflite` writes the file, its
+class names beside it (`labels_path`: one a line, in class order, as the
+SavedModel's `assets/labels.txt`) and a report comparing test accuracy and
+size with the SavedModel's. The output paths are checked before converting;
+the files are created exclusively, never in place of a file that appeared
+meanwhile.
 
 Quantisation (`QUANTIZATIONS`):
 
@@ -35,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 from ai_edge_litert.interpreter import Interpreter
 
-from kd_tf import atomic, export, interrupts, reporting, training
+from kd_tf import atomic, export, interrupts, progress, reporting, training
 from kd_tf.errors import ConfigError
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -70,8 +72,10 @@ def convert(model_dir, quantize="none", representative_images=None):
     if quantize == "int8":
 
         def representative_dataset():
-            for image in representative_images:
-                yield {export.INPUT_NAME: image[np.newaxis]}
+            with progress.Progress("int8 calibration", len(representative_images)) as shown:
+                for image in representative_images:
+                    yield {export.INPUT_NAME: image[np.newaxis]}
+                    shown.add()
 
         converter.representative_dataset = representative_dataset
     return converter.convert()
@@ -117,6 +121,11 @@ def report_path(tflite_path):
     return tflite_path + ".json"
 
 
+def labels_path(tflite_path):
+    """Where `export_tflite` writes the class names: `<tflite_path>.labels.txt`."""
+    return tflite_path + ".labels.txt"
+
+
 def pick_representative_images(train, seed=0):
     """`REPRESENTATIVE_EXAMPLES` training images drawn without replacement
     (all of them if there are fewer), for int8 calibration."""
@@ -139,7 +148,7 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
         batch_size: Images per call of either model.
 
     Returns:
-        The report: `model_dir`, `tflite_path`, `quantize`, `test_examples`,
+        The report: `model_dir`, `tflite_path`, `labels_path`, `quantize`, `test_examples`,
         `saved_model` and `tflite` (each `bytes` and `test_accuracy`),
         `accuracy_drop_points`, `parity_points`, `within_parity`,
         `same_class_fraction` and `representative_examples`.
@@ -156,11 +165,21 @@ def export_tflite(served, tflite_path, quantize, splits, *, seed=0, batch_size=1
         report = _measure(served, content, splits.test, batch_size, quantize)
         report.update(
             tflite_path=tflite_path,
+            labels_path=labels_path(tflite_path),
             representative_examples=0 if representative is None else len(representative),
         )
         _write_new(tflite_path, lambda temporary: pathlib.Path(temporary).write_bytes(content))
-    with interrupts.outcome(f"{tflite_path} is complete, its report was not written"):
-        _write_new(report_path(tflite_path), lambda temporary: reporting.write_json(report, temporary))
+    names = "".join(f"{name}\n" for name in served.class_names or splits.class_names)
+    with interrupts.outcome(f"{tflite_path} is complete, its labels and report were not written"):
+        _write_new(
+            labels_path(tflite_path),
+            lambda temporary: pathlib.Path(temporary).write_text(names, encoding="utf-8"),
+        )
+    written = f"{tflite_path} and its labels are complete, its report was not written"
+    with interrupts.outcome(written):
+        _write_new(
+            report_path(tflite_path), lambda temporary: reporting.write_json(report, temporary)
+        )
     _log(report)
     return report
 
@@ -178,7 +197,7 @@ def _exists(path):
 
 
 def _check_paths(served, tflite_path):
-    for path in (tflite_path, report_path(tflite_path)):
+    for path in (tflite_path, labels_path(tflite_path), report_path(tflite_path)):
         if os.path.lexists(path):
             raise _exists(path)
     if not os.path.isdir(served.path):
@@ -193,9 +212,10 @@ def _check_paths(served, tflite_path):
 def _measure(served, content, test, batch_size, quantize):
     """Test accuracy and size of the SavedModel and of its conversion `content`,
     and whether the drop stays within `PARITY_POINTS[quantize]`."""
-    saved_logits = test.map_batches(served.logits, batch_size)
-    lite_logits = np.concatenate(
-        [tflite_logits(content, images.numpy()) for images, _ in test.batches(batch_size)]
+    saved_logits = test.map_batches(served.logits, batch_size, "the SavedModel on the test split")
+    lite_logits = test.map_batches(
+        lambda images: tf.constant(tflite_logits(content, images.numpy())), batch_size,
+        "TFLite on the test split",
     )
     saved_accuracy = training.evaluate_logits(saved_logits, test.labels)["accuracy"]
     lite_accuracy = training.evaluate_logits(lite_logits, test.labels)["accuracy"]

@@ -20,7 +20,8 @@ Usage:
 if logits_cache.resolve_cache("auto", len(split) * views, classes, 2048) == "disk":
     with logits_cache.ShardDirectory(None) as shards:  # the system's temp directory
         table = logits_cache.LogitsTable.compute(
-            adapter, split, num_views=4, seed=0, path=f"{shards.path}/train.npy")
+            adapter.logits, classes, split, num_views=4, seed=0,
+            path=f"{shards.path}/train.npy")
         train = pipelines.training_dataset(split, 128, seed=0, views=4, logits=table)
 ```
 """
@@ -37,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, pipelines
+from kd_tf import atomic, pipelines, progress
 from kd_tf.errors import ConfigError
 
 LOGITS_CACHES = ("auto", "memory", "disk")
@@ -46,18 +47,19 @@ SHARD_DIR_PREFIX = "kd_tf_logits_"
 _SHARD_DIR = re.compile(rf"^{SHARD_DIR_PREFIX}(\d+)_")
 
 
-def logits_megabytes(num_examples, num_classes):
-    """Size of float32 logits `[num_examples, num_classes]` in MiB."""
-    return num_examples * num_classes * 4 / 2**20
+def logits_megabytes(num_examples, width):
+    """Size of float32 rows `[num_examples, width]` (logits, and hint
+    features) in MiB."""
+    return num_examples * width * 4 / 2**20
 
 
-def resolve_cache(mode, num_examples, num_classes, memory_mb):
-    """Picks where cached logits live.
+def resolve_cache(mode, num_examples, width, memory_mb):
+    """Picks where cached logits (and hint features) live.
 
     Args:
         mode: "auto", "memory" or "disk".
         num_examples: examples whose logits are cached.
-        num_classes: logits per example.
+        width: floats per example: the logits, and the hint features.
         memory_mb: with "auto", the largest logits (MiB) kept in memory.
 
     Returns:
@@ -66,7 +68,7 @@ def resolve_cache(mode, num_examples, num_classes, memory_mb):
     if mode not in LOGITS_CACHES:
         raise ValueError(f"logits cache must be one of {LOGITS_CACHES}, got {mode!r}")
     if mode == "auto":
-        return "disk" if logits_megabytes(num_examples, num_classes) > memory_mb else "memory"
+        return "disk" if logits_megabytes(num_examples, width) > memory_mb else "memory"
     return mode
 
 
@@ -78,7 +80,7 @@ class LogitsTable:
     Usage:
 
     ```python
-    table = LogitsTable.compute(adapter, splits.train, num_views=4, seed=0)
+    table = LogitsTable.compute(adapter.logits, classes, splits.train, num_views=4, seed=0)
     logits = table.lookup(indices, views)   # in a tf.data map
     ```
     """
@@ -87,19 +89,25 @@ class LogitsTable:
         self.array = array
 
     @classmethod
-    def compute(cls, teacher, split, *, num_views, seed, batch_size=1024, path=None):
-        """Runs `teacher` (a `teacher_adapter.TeacherAdapter`) over each
-        view of `split` (`pipelines.views_in_order`), view 0 being the images
-        themselves, into memory or, with `path`, into a file there. The
-        views are drawn on tf.data's threads while the teacher runs on the
-        batches drawn before."""
-        shape = (len(split), max(1, num_views), int(teacher.model.num_classes))
+    def compute(cls, outputs, width, split, *, num_views, seed, batch_size=1024, path=None):
+        """Runs `outputs` (the teacher's: `images -> float32 [batch, width]`,
+        e.g. `teacher_adapter.TeacherAdapter.logits`, or `hints.TeacherRows`
+        for logits and hint features) over each view of `split`
+        (`pipelines.views_in_order`), view 0 being the images themselves,
+        into memory or, with `path`, into a file there. The views are drawn
+        on tf.data's threads while the teacher runs on the batches drawn
+        before."""
+        shape = (len(split), max(1, num_views), int(width))
         if path is None:
             array = np.zeros(shape, np.float32)
         else:
             array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-        for views, indices, images in pipelines.views_in_order(split, shape[1], seed, batch_size):
-            array[indices.numpy(), views.numpy()] = teacher.logits(images).numpy()
+        with progress.Progress("teacher logits", shape[0] * shape[1], "views") as shown:
+            for views, indices, images in pipelines.views_in_order(
+                split, shape[1], seed, batch_size
+            ):
+                array[indices.numpy(), views.numpy()] = outputs(images).numpy()
+                shown.add(len(indices))
         if path is not None:
             array.flush()
         return cls(array)

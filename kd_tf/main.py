@@ -12,7 +12,9 @@ Stages, and their main flags:
       --export_dir (default saved_models/teacher/N) --overwrite --backup_dir
   --stage=student  distils the teacher in --teacher_dir into the student
       --teacher_dir --model (default seed_mlp) --temperature --alpha
-      --teacher_logits --logits_cache --logits_cache_dir, and the teacher's flags
+      --distillation_loss (kd, dkd, dist, or kd:0.5,dist:0.5) --hint_layers
+      --mixup_alpha --teacher_logits --logits_cache --logits_cache_dir, and the
+      teacher's flags
   --stage=scratch  the student's model on the labels only: the baseline
       --model (default seed_mlp), and the teacher's flags
   --stage=compare  teacher, student and scratch from their flag files, then
@@ -20,10 +22,11 @@ Stages, and their main flags:
       --scratch_flagfile --export_dir; other flags apply to the three runs
   --stage=tune     keras-tuner search of the student's temperature and alpha
       --teacher_dir --tune_dir --tuner --max_trials --temperature_min
-      --temperature_max --alpha_min --alpha_max, and the student's flags
+      --temperature_max --alpha_min --alpha_max --tune_losses --tune_ranges,
+      and the student's flags
   --stage=predict  classifies images with an export
       --model_dir --images (files, directories, globs) or --test_index,
-      --output_image
+      --output_image, --print_format=text|json
   --stage=tflite   converts an export to TFLite and measures it
       --model_dir --tflite_path --quantize (none, dynamic, int8)
 
@@ -35,6 +38,8 @@ Flag files:
                          teacher at a third of teacher.cfg's time on a CPU
   flags/student.cfg      seed_mlp, 40 epochs, 15 cached augmented views;
                          add --teacher_dir
+  flags/student_patient.cfg  seed_mlp, 200 epochs, the same distorted and
+                         mixed-up images for teacher (online) and student
   flags/scratch.cfg      seed_mlp on the labels only, as the student
   flags/scratch_augmented.cfg  scratch.cfg with the student's 15 views
   flags/tune.cfg         search for student.cfg; add --teacher_dir

@@ -30,7 +30,8 @@ PREFETCH_BATCHES = 2
 DRAW_BITS = 24
 _SPLITMIX_INCREMENT = 0x9E3779B97F4A7C15
 _SPLITMIX_ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
-
+# Folded into a step's seed for its mixup ratio, apart from its distortions'.
+_MIXUP_STREAM = 1
 
 
 def augment_images(images, seed):
@@ -82,6 +83,34 @@ def distort(images, draws):
         fill_mode="CONSTANT",
     )
     return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8)
+
+
+def mixup(images, labels, num_classes, alpha, seed):
+    """Blends a batch with itself shifted by one (example b with b - 1), by
+    one ratio lam ~ Beta(alpha, alpha) for the batch, as big_vision's
+    distillation does.
+
+    Args:
+        images: uint8 tensor `[batch, H, W, C]`.
+        labels: int tensor `[batch]`.
+        num_classes: classes of the labels.
+        alpha: the Beta distribution's parameter, > 0.
+        seed: int tensor of shape `[2]`; the same seed gives the same output.
+
+    Returns:
+        `(images, labels)`: the blended uint8 images (rounded) and float32
+        label distributions `[batch, num_classes]`, lam on each example's
+        class and 1 - lam on its partner's.
+    """
+    draws = tf.random.stateless_gamma([2], seed, alpha)
+    ratio = draws[0] / (draws[0] + draws[1])
+    pixels = tf.cast(images, tf.float32)
+    blended = ratio * pixels + (1.0 - ratio) * tf.roll(pixels, 1, axis=0)
+    one_hot = tf.one_hot(labels, num_classes)
+    return (
+        tf.cast(tf.clip_by_value(tf.round(blended), 0.0, 255.0), tf.uint8),
+        ratio * one_hot + (1.0 - ratio) * tf.roll(one_hot, 1, axis=0),
+    )
 
 
 def view_draws(seed, views, indices):
@@ -165,7 +194,10 @@ def augmentation(augment, augment_views):
     return views, augment and not views
 
 
-def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=False):
+def training_dataset(
+    split, batch_size, *, seed, views=0, logits=None, augment=False, mixup_alpha=0.0,
+    num_classes=None,
+):
     """An endless, shuffled, batched training stream.
 
     Elements are `(images, labels)`, or `((images, teacher_logits), labels)`
@@ -175,7 +207,7 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
     The stream is a function of `seed` alone: pass p visits the examples in
     the order `split.passes` draws from `(seed, p)`, showing example
     i as view `view_of(i, K, p)`; with `augment`, batch b's distortions are
-    drawn from `(seed, b)`. Every iterator yields the same batches (Keras's
+    drawn from `(seed, b)`, and so is its mixup ratio. Every iterator yields the same batches (Keras's
     extra one under a strategy, each worker's), and `skip(n)` continues
     exactly where batch n left off.
 
@@ -189,12 +221,16 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
         augment: draw a fresh random distortion for every image at every step
             (not allowed with cached `logits`, which would no longer match
             their images).
+        mixup_alpha: > 0 blends each batch (`mixup`, after the
+            distortions; not with cached `logits` either): the labels are
+            then distributions over `num_classes`.
+        num_classes: the labels' classes, for mixup.
 
     Returns:
         A `tf.data.Dataset`.
     """
-    if augment and logits is not None:
-        raise ValueError("random augmentation needs an online teacher, not cached logits")
+    if (augment or mixup_alpha) and logits is not None:
+        raise ValueError("random augmentation and mixup need an online teacher, not cached logits")
     labels = tf.constant(split.labels)
 
     def batch(passes, indices, images):
@@ -207,16 +243,28 @@ def training_dataset(split, batch_size, *, seed, views=0, logits=None, augment=F
         batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     if augment:
-        steps = tf.data.Dataset.counter()
-        dataset = tf.data.Dataset.zip((dataset, steps)).map(
-            lambda batch, step: (
-                augment_images(batch[0], tf.stack([tf.constant(seed, tf.int64), step])),
-                batch[1],
+        dataset = _per_step(dataset, seed, lambda images, labels, key: (augment_images(images, key), labels))
+    if mixup_alpha:
+        dataset = _per_step(
+            dataset,
+            seed,
+            lambda images, labels, key: mixup(
+                images, labels, num_classes, mixup_alpha,
+                tf.random.experimental.stateless_fold_in(key, _MIXUP_STREAM),
             ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
         )
     return prefetched(dataset)
+
+
+def _per_step(dataset, seed, transform):
+    """`dataset` with `transform(images, labels, key)` applied to batch b,
+    `key` the random seed `(seed, b)`."""
+    steps = tf.data.Dataset.counter()
+    return tf.data.Dataset.zip((dataset, steps)).map(
+        lambda batch, step: transform(*batch, tf.stack([tf.constant(seed, tf.int64), step])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _joined(indices, view, images, labels, logits):

@@ -1,16 +1,21 @@
-"""Run reports: report.json, learning-curve figures and summary tables.
+"""Run reports: report.json, learning-curve figures and summary tables,
+per-class accuracy and confusion matrices named by class.
 
 Usage:
 
 ```python
 reporting.write_json(report, "report.json")
 reporting.plot_curves(report["epochs"], "curves.png", title="teacher")
+matrix = reporting.confusion_matrix(logits.argmax(1), labels, len(names))
+print(reporting.markdown_table(reporting.per_class_rows({"teacher": matrix}, names)))
+reporting.plot_confusion({"teacher": matrix}, names, "confusion.png")
 ```
 """
 
 import json
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -99,10 +104,12 @@ def summary_rows(reports):
 
 def markdown_table(rows):
     """Renders a list of same-keyed dicts as a Markdown table; accuracies as
-    percentages."""
+    percentages (None as a dash)."""
     keys = list(rows[0])
 
     def cell(key, value):
+        if value is None:
+            return "-"
         if key.endswith("accuracy"):
             return f"{100 * value:.2f} %"
         if isinstance(value, float):
@@ -175,5 +182,68 @@ def plot_search(trials, path):
     )
     axes.grid(alpha=0.3, which="both")
     figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion_matrix(predicted, labels, num_classes):
+    """`[true class, predicted class]` counts, int64 `[classes, classes]`."""
+    pairs = np.asarray(labels, np.int64) * num_classes + np.asarray(predicted, np.int64)
+    return np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def class_accuracies(matrix):
+    """Each class's accuracy in a confusion matrix: the share of its
+    examples predicted as it (None for a class without examples)."""
+    matrix = np.asarray(matrix)
+    return [
+        float(matrix[label, label] / total) if total else None
+        for label, total in enumerate(matrix.sum(axis=1))
+    ]
+
+
+def per_class_rows(matrices, class_names):
+    """One row per class: its name, its examples and each run's accuracy on
+    them (`<run>_accuracy`, see `class_accuracies`).
+
+    Args:
+        matrices: `{run name: confusion matrix}` (`confusion_matrix`), of
+            the same examples.
+        class_names: the name of each class.
+    """
+    examples = np.asarray(next(iter(matrices.values()))).sum(axis=1)
+    accuracies = {run: class_accuracies(matrix) for run, matrix in matrices.items()}
+    return [
+        {
+            "class": name,
+            "examples": int(examples[label]),
+            **{f"{run}_accuracy": values[label] for run, values in accuracies.items()},
+        }
+        for label, name in enumerate(class_names)
+    ]
+
+
+def plot_confusion(matrices, class_names, path):
+    """Each run's confusion matrix (rows: true class, columns: predicted,
+    shares of the true class), side by side, named by class, as a PNG."""
+    count = len(class_names)
+    side = min(12.0, 2.0 + 0.45 * count)
+    figure, axes = plt.subplots(
+        1, len(matrices), figsize=(side * len(matrices), side), squeeze=False, layout="constrained"
+    )
+    for cell, (run, matrix) in zip(axes.flat, matrices.items()):
+        matrix = np.asarray(matrix, np.float64)
+        shares = matrix / np.maximum(1.0, matrix.sum(axis=1, keepdims=True))
+        cell.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+        if count <= 40:
+            cell.set_xticks(range(count), class_names, rotation=90, fontsize=8)
+            cell.set_yticks(range(count), class_names, fontsize=8)
+        if count <= 20:
+            for (row, column), value in np.ndenumerate(matrix):
+                if value:
+                    colour = "white" if shares[row, column] > 0.5 else "black"
+                    cell.text(column, row, int(value), ha="center", va="center", fontsize=7,
+                              color=colour)
+        cell.set(xlabel="predicted class", ylabel="true class", title=f"{run}: confusion")
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -1,8 +1,11 @@
 """`--stage=tune`: a keras-tuner search over the distillation temperature and
-alpha.
+alpha, and, if asked, the loss and its own settings.
 
-`DistillationHyperModel` turns a trial's `temperature` (log-uniform) and
-`alpha` (uniform) into a compiled `Distiller`; `search` runs the tuner
+`DistillationHyperModel` turns a trial's `temperature` (log-uniform),
+`alpha` (uniform), `distillation_loss` (a choice among `--tune_losses`) and
+the settings of `--tune_ranges` (log-uniform from a minimum > 0, else
+uniform; a DKD or DIST setting only in the trials of its loss) into a
+compiled `Distiller`; `search` runs the tuner
 (`--tuner`, `--max_trials`, `--executions_per_trial`) on datasets built once,
 so the teacher's cached logits serve every trial. The objective is the best
 epoch's `val_accuracy` on the validation split; the test split is never seen.
@@ -19,12 +22,14 @@ Usage:
 ```python
 trials = tuning.search(config.tune, build_distiller, train, validation,
                        steps_per_epoch=430, strategy=strategy, epochs=10, seed=0)
+# build_distiller({"temperature": 4.0, "alpha": 0.9, "distillation_loss": "dkd", ...})
 report = tuning.write_results(trials, "tune", {"stage": "tune"})
 # python -m kd_tf.main --flagfile=flags/student.cfg --flagfile=tune/best.cfg --teacher_dir=...
 ```
 """
 
 import collections
+import contextlib
 import os
 
 import keras
@@ -32,6 +37,7 @@ import keras_tuner as kt
 from absl import logging
 
 from kd_tf import interrupts, reporting, training
+from kd_tf.distillation_losses import LOGIT_LOSSES
 from kd_tf.errors import ConfigError, UserError
 
 TUNERS = ("bayesian", "random", "hyperband")
@@ -41,49 +47,72 @@ HYPERBAND_FACTOR = 3
 
 
 class DistillationHyperModel(kt.HyperModel):
-    """Builds the `Distiller` of one trial from its `temperature` and `alpha`.
+    """Builds the `Distiller` of one trial from its values (see the module doc).
 
     Every build seeds Keras with `seed + k`, where `k` counts the earlier
     builds with the same values, so the trials of a search start from the same
     student weights and the executions of one trial from different ones.
 
     Args:
-        build_distiller: callable `(temperature, alpha) -> compiled Distiller`.
+        build_distiller: callable `{name: value} -> compiled Distiller`, with
+            `temperature`, `alpha`, and the trial's `distillation_loss` and
+            settings of `ranges` where searched.
         temperature_range: `(min, max)`, sampled log-uniformly.
         alpha_range: `(min, max)`, sampled uniformly.
         seed: base seed of the student's initial weights.
+        losses: the losses a trial chooses from (none: no choice).
+        ranges: `(setting, min, max)` of loss settings searched.
 
     Usage:
 
     ```python
-    hypermodel = DistillationHyperModel(build, (1.0, 20.0), (0.1, 0.9), seed=0)
+    hypermodel = DistillationHyperModel(build, (1.0, 20.0), (0.1, 0.9), seed=0,
+                                        losses=("kd", "dkd"), ranges=(("dkd_beta", 1, 16),))
     tuner = kt.RandomSearch(hypermodel, objective="val_accuracy", max_trials=4)
     ```
     """
 
-    def __init__(self, build_distiller, temperature_range, alpha_range, seed):
+    def __init__(self, build_distiller, temperature_range, alpha_range, seed, losses=(), ranges=()):
         super().__init__(name="distillation")
         self.build_distiller = build_distiller
         self.temperature_range = temperature_range
         self.alpha_range = alpha_range
         self.seed = seed
+        self.losses = tuple(losses)
+        self.ranges = tuple(ranges)
         self._builds = collections.Counter()
 
     def declare_hyperparameters(self, hp):
         hp.Float("temperature", *self.temperature_range, sampling="log")
         hp.Float("alpha", *self.alpha_range)
+        if self.losses:
+            hp.Choice("distillation_loss", list(self.losses))
+        for name, low, high in self.ranges:
+            owner = name.split("_")[0]
+            conditional = self.losses and owner in LOGIT_LOSSES
+            with hp.conditional_scope("distillation_loss", [owner]) if conditional else _nothing():
+                hp.Float(name, low, high, sampling="log" if low > 0 else "linear")
 
     def build(self, hp):
         self.declare_hyperparameters(hp)
-        temperature, alpha = hp["temperature"], hp["alpha"]
-        key = (temperature, alpha)
+        values = dict(hp.values)
+        key = tuple(sorted(values.items()))
         keras.utils.set_random_seed(self.seed + self._builds[key])
         self._builds[key] += 1
-        return self.build_distiller(temperature, alpha)
+        return self.build_distiller(values)
 
     def fit(self, hp, model, *args, **kwargs):
-        logging.info("trial: temperature %.4g, alpha %.3f", hp["temperature"], hp["alpha"])
+        logging.info("trial: %s", ", ".join(f"{k} {_shown(v)}" for k, v in hp.values.items()))
         return model.fit(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+def _shown(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def check_tune_dir(tune_dir):
@@ -144,9 +173,10 @@ def search(tune, build_distiller, train, validation, *, steps_per_epoch, strateg
     """Runs (or resumes) the search and returns its trials, best first.
 
     Args:
-        tune: a `config.TuneConfig` (see `make_tuner`, plus the search ranges
-            `temperature_min/max`, `alpha_min/max`).
-        build_distiller: callable `(temperature, alpha) -> compiled Distiller`.
+        tune: a `config.TuneConfig` (see `make_tuner`, plus the search space
+            `temperature_min/max`, `alpha_min/max`, `tune_losses`, `tune_ranges`).
+        build_distiller: callable `{name: value} -> compiled Distiller` (see
+            `DistillationHyperModel`).
         train: endless training `tf.data.Dataset`, shared by all trials.
         validation: finite validation `tf.data.Dataset` (the objective).
         steps_per_epoch: steps in one epoch.
@@ -162,6 +192,8 @@ def search(tune, build_distiller, train, validation, *, steps_per_epoch, strateg
         (tune.temperature_min, tune.temperature_max),
         (tune.alpha_min, tune.alpha_max),
         seed,
+        losses=tune.tune_losses,
+        ranges=tune.tune_ranges,
     )
     tuner = make_tuner(tune, hypermodel, strategy, epochs=epochs, seed=seed)
     tuner.search(
@@ -181,19 +213,20 @@ def trial_rows(oracle):
     objective, then the others.
 
     Returns:
-        A list of `{"trial", "status", "temperature", "alpha", "val_accuracy",
-        "best_epoch"}` (`val_accuracy` and `best_epoch` are None for a trial
-        that did not complete).
+        A list of `{"trial", "status", "temperature", "alpha", ...,
+        "val_accuracy", "best_epoch"}`, with the trial's other searched values
+        (`distillation_loss`, loss settings) in between (`val_accuracy` and
+        `best_epoch` are None for a trial that did not complete).
     """
     rows = []
     for trial in oracle.trials.values():
         completed = trial.status == kt.engine.trial.TrialStatus.COMPLETED
+        values = trial.hyperparameters.values
         rows.append(
             {
                 "trial": trial.trial_id,
                 "status": trial.status,
-                "temperature": float(trial.hyperparameters.get("temperature")),
-                "alpha": float(trial.hyperparameters.get("alpha")),
+                **{k: float(v) if isinstance(v, (int, float)) else v for k, v in values.items()},
                 "val_accuracy": trial.score if completed else None,
                 "best_epoch": trial.best_step + 1 if completed else None,
             }
@@ -201,14 +234,26 @@ def trial_rows(oracle):
     return sorted(rows, key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0)))
 
 
+def searched_values(row):
+    """The searched values of a `trial_rows` row, `{flag name: value}`."""
+    return {k: v for k, v in row.items() if k not in _ROW_FIELDS}
+
+
+_ROW_FIELDS = ("trial", "status", "val_accuracy", "best_epoch")
+
+
 def write_best_flagfile(best, path):
-    """Writes the best trial's `--temperature` and `--alpha` as a flag file
+    """Writes the best trial's values (`--temperature`, `--alpha`, and
+    `--distillation_loss` and loss settings where searched) as a flag file
     that `--stage=student --flagfile=PATH` takes as it is."""
+    lines = [
+        f"--{name}={value}" if isinstance(value, str) else f"--{name}={float(value)!r}"
+        for name, value in searched_values(best).items()
+    ]
     with open(path, "w") as f:
         f.write(
             f"# Best of the search in {os.path.dirname(path)}: trial {best['trial']}, "
-            f"validation accuracy {100 * best['val_accuracy']:.2f} %.\n"
-            f"--temperature={float(best['temperature'])!r}\n--alpha={float(best['alpha'])!r}\n"
+            f"validation accuracy {100 * best['val_accuracy']:.2f} %.\n" + "\n".join(lines) + "\n"
         )
 
 
@@ -237,23 +282,19 @@ def write_results(trials, tune_dir, report):
     write_best_flagfile(best, os.path.join(tune_dir, "best.cfg"))
     reporting.write_json(report, os.path.join(tune_dir, "report.json"))
     reporting.plot_search(completed, os.path.join(tune_dir, "temperature.png"))
+    columns = ["trial", *{k: None for row in completed for k in searched_values(row)}]
     table = reporting.markdown_table(
         [
-            {
-                key: row[key]
-                for key in ("trial", "temperature", "alpha", "val_accuracy", "best_epoch")
-            }
+            {key: row.get(key) for key in (*columns, "val_accuracy", "best_epoch")}
             for row in completed
         ]
     )
     logging.info(
-        "search in %s: %d trials completed of %d; best: temperature %.4g, alpha %.3f "
-        "(written to %s)\n%s",
+        "search in %s: %d trials completed of %d; best: %s (written to %s)\n%s",
         tune_dir,
         len(completed),
         len(trials),
-        best["temperature"],
-        best["alpha"],
+        ", ".join(f"{k} {_shown(v)}" for k, v in searched_values(best).items()),
         os.path.join(tune_dir, "best.cfg"),
         table,
     )

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from unittest import mock
 
+import helpers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -347,6 +348,32 @@ class RunFieldsTest(_CommandLineTest):
         self.assertEqual(status, 0, lines)
         self.assertEqual(self.report(f"{self.root}/1")["resumed_from_epoch"], 3)
         self.assertFalse(os.path.exists(scratch_backup))
+
+
+class DataFingerprintTest(_CommandLineTest):
+    """A backup resumes only a run on the same data: an image added to a
+    class folder (same flags) makes another run."""
+
+    def test_a_rerun_on_changed_folders_is_refused(self):
+        tree = helpers.write_mnist_tree(os.path.join(self.root, "digits"), 300, 100)
+        argv = (
+            "--stage=scratch", "--data_source=directory", f"--data_dir={tree}",
+            "--validation_examples=50", "--train_examples=100", "--epochs=1",
+            f"--export_dir={self.root}/1",
+        )
+        with mock.patch.object(export, "export_model", side_effect=KeyboardInterrupt):
+            status, lines = self.run_command(*argv)
+        self.assertEqual(status, main.EXIT_INTERRUPTED, lines)
+        added = os.path.join(tree, "train", "3", "added.png")
+        shutil.copyfile(os.path.join(tree, "train", "7", sorted(os.listdir(f"{tree}/train/7"))[0]), added)
+        status, lines = self.run_command(*argv)
+        self.assertEqual(status, main.EXIT_USER_ERROR, lines)
+        self.assertRegex(lines[0], r"holds a backup of another run \(--data_fingerprint=\w{16} there, "
+                                   r"\w{16} here\)")
+        os.remove(added)
+        status, lines = self.run_command(*argv)
+        self.assertEqual(status, 0, lines)
+        self.assertEqual(self.report(f"{self.root}/1")["resumed_from_epoch"], 1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from kd_tf import inference
+from kd_tf import inference, preprocessing
 from kd_tf.data import directory, images
 
 
@@ -89,7 +89,7 @@ class PaletteBmpTest(tf.test.TestCase):
                 self.assertAllEqual(images.decode(encoded), expected)
                 in_graph = tf.data.Dataset.from_tensors(encoded).map(images.decode)
                 self.assertAllEqual(next(iter(in_graph)), expected)
-                grey = images.decode(encoded, channels=1)
+                grey = preprocessing.with_model_channels(images.decode(encoded), 1)
                 self.assertEqual(grey.shape, (*expected.shape[:2], 1))
 
     def test_other_images_decode_as_before(self):
@@ -123,7 +123,7 @@ class PaletteBmpTest(tf.test.TestCase):
         expected = np.where(pixels[:, 4], 255, 0).astype(np.uint8)[..., None]
         self.assertAllEqual(test.images, expected)
         path = os.path.join(root, "a", "0.bmp")
-        loaded = inference.load_images([path], (6, 4, 1), background=None)
+        loaded = inference.load_images([path], preprocessing.Preprocessing((6, 4, 1)))
         self.assertAllEqual(loaded[0], np.where(pixels[0, 0], 255, 0)[..., None])
 
 

@@ -12,14 +12,17 @@ from kd_tf.errors import ConfigError, UserError
 
 # Every flag a run report lists under "flags": the first release's, --precision and
 # the teacher's --teacher_pixel_range and --teacher_output, the image folders'
-# --data_dir, --image_size and --test_fraction.
+# --data_dir, --image_size and --test_fraction, the distillation losses' and
+# mixup's.
 REPORT_FLAGS = (
     "alpha alpha_max alpha_min augment augment_views backup_dir batch_size cpu_devices "
     "data_dir data_memory_mb data_source dataset deterministic epochs eval_batch_size executions_per_trial export_dir "
+    "dist_beta dist_gamma distillation_loss dkd_alpha dkd_beta dkd_warmup_epochs hint_layers "
+    "hint_weight mixup_alpha tune_losses tune_ranges "
     "idx_dir image_size images learning_rate log_dir logits_cache logits_cache_dir logits_memory_mb "
-    "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision "
+    "lr_schedule max_trials model model_dir monitor_test optimizer output_image overwrite precision print_format "
     "quantize saved_models_dir scratch_flagfile seed stage steps_per_execution strategy "
-    "student_flagfile teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
+    "min_teacher_accuracy student_flagfile teacher_class_order teacher_dir teacher_flagfile teacher_logits teacher_output teacher_pixel_range "
     "temperature temperature_max "
     "temperature_min test_fraction test_index tflite_path tfds_data_dir train_examples tune_dir tuner "
     "validation_examples warmup_epochs weight_decay"

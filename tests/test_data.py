@@ -154,6 +154,7 @@ class PackagedMnistTest(tf.test.TestCase):
                 "source": "packaged",
                 "image_shape": [28, 28, 1],
                 "num_classes": 10,
+                "class_names": [str(digit) for digit in range(10)],
                 "train_examples": 55000,
                 "validation_examples": 5000,
                 "test_examples": 10000,

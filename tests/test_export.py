@@ -23,6 +23,7 @@ from kd_tf.export import writing
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+CLASS_NAMES = ("cat", "dog", "bird", "horse", "frog", "deer", "ship", "truck", "car", "plane")
 
 
 class _Jitter(keras.layers.Layer):
@@ -35,12 +36,13 @@ class _Jitter(keras.layers.Layer):
 @pytest.fixture(scope="class")
 def shared_export(request, class_root):
     """A tiny model (`cls.model`) exported once into `<root>/shared/1`
-    (`cls.export_dir`), checked on `cls.images`."""
+    (`cls.export_dir`), its classes named `CLASS_NAMES`, checked on `cls.images`."""
     cls = request.cls
     cls.model = helpers.tiny_model(seed=1234)
     cls.images = helpers.random_images(16)
     cls.export_dir = export.export_model(
-        cls.model, os.path.join(class_root, "shared", "1"), check_images=cls.images
+        cls.model, os.path.join(class_root, "shared", "1"), check_images=cls.images,
+        class_names=CLASS_NAMES,
     )
 
 
@@ -68,8 +70,15 @@ class ExportTest(tf.test.TestCase):
             atol=1e-5,
         )
 
+        self.assertEqual(served.class_names, CLASS_NAMES)
+        with open(os.path.join(self.export_dir, "assets", "labels.txt"), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "".join(f"{name}\n" for name in CLASS_NAMES))
         outputs = served.outputs(self.images)
-        self.assertEqual(set(outputs), {"logits", "probabilities", "classes"})
+        self.assertEqual(set(outputs), {"logits", "probabilities", "classes", "class_names"})
+        self.assertAllEqual(
+            [name.decode() for name in outputs["class_names"].numpy()],
+            [CLASS_NAMES[k] for k in outputs["classes"].numpy()],
+        )
         self.assertEqual(outputs["logits"].dtype, tf.float32)
         self.assertEqual(outputs["probabilities"].dtype, tf.float32)
         self.assertAllClose(
@@ -113,6 +122,8 @@ class ExportTest(tf.test.TestCase):
             "probabilities",
             "classes",
             "DT_INT64",
+            "class_names",
+            "DT_STRING",
         ):
             self.assertIn(word, result.stdout)
 
@@ -145,6 +156,8 @@ class ExportTest(tf.test.TestCase):
         classes = np.load(os.path.join(outdir, "classes.npy"))
         self.assertEqual(classes.dtype, np.int64)
         self.assertAllEqual(classes, np.argmax(expected, axis=-1))
+        names = np.load(os.path.join(outdir, "class_names.npy"), allow_pickle=True)
+        self.assertEqual([bytes(name).decode() for name in names], [CLASS_NAMES[k] for k in classes])
         self.assertAllClose(np.load(os.path.join(outdir, "logits.npy")), expected, atol=1e-5)
 
     def test_next_version_dir(self):

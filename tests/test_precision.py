@@ -12,7 +12,16 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kd_tf import command_line, cpu, distillation, export, models, precision, stages
+from kd_tf import (
+    command_line,
+    cpu,
+    distillation,
+    distillation_losses,
+    export,
+    models,
+    precision,
+    stages,
+)
 
 IMAGE_SHAPE, CLASSES = (28, 28, 1), 10
 
@@ -128,18 +137,18 @@ class MixedModelTest(tf.test.TestCase):
         for policy, scaled in (("mixed_float16", True), ("mixed_bfloat16", False)):
             with self.subTest(policy=policy), precision.policy(policy):
                 student = models.build_model("seed_mlp", IMAGE_SHAPE, CLASSES)
-                distiller = distillation.Distiller(student, temperature=4.0, alpha=0.9)
+                terms = [("kd", distillation_losses.KD(4.0), 1.0)]
+                distiller = distillation.Distiller(student, terms, alpha=0.9)
                 distiller.compile(optimizer=keras.optimizers.Adam())
                 self.assertEqual(
                     isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer), scaled
                 )
-                labels = np.arange(4) % CLASSES
-                teacher_logits = np.random.default_rng(0).normal(size=(4, CLASSES))
-                images = _images(4)
-                loss = distiller.compute_loss(
-                    (images, teacher_logits), labels, distiller((images, teacher_logits))
-                )
-                self.assertEqual(loss.dtype, "float32")
+                labels = tf.constant(np.arange(4) % CLASSES)
+                teacher_logits = tf.constant(np.random.default_rng(0).normal(size=(4, CLASSES)))
+                images = tf.constant(_images(4))
+                result = distiller.test_step(((images, teacher_logits), labels))
+                for name in ("loss", "student_loss", "kd_loss"):
+                    self.assertEqual(result[name].dtype, "float32", name)
 
 
 def _graph_nodes(export_dir):

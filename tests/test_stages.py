@@ -23,7 +23,9 @@ REPORT_KEYS = {
     "cpu",
 }
 EPOCH_KEYS = {"train_seconds", "loss", "accuracy", "val_loss", "val_accuracy"}
-STUDENT_KEYS = {"teacher_dir", "teacher_logits", "teacher_logits_seconds"}
+STUDENT_KEYS = {
+    "teacher_dir", "teacher_logits", "teacher_logits_seconds", "teacher_validation_accuracy"
+}
 # Parameters of the models on MNIST, as docs/models.md's table gives them.
 README_PARAMS = {"seed_mlp": 109_386, "compact_cnn": 12_146}
 
@@ -91,6 +93,13 @@ class StagesTest(tf.test.TestCase):
             self.assertEqual(on_disk["teacher_logits"], mode)
             self.assertEqual(on_disk["teacher_dir"], self.teacher.export_dir)
             self.assertEqual(on_disk["model"], "seed_mlp")
+            # The teacher measured its best epoch on the same validation split,
+            # before its export, in its training precision: a near tie may flip.
+            teacher = self.teacher.report
+            self.assertAllClose(
+                on_disk["teacher_validation_accuracy"],
+                teacher["epochs"][teacher["best_epoch"] - 1]["val_accuracy"], atol=2 / 256, rtol=0,
+            )
             if mode == "cached":
                 self.assertGreater(on_disk["teacher_logits_seconds"], 0.0)
 
@@ -171,10 +180,20 @@ class StagesTest(tf.test.TestCase):
                 self.assertIn("test_accuracy", sub["epochs"][0])
         student = helpers.read_report(report["runs"]["student"])
         self.assertEqual(student["teacher_dir"], report["runs"]["teacher"])
-        for name in ("comparison.png", "report.json", "summary.md"):
+        for name in ("comparison.png", "confusion.png", "report.json", "summary.md"):
             self.assertTrue(os.path.isfile(os.path.join(report["export_dir"], name)))
         on_disk = reporting.read_json(os.path.join(report["export_dir"], "report.json"))
         self.assertEqual(on_disk["runs"], report["runs"])
+        # Per class, named: each run's class accuracies, weighted by the
+        # classes' test examples, make the accuracy its export measured.
+        per_class = report["per_class"]
+        self.assertEqual([row["class"] for row in per_class], [str(d) for d in range(10)])
+        self.assertEqual(sum(row["examples"] for row in per_class), 10000)
+        for row in report["summary"]:
+            weighted = sum(c["examples"] * c[f"{row['run']}_accuracy"] for c in per_class) / 10000
+            self.assertAllClose(weighted, row["test_accuracy"], atol=1e-9)
+        with open(os.path.join(report["export_dir"], "summary.md")) as f:
+            self.assertIn("| class | examples | teacher_accuracy | student_accuracy |", f.read())
 
     def test_versioned_exports_are_not_overwritten(self):
         first = stages.run(self.settings("--stage=scratch", "--epochs=1"))["export_dir"]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from kd_tf import command_line, export, inference, stages
+from kd_tf import command_line, export, inference, preprocessing, stages
 from kd_tf.errors import ConfigError, UserError
 
 LINE = re.compile(
@@ -112,7 +112,7 @@ class PolarityTest(tf.test.TestCase):
             return model_dir
         with open(report_path) as f:
             report = json.load(f)
-        report["data"]["background"] = background
+        report["preprocessing"]["background"] = background
         with open(report_path, "w") as f:
             json.dump(report, f)
         return model_dir
@@ -122,25 +122,26 @@ class PolarityTest(tf.test.TestCase):
         with contextlib.redirect_stdout(io.StringIO()):
             return stages.run(settings)["predictions"]
 
-    def _as_is(self, image):
-        """The model's predictions on `image`, resized but not inverted."""
-        path = os.path.join(self.root, "as_is.png")
-        tf.io.write_file(path, tf.io.encode_png(image))
-        return inference.predict(self.served, inference.load_images([path], (28, 28, 1), None))
+    def _as_is_and_inverted(self, path):
+        """The model's predictions on the file at `path` resized but not
+        inverted, and on that input inverted."""
+        images = inference.load_images([path], preprocessing.Preprocessing((28, 28, 1)))
+        return inference.predict(self.served, images), inference.predict(self.served, 255 - images)
 
     def test_an_image_is_inverted_only_for_a_model_of_the_other_background(self):
         with open(os.path.join(self.model_dir, "assets.extra", "report.json")) as f:
-            self.assertEqual(json.load(f)["data"]["background"], "dark")
+            recorded = json.load(f)["preprocessing"]
+        self.assertEqual((recorded["background"], recorded["invert_clearly_opposite"]), ("dark", True))
         models = {"dark": self.model_dir, "light": self._copy("light", "light")}
         with self.assertLogs("absl", "WARNING") as logged:
             models[None] = self._copy("foreign", None)
             self._predictions(models[None], os.path.join(self.images_dir, "plain0.png"))
-        self.assertIn("the images are not inverted", "\n".join(logged.output))
+        self.assertIn("not inverted", "\n".join(logged.output))
         for name in ("inverted_large.png", "plain0.png"):
             path = os.path.join(self.images_dir, name)
             image = tf.io.decode_png(tf.io.read_file(path), channels=1)
             light = bool(np.mean(image[0]) > 127.5)
-            as_is, inverted = self._as_is(image), self._as_is(255 - image)
+            as_is, inverted = self._as_is_and_inverted(path)
             self.assertNotEqual(as_is, inverted)
             for background, model_dir in models.items():
                 with self.subTest(image=name, model=background):

@@ -13,6 +13,7 @@ from kd_tf.errors import UserError
 REPORT_KEYS = {
     "model_dir",
     "tflite_path",
+    "labels_path",
     "quantize",
     "test_examples",
     "saved_model",
@@ -66,7 +67,7 @@ class TFLiteStageTest(tf.test.TestCase):
             {
                 "serving_default": {
                     "inputs": ["images"],
-                    "outputs": ["classes", "logits", "probabilities"],
+                    "outputs": ["class_names", "classes", "logits", "probabilities"],
                 }
             },
         )
@@ -90,6 +91,17 @@ class TFLiteStageTest(tf.test.TestCase):
         outputs = runner(images=self.test.images[:8])
         self.assertEqual(outputs["classes"].dtype, np.int64)
         self.assertAllEqual(outputs["classes"], np.argmax(outputs["logits"], axis=1))
+        # The labels file beside the .tflite is the export's, and names the
+        # classes the TFLite model returns.
+        with open(report["labels_path"], encoding="utf-8") as f:
+            labels = f.read().splitlines()
+        self.assertEqual(report["labels_path"], report["tflite_path"] + ".labels.txt")
+        self.assertEqual(tuple(labels), served.class_names)
+        self.assertEqual(labels, [str(digit) for digit in range(10)])
+        self.assertEqual(
+            [name.decode() for name in outputs["class_names"]],
+            [labels[k] for k in outputs["classes"]],
+        )
 
     def test_int8_within_half_a_point(self):
         report, content = self._convert("int8")

@@ -13,7 +13,7 @@ from keras_tuner.src.engine import trial as trial_module
 
 from kd_tf import distribution, reporting, stages, training, tuning
 from kd_tf.errors import UserError
-from kd_tf.stages import student
+from kd_tf.stages import student, tune
 
 
 def _trial_files(tune_dir):
@@ -128,8 +128,9 @@ class TuneStageTest(tf.test.TestCase):
             self.assertEqual(row["best_epoch"], best_epoch)
             self.assertEqual(row["val_accuracy"], history[best_epoch])
             trial_dir = os.path.join(self.tune_dir, tuning.PROJECT_NAME, f"trial_{row['trial']}")
+            distill = tune.trial_distillation(config, {"temperature": temperature, "alpha": alpha})
             distiller = student.build_distiller(
-                config, inputs, "seed_mlp", temperature, alpha, self.report["precision"]
+                config, inputs, "seed_mlp", self.report["precision"], distill
             )
             distiller.load_weights(os.path.join(trial_dir, "checkpoint.weights.h5"))
             logits = distiller.student.predict(validation.images, verbose=0)
@@ -208,3 +209,34 @@ class TuneStageTest(tf.test.TestCase):
     def test_other_ranges_do_not_resume_the_search(self):
         with self.assertRaisesRegex(UserError, "other ranges"):
             stages.run(self.tune_settings(self.tune_dir, "--temperature_max=10"))
+        with self.assertRaisesRegex(UserError, "other ranges"):
+            stages.run(self.tune_settings(self.tune_dir, "--tune_losses=kd,dkd"))
+
+    def test_the_loss_and_its_settings_are_searched(self):
+        """Trials choose kd or dkd, and DKD's beta only in dkd trials; the
+        search resumes, and best.cfg sets the loss of the student stage."""
+        tune_dir = os.path.join(self.root, "losses")
+        argv = ("--tuner=random", "--max_trials=3", "--tune_losses=kd,dkd",
+                "--tune_ranges=dkd_beta:1:16", "--dkd_warmup_epochs=1")
+        report = stages.run(self.tune_settings(tune_dir, *argv))
+        self.assertLen(report["trials"], 3)
+        self.assertCountEqual({row["distillation_loss"] for row in report["trials"]}, ["kd", "dkd"])
+        for row in report["trials"]:
+            self.assertIn(row["distillation_loss"], ("kd", "dkd"))
+            self.assertEqual("dkd_beta" in row, row["distillation_loss"] == "dkd")
+            if "dkd_beta" in row:
+                self.assertBetween(row["dkd_beta"], 1.0, 16.0)
+        self.assertEqual(stages.run(self.tune_settings(tune_dir, *argv))["trials"], report["trials"])
+        best = report["best"]
+        student_report = stages.run(
+            self.settings(
+                "--stage=student",
+                f"--flagfile={os.path.join(tune_dir, 'best.cfg')}",
+                "--dkd_warmup_epochs=1",
+                f"--teacher_dir={self.teacher.export_dir}",
+            )
+        )
+        (term,) = student_report["distillation_loss"]
+        self.assertEqual(term["name"], best["distillation_loss"])
+        self.assertEqual(term.get("beta"), best.get("dkd_beta"))
+        self.assertEqual(student_report["best_epoch"], best["best_epoch"])

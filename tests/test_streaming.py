@@ -88,7 +88,7 @@ def _positions(images, reference):
 class StreamedSplitTest(tf.test.TestCase):
     def stream(self, split, views=VIEWS, seed=3, path=None):
         table = logits_cache.LogitsTable.compute(
-            self.adapter, split, num_views=views, seed=seed, batch_size=128, path=path
+            self.adapter.logits, 10, split, num_views=views, seed=seed, batch_size=128, path=path
         )
         return pipelines.training_dataset(split, BATCH, seed=seed, views=views, logits=table)
 
@@ -172,9 +172,11 @@ class StreamedSplitTest(tf.test.TestCase):
 
     def test_logits_on_disk_equal_logits_in_memory(self):
         split = _load("directory", self.tree, 0).train
-        in_memory = logits_cache.LogitsTable.compute(self.adapter, split, num_views=VIEWS, seed=3)
+        in_memory = logits_cache.LogitsTable.compute(
+            self.adapter.logits, 10, split, num_views=VIEWS, seed=3
+        )
         on_disk = logits_cache.LogitsTable.compute(
-            self.adapter, split, num_views=VIEWS, seed=3,
+            self.adapter.logits, 10, split, num_views=VIEWS, seed=3,
             path=os.path.join(self.get_temp_dir(), "train.npy"),
         )
         self.assertIsInstance(on_disk.array, np.memmap)

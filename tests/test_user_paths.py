@@ -109,6 +109,7 @@ class LogitsCacheDirTest(_Command):
         return (
             "--stage=student",
             f"--teacher_dir={self.model_dir}",
+            "--min_teacher_accuracy=0",  # an untrained teacher
             "--logits_cache=disk",
             f"--logits_cache_dir={cache_dir}",
             "--epochs=1",

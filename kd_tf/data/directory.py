@@ -12,7 +12,10 @@ GIF; grayscale or colour; other files are ignored). Either
 - `DIR/<class>/...`, from which every `round(1 / test_fraction)`-th image of
   each class, in file-name order, is held out as the test split.
 
-Classes are numbered in the sorted order of their folder names. The training
+Classes are named after their folders and numbered in the sorted order of
+the names, except that folders named by integers (`0` ... `10`) come first,
+in numeric order: folder `2` is class 2 (as a string, `10` sorts before `2`).
+The training
 images come in a fixed pseudo-random order (the same on every run, whatever
 `--seed`), so that a validation split held out from their end, and the first
 `--train_examples`, cover every class; the validation and test images stay
@@ -188,6 +191,8 @@ def _scanned(listed, image_size, memory_mb):
             memory_mb,
             lambda error, paths=reader.paths: _unreadable(paths),
             stored_bytes=stored_bytes(reader.paths),
+            what=f"scanning {os.path.commonpath(reader.paths) if reader.paths else 'no files'}",
+            total=len(reader.paths),
         )
         for reader, files in zip(readers, listed)
     ]
@@ -195,10 +200,14 @@ def _scanned(listed, image_size, memory_mb):
 
 
 def _subfolders(root):
-    """The sorted names of the folders in `root`, hidden ones left out."""
+    """The names of the folders in `root`, hidden ones left out, in
+    `class_order`."""
     return sorted(
-        name for name in os.listdir(root)
-        if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")
+        (
+            name for name in os.listdir(root)
+            if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")
+        ),
+        key=class_order,
     )
 
 
@@ -218,6 +227,14 @@ def _classes(root):
             "at least two classes",
         )
     return classes
+
+
+def class_order(name):
+    """The sort key of a class folder: its name, but an integer name (ASCII
+    digits) as its number, before any other name (`2` before `10`)."""
+    if name.isascii() and name.isdigit():
+        return (0, int(name), name)
+    return (1, 0, name)
 
 
 def _files(root, classes, missing=None):

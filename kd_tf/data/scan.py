@@ -26,6 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kd_tf import progress
 from kd_tf.data import images as images_lib
 from kd_tf.data.splits import Split
 from kd_tf.data.streaming import StreamedSplit
@@ -46,6 +47,9 @@ class SplitScan:
     colour: bool = False
     frame_sum: float = 0.0
     frame_count: int = 0
+    # Images whose frame is clearly light, clearly dark (`images.clear_shades`).
+    clearly_light: int = 0
+    clearly_dark: int = 0
     images: list | None = dataclasses.field(default_factory=list)
     bytes: int = 0
 
@@ -66,7 +70,10 @@ def stored_bytes(paths):
     return total
 
 
-def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=None):
+def scan_split(
+    examples, decode, image_size, memory_mb, on_error, stored_bytes=None, what="scanning",
+    total=None,
+):
     """Scans one split.
 
     Args:
@@ -82,6 +89,8 @@ def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=N
             images take at least as much as their PNG or JPEG files, so a
             split stored in more than `memory_mb` is not kept at all: the
             scan's memory stays that of a few images.
+        what, total: what the scan reads and how many images, when known,
+            for its `progress.Progress`.
 
     Returns:
         A `SplitScan`; its `images` is None when they did not fit.
@@ -99,8 +108,10 @@ def scan_split(examples, decode, image_size, memory_mb, on_error, stored_bytes=N
     found = SplitScan(images=[] if keep else None)
     mapped = examples.map(scanned, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
-        for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
-            _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+        with progress.Progress(what, total) as shown:
+            for image, label, part, fact in mapped.prefetch(4).as_numpy_iterator():
+                _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+                shown.add()
     except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
         raise on_error(error) from None
     return found
@@ -113,6 +124,9 @@ def _add(found, image, label, part, fact, budget):
     found.colour = found.colour or bool(fact["colour"])
     found.frame_sum += float(fact["frame_sum"])
     found.frame_count += int(fact["frame_count"])
+    light, dark = images_lib.clear_shades(float(fact["frame_sum"]) / int(fact["frame_count"]))
+    found.clearly_light += int(light)
+    found.clearly_dark += int(dark)
     if found.images is None:
         return
     found.bytes += image.nbytes
@@ -143,17 +157,19 @@ def assemble(scans, readers, image_size):
     channels = 3 if any(scan.colour for scan in scans) else 1
     shape = (*sizes[0], channels)
     train_scan = scans[0]
-    background = images_lib.MID_GREY < train_scan.frame_sum / max(1, train_scan.frame_count)
+    light = images_lib.MID_GREY < train_scan.frame_sum / max(1, train_scan.frame_count)
+    background = "light" if light else "dark"
+    single = not (train_scan.clearly_dark if light else train_scan.clearly_light)
     return [
-        _split(scan, reader, shape, image_size, "light" if background else "dark")
+        _split(scan, reader, shape, image_size, background, single)
         for scan, reader in zip(scans, readers)
     ]
 
 
-def _split(scan, reader, shape, image_size, background):
+def _split(scan, reader, shape, image_size, background, single_polarity):
     labels = np.array(scan.labels, np.int64)
     if scan.images is None:
-        return StreamedSplit(reader, labels, shape, image_size, background)
+        return StreamedSplit(reader, labels, shape, image_size, background, single_polarity)
     images = np.stack(scan.images) if scan.images else np.zeros((0, *shape), np.uint8)
     images = np.ascontiguousarray(images_lib.with_channels(images, shape[-1]))
-    return Split(images, labels, background)
+    return Split(images, labels, background, single_polarity)

@@ -8,10 +8,13 @@ own (an image-folder tree's `validation/`), and assembles the `DataSplits`.
 """
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import tensorflow as tf
 
+from kd_tf import progress
 from kd_tf.data import images as images_lib
 from kd_tf.errors import ConfigError, UserError
 
@@ -39,10 +42,14 @@ class SplitReading:
             lambda indices, images: (images, tf.gather(labels, indices))
         )
 
-    def map_batches(self, function, batch_size):
+    def map_batches(self, function, batch_size, what="measuring"):
         """`function` (uint8 images -> `[batch, ...]` tensor) over the split,
-        in order, as one numpy array."""
-        outputs = [function(images).numpy() for images, _ in self.batches(batch_size)]
+        in order, as one numpy array; `what` names it in its progress."""
+        outputs = []
+        with progress.Progress(what, len(self)) as shown:
+            for images, _ in self.batches(batch_size):
+                outputs.append(function(images).numpy())
+                shown.add(len(images))
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     def head(self, count):
@@ -95,11 +102,14 @@ class Split(SplitReading):
         labels: `int64` array of shape `[N]`, the class of each image.
         known_background: the polarity of the images the split was cut
             from (a scan's), or None to take it from `images`.
+        known_single_polarity: whether every image the split was cut from
+            keeps to that polarity (a scan's), or None to take it from `images`.
     """
 
     images: np.ndarray
     labels: np.ndarray
     known_background: str | None = None
+    known_single_polarity: bool | None = None
     in_memory = True
 
     def __post_init__(self):
@@ -123,9 +133,19 @@ class Split(SplitReading):
         """`images.background` of the split (or `known_background`)."""
         return self.known_background or images_lib.background(self.images)
 
+    @property
+    def single_polarity(self):
+        """`images.single_polarity` of the split (or `known_single_polarity`)."""
+        if self.known_single_polarity is not None:
+            return self.known_single_polarity
+        return images_lib.single_polarity(self.images, self.background)
+
     def subset(self, start, end):
         """Examples `start` to `end` (excluded), as a `Split`."""
-        return Split(self.images[start:end], self.labels[start:end], self.known_background)
+        return Split(
+            self.images[start:end], self.labels[start:end], self.known_background,
+            self.known_single_polarity,
+        )
 
     def in_order(self):
         images = tf.constant(self.images)
@@ -161,13 +181,14 @@ class DataSplits:
 
     Arguments:
         dataset: Name of the data set, e.g. `"mnist"`.
-        source: The source the data came from: `"tfds"`, `"packaged"` or
-            `"idx"`.
+        source: The source the data came from (a `kd_tf.data.DATA_SOURCES`
+            name other than `"auto"`).
         train: The training split.
         validation: The validation split, held out from the original
             training split.
         test: The original test split.
-        num_classes: Number of classes, taken from the data set.
+        class_names: The name of each class, in label order (see
+            `kd_tf.data.sources`).
         image_shape: `(H, W, C)` of every image.
     """
 
@@ -176,21 +197,45 @@ class DataSplits:
     train: Split
     validation: Split
     test: Split
-    num_classes: int
+    class_names: tuple
     image_shape: tuple
+
+    @property
+    def num_classes(self):
+        """Number of classes."""
+        return len(self.class_names)
+
+    def fingerprint(self):
+        """A short digest of what identifies the data for resuming a run:
+        the source, the data set's name, image shape and class names, and
+        the labels of each split in order (which change when images are
+        added, removed or moved between classes).
+
+        Usage: `splits.fingerprint()` is e.g. `"9f1c2b7a30d4e8a1"`.
+        """
+        digest = hashlib.sha256(
+            json.dumps(
+                [self.source, self.dataset, list(self.image_shape), list(self.class_names)]
+            ).encode("utf-8")
+        )
+        for split in (self.train, self.validation, self.test):
+            digest.update(np.int64(len(split)).tobytes())
+            digest.update(np.ascontiguousarray(split.labels, np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def summary(self):
         """Describe the splits in a JSON-serializable dict.
 
         Returns:
             A dict with the data set name, source, image shape, number of
-            classes and the number of examples of each split.
+            classes, their names and the number of examples of each split.
         """
         return {
             "dataset": self.dataset,
             "source": self.source,
             "image_shape": list(self.image_shape),
             "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
             "train_examples": len(self.train),
             "validation_examples": len(self.validation),
             "test_examples": len(self.test),
@@ -206,32 +251,18 @@ def default_validation_examples(train_size):
     return max(1, min(MAX_DEFAULT_VALIDATION_EXAMPLES, train_size // DEFAULT_VALIDATION_SHARE))
 
 
-def make_splits(
-    dataset,
-    source,
-    train,
-    test,
-    num_classes,
-    validation_examples,
-    train_examples,
-    validation=None,
-):
-    """Hold out the validation split (unless `validation` is given) and
+def make_splits(found, validation_examples, train_examples):
+    """Hold out the validation split (unless the source has one) and
     assemble a `DataSplits`.
 
     Arguments:
-        dataset: Name of the data set.
-        source: The source the data came from.
-        train: The original training `Split`.
-        test: The test `Split`.
-        num_classes: Number of classes, or `None` to take the largest label
-            plus one.
-        validation_examples: Number of examples at the end of `train` that
-            form the validation split; None: `default_validation_examples`.
+        found: What the source read (a `kd_tf.data.sources.SourceData`).
+        validation_examples: Number of examples at the end of `found.train`
+            that form the validation split; None: `default_validation_examples`.
+            None when the source has a validation split of its own (a
+            `directory` tree's validation folder), all of whose training
+            examples are kept.
         train_examples: Maximum number of training examples, or `None`.
-        validation: The validation split when the source has one (a
-            `directory` tree's validation folder); `validation_examples` is
-            then None, and every training example is kept.
 
     Returns:
         A `DataSplits`.
@@ -240,6 +271,7 @@ def make_splits(
         UserError: If no training example would be left, or the train and
             test images differ in shape.
     """
+    train, validation, test = found.train, found.validation, found.test
     if validation is None:
         train, validation = _held_out(train, validation_examples)
     if train_examples is not None:
@@ -250,15 +282,13 @@ def make_splits(
             f"train images have shape {image_shape} but test images "
             f"{test_shape}: pass a data set whose splits have one image shape"
         )
-    if num_classes is None:
-        num_classes = int(max(train.labels.max(), test.labels.max(initial=0))) + 1
     return DataSplits(
-        dataset=dataset,
-        source=source,
+        dataset=found.dataset,
+        source=found.source,
         train=train,
         validation=validation,
         test=test,
-        num_classes=int(num_classes),
+        class_names=tuple(found.class_names),
         image_shape=image_shape,
     )
 

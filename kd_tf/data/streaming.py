@@ -23,7 +23,7 @@ rerun reads the same examples in the same order.
 Usage:
 
 ```python
-split = StreamedSplit(FileReader(paths), labels, (64, 64, 3), image_size=None, background="dark")
+split = StreamedSplit(FileReader(paths), labels, (64, 64, 3), None, "dark", single_polarity=True)
 for passes, indices, images in split.batched_passes(seed=0, batch_size=128):
     ...
 ```
@@ -199,20 +199,22 @@ class StreamedSplit(SplitReading):
         image_shape: `(H, W, C)` of the data set's images.
         image_size: `(H, W)` to resize to, or None (every image has that size).
         background: the training images' polarity (`images.background`).
+        single_polarity: whether every training image keeps to it
+            (`images.single_polarity`).
     """
 
     in_memory = False
 
-    def __init__(self, reader, labels, image_shape, image_size, background):
+    def __init__(self, reader, labels, image_shape, image_size, background, single_polarity):
         self.reader, self.labels = reader, labels
         self.image_shape, self.image_size = tuple(image_shape), image_size
-        self.background = background
+        self.background, self.single_polarity = background, single_polarity
 
     def subset(self, start, end):
         """Examples `start` to `end` (excluded), as a `StreamedSplit`."""
         return StreamedSplit(
             self.reader.subset(start, end), self.labels[start:end], self.image_shape,
-            self.image_size, self.background,
+            self.image_size, self.background, self.single_polarity,
         )
 
     def image(self, raw):

@@ -1,17 +1,12 @@
-"""The TFDS source: TensorFlow Datasets, prepared in a data directory or downloaded.
-
-It also makes the `auto` choice: a prepared TFDS copy, else the packaged
-MNIST copy, else a TFDS download when the download host answers.
-"""
+"""The TFDS source: TensorFlow Datasets, prepared in a data directory or downloaded."""
 
 import functools
 
 import numpy as np
 
-from kd_tf.data import download_probe, packaged, scan
+from kd_tf.data import download_probe, scan
 from kd_tf.data.streaming import DatasetReader
 from kd_tf.errors import UserError
-
 
 
 def tfds_builder(dataset, tfds_data_dir):
@@ -40,28 +35,6 @@ def tfds_builder(dataset, tfds_data_dir):
         ) from None
 
 
-def read_auto(dataset, tfds_data_dir, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
-    """Read a data set from the first source that has it.
-
-    Arguments:
-        dataset: TFDS name of the data set.
-        tfds_data_dir: TFDS data directory, or `None` for the default.
-
-    Returns:
-        A tuple `(source, train, test, num_classes)`; `num_classes` is `None`
-        when it is to be taken from the labels.
-
-    Raises:
-        UserError: If no source has the data set.
-    """
-    builder = tfds_builder(dataset, tfds_data_dir)
-    if builder.is_prepared():
-        return ("tfds", *read_tfds(builder, image_size, memory_mb))
-    if dataset == "mnist" and packaged.packaged_mnist_path() is not None:
-        return ("packaged", *packaged.read_packaged_mnist(), None)
-    return ("tfds", *read_tfds(builder, image_size, memory_mb))
-
-
 def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
     """Read the train and test splits of a TFDS data set.
 
@@ -73,14 +46,15 @@ def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
         builder: The `tfds.core.DatasetBuilder` of the data set.
 
     Returns:
-        A tuple `(train, test, num_classes)`.
+        A tuple `(train, test, class_names)`, the names of the label
+        feature's classes in label order.
 
     Raises:
         UserError: If the data set is not an image classification data set
             with `train` and `test` splits, or it is not prepared and cannot
             be downloaded.
     """
-    num_classes = _tfds_num_classes(builder)
+    class_names = _tfds_class_names(builder)
     if not builder.is_prepared():
         download_probe.check_download_reachable(builder)
         builder.download_and_prepare()
@@ -103,10 +77,12 @@ def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
             memory_mb,
             lambda error: UserError(f"TFDS data set {builder.name!r} holds an image that cannot be read"),
             stored_bytes=_stored_bytes(builder, name),
+            what=f"scanning TFDS {builder.name} {name}",
+            total=builder.info.splits[name].num_examples if name in builder.info.splits else None,
         )
         for name, reader in zip(("train", "test"), readers)
     ]
-    return (*scan.assemble(scans, readers, image_size), num_classes)
+    return (*scan.assemble(scans, readers, image_size), class_names)
 
 
 def _stored_bytes(builder, split):
@@ -122,14 +98,14 @@ def _images_of(builder, split):
     )
 
 
-def _tfds_num_classes(builder):
+def _tfds_class_names(builder):
     """Check that a TFDS data set classifies uint8 images of 1 or 3 channels.
 
     Arguments:
         builder: The `tfds.core.DatasetBuilder` of the data set.
 
     Returns:
-        The number of classes of its label feature.
+        The names of its label feature's classes, in label order.
 
     Raises:
         UserError: If the data set is not of that kind.
@@ -155,4 +131,4 @@ def _tfds_num_classes(builder):
         or not isinstance(label, tfds.features.ClassLabel)
     ):
         raise problem
-    return int(label.num_classes)
+    return tuple(label.names)

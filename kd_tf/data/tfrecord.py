@@ -12,7 +12,10 @@ with the features of TensorFlow's image-classification TFRecords:
 
 Other features are ignored. Records are numbered in file-name order and
 decoded as `kd_tf.data.images.decode` does (one size unless `image_size`,
-grayscale or colour); the number of classes is the largest label plus one.
+grayscale or colour). The classes are named by `DIR/labels.txt` when it is
+there, one name a line in label order (the TF Serving and TFLite
+convention); without it they are named by their labels (`0`, `1`, ...,
+up to the largest label), which is logged.
 One scan (`kd_tf.data.scan`) reads labels and checks images in the same
 pass; a split is then held in memory when it fits `--data_memory_mb`, else
 read from its files while training (`kd_tf.data.streaming.RecordReader`).
@@ -35,6 +38,8 @@ from kd_tf.data.scan import DEFAULT_MEMORY_MB, assemble, scan_split, stored_byte
 from kd_tf.data.streaming import RecordReader, records_of
 from kd_tf.errors import ConfigError
 
+# The class names beside the records, one a line in label order.
+LABELS_FILE = "labels.txt"
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
@@ -77,8 +82,9 @@ def read_tfrecords(data_dir, image_size=None, memory_mb=DEFAULT_MEMORY_MB):
             memory_mb,
             lambda error, paths=paths: _unreadable(error, paths),
             stored_bytes=stored_bytes(paths),
+            what=f"scanning the {name} records in {data_dir}",
         )
-        for paths in files
+        for name, paths in zip(("train", "test"), files)
     ]
     for name, paths, scan in zip(("train", "test"), files, scans):
         if not scan.labels:

@@ -3,7 +3,14 @@
 Every export is a SavedModel whose `serving_default` signature takes one
 input named `images` (uint8 `[batch, H, W, C]`, batch dimension `None`) and
 returns a dict with `logits` (float32 `[batch, classes]`), `probabilities`
-(float32, softmax of the logits) and `classes` (int64, argmax of the logits).
+(float32, softmax of the logits), `classes` (int64, argmax of the logits)
+and `class_names` (string, the name of each predicted class). Its second
+signature, `serving_images` (for a model of a fixed H x W with 1 or 3
+channels), takes `image_bytes` (string `[batch]`: PNG, JPEG, BMP or GIF
+files of any size), preprocesses them as training did
+(`kd_tf.preprocessing`) and returns the same outputs. The class names, one a
+line in class order, are the SavedModel's asset `assets/labels.txt` (the
+TF Serving and TFLite convention).
 """
 
 import re
@@ -14,7 +21,16 @@ import tensorflow as tf
 
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
+IMAGES_SIGNATURE_KEY = "serving_images"
+IMAGE_BYTES_NAME = "image_bytes"
 ASSETS_EXTRA = "assets.extra"
+# The class names, one a line in class order, among a SavedModel's assets.
+LABELS_FILE = "labels.txt"
+ASSETS = "assets"
+# The Keras architecture (`model.to_json()`) of an export, in `ASSETS_EXTRA`:
+# with the SavedModel's variables it rebuilds the model, whose layers then
+# serve as hints (`loading.keras_model_of`).
+ARCHITECTURE = "architecture.json"
 # Image dtypes a teacher may take besides the contract's uint8 (see
 # `load_serving_model(float_input=True)` and `kd_tf.teacher`).
 FLOAT_INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -34,9 +50,14 @@ class ServingModel:
         path: Path the model was loaded from.
         input_dtype: The images' `tf.DType`: uint8 under the contract, a
             float type for a teacher loaded with `float_input=True`.
+        class_names: The name of each class (its `assets/labels.txt`), or
+            None when the model records none (a foreign model, a `.keras` file).
     """
 
-    def __init__(self, path, serving_fn, image_shape, num_classes, resource, input_dtype=tf.uint8):
+    def __init__(
+        self, path, serving_fn, image_shape, num_classes, resource, input_dtype=tf.uint8,
+        class_names=None,
+    ):
         """Wrap a loaded model.
 
         Args:
@@ -48,13 +69,21 @@ class ServingModel:
             resource: The loaded object `serving_fn` belongs to; it is kept
                 alive for as long as this `ServingModel`.
             input_dtype: The images' `tf.DType`.
+            class_names: The class names, or None.
         """
         self.path = path
+        self.class_names = None if class_names is None else tuple(class_names)
         self.input_dtype = tf.as_dtype(input_dtype)
         self.image_shape = image_shape
         self.num_classes = num_classes
         self._serving_fn = serving_fn
         self._resource = resource
+
+    @property
+    def resource(self):
+        """The loaded object behind the model: the `keras.Model` of a `.keras`
+        file, or what `tf.saved_model.load` returned."""
+        return self._resource
 
     def outputs(self, images):
         """Run the model and return all its outputs.
@@ -105,13 +134,19 @@ class ServingModel:
         return batched_outputs(self.logits, images, batch_size)
 
 
-def contract_outputs(logits):
-    """The serving contract's output dict for float32 `logits`."""
-    return {
-        "logits": logits,
-        "probabilities": tf.nn.softmax(logits),
-        "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
-    }
+    def name_of(self, label):
+        """The name of class `label`: its recorded name, else the number."""
+        return str(label) if self.class_names is None else self.class_names[label]
+
+
+def contract_outputs(logits, class_names=None):
+    """The serving contract's output dict for float32 `logits`, with
+    `class_names` when the names are given."""
+    classes = tf.argmax(logits, axis=-1, output_type=tf.int64)
+    outputs = {"logits": logits, "probabilities": tf.nn.softmax(logits), "classes": classes}
+    if class_names is not None:
+        outputs["class_names"] = tf.gather(tf.constant(list(class_names)), classes)
+    return outputs
 
 
 def batched_outputs(fn, images, batch_size=1024):

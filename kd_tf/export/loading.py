@@ -1,14 +1,20 @@
 """Loading any model that follows the serving contract: a SavedModel or a `.keras` file."""
 
+import json
 import os
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from kd_tf.errors import ConfigError, UserError
 from kd_tf.export.contract import (
+    ARCHITECTURE,
+    ASSETS,
+    ASSETS_EXTRA,
     FLOAT_INPUT_DTYPES,
     INPUT_NAME,
+    LABELS_FILE,
     SIGNATURE_KEY,
     ServingModel,
     contract_outputs,
@@ -63,15 +69,72 @@ def load_serving_model(path, float_input=False):
         return signature(**{INPUT_NAME: images})
 
     num_classes = _num_classes(path, logits_shape, serving_fn, image_shape, spec.dtype)
-    return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype)
+    names = recorded_class_names(path, num_classes)
+    return ServingModel(path, serving_fn, image_shape, num_classes, loaded, spec.dtype, names)
+
+
+def recorded_class_names(path, num_classes):
+    """The class names of the SavedModel at `path`, one a line of its
+    `assets/labels.txt`; None when it has no such file or the file does not
+    name `num_classes` classes (logged).
+
+    Usage: `recorded_class_names("saved_models/teacher/1", 10)` is `("0", ..., "9")`.
+    """
+    labels = os.path.join(path, ASSETS, LABELS_FILE)
+    try:
+        with open(labels, encoding="utf-8") as f:
+            names = tuple(f.read().splitlines())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        logging.warning("cannot read the class names of %s (%s): using class numbers", path, error)
+        return None
+    if len(names) != num_classes:
+        logging.warning(
+            "%s names %d classes, but %s predicts %d: using class numbers",
+            labels, len(names), path, num_classes,
+        )
+        return None
+    return names
+
+
+def keras_model_of(served):
+    """The Keras model behind `served` (a `ServingModel`), whose layers can
+    be read: a `.keras` file's model, or an export's `ARCHITECTURE` rebuilt
+    (with `safe_mode=True`) holding the SavedModel's weights, matched by
+    name; None for a SavedModel without one (it exposes its logits only).
+
+    Raises:
+        UserError: the architecture does not match the SavedModel's weights.
+    """
+    if isinstance(served.resource, keras.Model):
+        return served.resource
+    path = os.path.join(served.path, ASSETS_EXTRA, ARCHITECTURE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            model = keras.saving.deserialize_keras_object(json.load(f), safe_mode=True)
+    except Exception as e:
+        raise UserError(f"could not rebuild {path} ({short_reason(e)}): re-export it") from e
+    saved = {v.name.split(":")[0]: v for v in served.resource.variables}
+    for weight in model.weights:
+        value = saved.get(weight.path)
+        if value is None or tuple(value.shape) != tuple(weight.shape):
+            raise UserError(
+                f"{path} does not match the weights of {served.path} ({weight.path}): re-export it"
+            )
+        weight.assign(value)
+    return model
 
 
 def check_fits(model, what, splits):
     """Checks that `model` (a `ServingModel`) takes the data set's images as
-    they are and predicts its classes; `what` names it in messages (e.g.
-    "model", given as `--model_dir`: the config field `<what>_dir`). A teacher
-    may take other images (`kd_tf.teacher_adapter`) and is checked with
-    `check_classes` only."""
+    they are and predicts its classes, named as the data names them; `what`
+    names it in messages (e.g. "model", given as `--model_dir`: the config
+    field `<what>_dir`). A teacher may take other images
+    (`kd_tf.teacher_adapter`) and is checked with `check_classes` and
+    `check_class_names` only."""
     if tuple(model.image_shape) != tuple(splits.image_shape):
         raise ConfigError(
             (f"{what}_dir",),
@@ -80,17 +143,64 @@ def check_fits(model, what, splits):
             "data as {0}",
         )
     check_classes(model, what, splits)
+    check_class_names(model, what, splits)
 
 
 def check_classes(model, what, splits):
     """Checks that `model` predicts the data set's number of classes (`what`
-    as in `check_fits`)."""
+    as in `check_fits`); `check_class_names` checks their names."""
     if model.num_classes != splits.num_classes:
         raise ConfigError(
             (f"{what}_dir",),
             f"{what} {model.path} predicts {model.num_classes} classes but "
             f"{splits.dataset} has {splits.num_classes}: use a {what} trained on this data as {{0}}",
         )
+
+
+def check_class_names(model, what, splits, class_order=None):
+    """Checks that `model` (a `ServingModel` of as many classes as the data)
+    names its classes as the data set does, in the same order (read in
+    `class_order` when given: `class_order[c]` is its output for the data's
+    class c, see `--teacher_class_order`); a model that records no names (a
+    foreign one, a `.keras` file) is taken to follow the data's order, which
+    is logged. `what` as in `check_fits`.
+
+    Raises:
+        ConfigError: the names differ, naming the first difference (and, for
+            a teacher whose names are the data's in another order, the
+            `--teacher_class_order` that reads them in the data's).
+    """
+    ours = tuple(splits.class_names)
+    if model.class_names is None:
+        logging.warning(
+            "%s %s records no class names: its classes are taken to be those of %s, in order "
+            "(%s)", what, model.path, splits.dataset, _listed(ours),
+        )
+        return
+    theirs = model.class_names
+    if class_order is not None:
+        theirs = tuple(theirs[output] for output in class_order)
+    if theirs == ours:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+    reordered = sorted(theirs) == sorted(ours)
+    fields, hint = (f"{what}_dir",), f"use a {what} trained on these classes as {{0}}"
+    if reordered and what == "teacher":
+        order = ",".join(str(model.class_names.index(name)) for name in ours)
+        fields += ("teacher_class_order",)
+        hint = f"pass {{1}}={order} to read its outputs in the data's order, or another {{0}}"
+    raise ConfigError(
+        fields,
+        f"{what} {model.path} names its classes {'in another order' if reordered else 'differently'}"
+        f" than {splits.dataset}: class {index} is {theirs[index]!r} there, {ours[index]!r} here "
+        f"({what}: {_listed(theirs)}; data: {_listed(ours)}): {hint}",
+    )
+
+
+def _listed(names, shown=6):
+    """`names` as one short line: the first `shown`, then how many more."""
+    text = ", ".join(names[:shown])
+    return text if len(names) <= shown else f"{text}, ... ({len(names)} in all)"
 
 
 def _input_dtypes(float_input):

@@ -3,8 +3,10 @@
 The sub-runs' configs come composed in `config.compare.runs` (the command
 line builds them from their flag files with compare's own flags on top, see
 `kd_tf.command_line`). The comparison goes to the export directory:
-`comparison.png` (test accuracy and loss per epoch), `report.json` and
-`summary.md`. Ctrl-C names the sub-run it stopped and the complete exports of
+`comparison.png` (test accuracy and loss per epoch), `confusion.png` (each
+run's test confusion matrix, named by class), `report.json` (with
+`per_class`: each class's test accuracy in each run) and `summary.md` (the
+runs' table, then the per-class table). Ctrl-C names the sub-run it stopped and the complete exports of
 the sub-runs before it.
 """
 
@@ -29,18 +31,23 @@ def run(config, run_stage):
     export_dir = export_dir_for(config, "compare", strategy)
     reports = _run_all(runs, run_stage)
     rows = reporting.summary_rows(reports)
-    table = reporting.markdown_table(rows)
+    matrices = {name: report["confusion"] for name, report in reports.items()}
+    class_names = reports["teacher"]["data"]["class_names"]
+    per_class = reporting.per_class_rows(matrices, class_names)
+    table = reporting.markdown_table(rows) + "\n\n" + reporting.markdown_table(per_class)
     summary = {
         "stage": "compare",
         "flags": config_lib.fields(config),
         "runs": {name: r["export_dir"] for name, r in reports.items()},
         "summary": rows,
+        "per_class": per_class,
     }
     with atomic.staged(export_dir, overwrite=config.export.overwrite) as staging:
         reporting.plot_comparison(
             {f"{name} ({r['model']})": r["epochs"] for name, r in reports.items()},
             os.path.join(staging, "comparison.png"),
         )
+        reporting.plot_confusion(matrices, class_names, os.path.join(staging, "confusion.png"))
         reporting.write_json(summary, os.path.join(staging, "report.json"))
         with open(os.path.join(staging, "summary.md"), "w") as f:
             f.write(table + "\n")

@@ -1,11 +1,12 @@
 """`predict`: classifies image files, or test images, with an export.
 
-Prints one line per image (see `kd_tf.inference.format_prediction`) and, with
-`output_image`, saves a grid of the images with their predictions (its
-directory is created, and checked writable, before anything is loaded).
-Image files are inverted only when their background is unlike the one the
-export's report records for the model's training images (none recorded:
-never; see `kd_tf.inference`).
+Prints one line per image, naming its class as the export names it
+(`kd_tf.inference.format_prediction`, or a JSON object with
+`print_format=json`: `format_json`) and, with `output_image`, saves a grid
+of the images with their predictions (its directory is created, and checked
+writable, before anything is loaded). Image files are preprocessed as the
+export records its training images were (`kd_tf.preprocessing`; none
+recorded: resized and never inverted; see `kd_tf.inference`).
 """
 
 import os
@@ -51,8 +52,8 @@ def _test_images(config):
 def _file_images(config):
     paths = inference.find_images(config.predict.images)
     served = export.load_serving_model(config.predict.model_dir)
-    background = inference.model_background(config.predict.model_dir)
-    images = inference.load_images(paths, served.image_shape, background)
+    recorded = inference.model_preprocessing(config.predict.model_dir, served.image_shape)
+    images = inference.load_images(paths, recorded)
     return served, images, None, paths, [os.path.basename(path) for path in paths]
 
 
@@ -73,8 +74,9 @@ def run(config):
     with interrupts.outcome(unwritten):
         served, images, labels, names, grid_names = load(config)
         predictions = inference.predict(served, images, labels, config.optimization.eval_batch_size)
+        line = {"text": inference.format_prediction, "json": inference.format_json}
         for name, prediction in zip(names, predictions):
-            print(inference.format_prediction(name, prediction), flush=True)
+            print(line[settings.print_format](name, prediction), flush=True)
         if settings.output_image:
             inference.save_grid(
                 images, grid_names, predictions, settings.output_image, title=settings.model_dir

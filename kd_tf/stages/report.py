@@ -38,7 +38,9 @@ class RunReport:
     Attributes:
         stage: "teacher", "student" or "scratch".
         flags: every setting of the run (`config.fields`).
-        data: `data_summary` of its data.
+        data: `data_summary` of its data (with its `class_names`).
+        preprocessing: what the export does to an image file
+            (`preprocessing.Preprocessing.as_json`), which `predict` applies.
         model: the architecture's name.
         params: the model's parameter count.
         epochs: `training.EpochRecorder`'s records.
@@ -49,13 +51,21 @@ class RunReport:
         precision: the dtype policy it trained in (see `kd_tf.precision`).
         cpu: the CPU and the threads and precision chosen for it
             (`kd_tf.cpu.as_json`).
-        distillation: the student's teacher and loss fields (empty otherwise).
+        distillation: the student's teacher and loss fields, the teacher
+            check's among them (`teacher_check.TeacherCheck.report_fields`:
+            `teacher_validation_accuracy`, the pixel range, class order);
+            empty otherwise.
         test_accuracy, test_loss: measured through the reloaded export.
+        confusion: its test confusion matrix (`reporting.confusion_matrix`,
+            rows the true classes, in `data.class_names` order), as lists.
+        per_class: `reporting.per_class_rows` of it: each class's name,
+            test examples and `accuracy`.
     """
 
     stage: str
     flags: dict
     data: dict
+    preprocessing: dict
     model: str
     params: int
     epochs: list
@@ -70,12 +80,14 @@ class RunReport:
     distillation: dict = dataclasses.field(default_factory=dict)
     test_accuracy: float | None = None
     test_loss: float | None = None
+    confusion: list | None = None
+    per_class: list | None = None
 
     def as_json(self):
         """The report as `report.json` holds it (distillation fields at the top level)."""
         fields = dataclasses.asdict(self)
         fields.update(fields.pop("distillation"))
-        for key in ("test_accuracy", "test_loss"):
+        for key in ("test_accuracy", "test_loss", "confusion", "per_class"):
             if fields[key] is None:
                 del fields[key]
         return fields

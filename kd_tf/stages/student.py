@@ -1,8 +1,11 @@
 """`student`: distils the teacher (`teacher_dir`) into the student.
 
-`prepare_distillation` (shared with `tune`) loads the teacher and the data
-and builds the datasets that carry the teacher's logits; `build_distiller`
-puts a fresh student into a compiled `Distiller`.
+`prepare_distillation` (shared with `tune`) loads the teacher and the data,
+checks the hints against both models and the teacher on the data
+(`Teacher.check`: refused before any training when it cannot teach), and
+builds the datasets that carry the teacher's outputs; `build_distiller` puts
+a fresh student into a compiled `Distiller` with the loss terms of a
+`config.DistillationConfig`.
 """
 
 import contextlib
@@ -14,7 +17,9 @@ from kd_tf import (
     data,
     determinism,
     distillation,
+    distillation_losses,
     distribution,
+    hints,
     models,
     pipelines,
     precision,
@@ -25,7 +30,8 @@ from kd_tf.stages.training_run import TrainingRun, load_data
 
 
 class DistillationInputs(NamedTuple):
-    """What a distillation run trains on (a `TrainingInputs` plus the teacher)."""
+    """What a distillation run trains on (a `TrainingInputs` plus the teacher,
+    and the checked `hints.HintPair`s)."""
 
     splits: data.DataSplits
     train: object
@@ -33,6 +39,7 @@ class DistillationInputs(NamedTuple):
     steps_per_epoch: int
     teacher: teacher_lib.Teacher
     logits: teacher_lib.TeacherLogits
+    hint_pairs: list
 
     def report_fields(self):
         """The teacher's fields of the student and tune reports."""
@@ -41,16 +48,18 @@ class DistillationInputs(NamedTuple):
 
 @contextlib.contextmanager
 def prepare_distillation(config, strategy, policy):
-    """Loads the teacher and the data, computes the teacher's logits once where
-    they can be cached (under the dtype policy `policy`, see
-    `precision.graph_rewrite`), and yields `DistillationInputs`; the logit
+    """Loads the teacher and the data, checks the hints (`--hint_layers`)
+    against the teacher and the run's student, checks the teacher on
+    the data (see `kd_tf.teacher_check`), computes the teacher's outputs once
+    where they can be cached (under the dtype policy `policy`, see
+    `precision.graph_rewrite`), and yields `DistillationInputs`; the
     shards are removed when the block ends, however it ends.
 
     Usage:
 
     ```python
     with prepare_distillation(config, strategy, "float32") as inputs:
-        distiller = build_distiller(config, inputs, "seed_mlp", 4.0, 0.9, "float32")
+        distiller = build_distiller(config, inputs, "seed_mlp", "float32")
     ```
     """
     runtime, opt = config.runtime, config.optimization
@@ -61,14 +70,19 @@ def prepare_distillation(config, strategy, policy):
         config.stage,
         pixel_range=distill.teacher_pixel_range,
         output=distill.teacher_output,
+        class_order=distill.teacher_class_order,
+        min_accuracy=distill.min_teacher_accuracy,
+        layers=bool(distill.hint_layers),
     ) as teacher:
         determinism.make_reproducible(runtime.seed, deterministic=runtime.deterministic)
         splits = load_data(config.data)
         teacher.check_fits(splits)
+        hint_pairs = _hint_pairs(config, teacher, splits)
         views, random_augment = pipelines.augmentation(
             config.data.augment, config.data.augment_views
         )
         with precision.graph_rewrite(policy):
+            teacher.check(splits, opt.eval_batch_size)
             logits = teacher.datasets(
                 splits.train,
                 splits.validation,
@@ -78,6 +92,7 @@ def prepare_distillation(config, strategy, policy):
                 batch_size=opt.batch_size,
                 eval_batch_size=opt.eval_batch_size,
                 seed=runtime.seed,
+                hint_pairs=hint_pairs,
             )
         yield DistillationInputs(
             splits=splits,
@@ -86,25 +101,42 @@ def prepare_distillation(config, strategy, policy):
             steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), opt.batch_size),
             teacher=teacher,
             logits=logits,
+            hint_pairs=hint_pairs,
         )
 
 
-def build_distiller(config, inputs, model_name, temperature, alpha, policy):
+def _hint_pairs(config, teacher, splits):
+    """`hints.plan` of `--hint_layers`, read on the run's student built for
+    it (none without hints)."""
+    if not config.distillation.hint_layers:
+        return []
+    model_name = config.model.model or models.DEFAULT_STUDENT
+    student = models.build_model(model_name, splits.image_shape, splits.num_classes)
+    return hints.plan(
+        config.distillation.hint_layers, teacher.keras_model, student, teacher.model.path
+    )
+
+
+def build_distiller(config, inputs, model_name, policy, distill=None):
     """A fresh student `model_name` in a `Distiller` compiled under the dtype
-    policy `policy` (see `kd_tf.precision`).
+    policy `policy` (see `kd_tf.precision`), with the loss of `distill` (a
+    `config.DistillationConfig`; default: the run's).
 
     Returns:
         The compiled `distillation.Distiller`; its `.student` is the model.
     """
     splits = inputs.splits
+    distill = distill or config.distillation
     online = inputs.logits.mode == "online"
     with precision.policy(policy):
         student = models.build_model(model_name, splits.image_shape, splits.num_classes)
         distiller = distillation.Distiller(
             student,
-            temperature=temperature,
-            alpha=alpha,
-            teacher=inputs.teacher.adapter.logits if online else None,
+            distillation_losses.logit_terms(distill)
+            + hints.hint_terms(inputs.hint_pairs, distill.hint_weight),
+            alpha=distill.alpha,
+            teacher=inputs.logits.outputs if online else None,
+            steps_per_epoch=inputs.steps_per_epoch,
         )
         # Built, so that its weights can be saved (keras-tuner checkpoints a trial's best epoch).
         distiller.build((None, *splits.image_shape))
@@ -126,10 +158,13 @@ def run(config):
     with run.not_exported():
         with prepare_distillation(config, run.strategy, run.precision) as inputs:
             with run.strategy.scope():
-                distiller = build_distiller(
-                    config, inputs, model_name, distill.temperature, distill.alpha, run.precision
-                )
+                distiller = build_distiller(config, inputs, model_name, run.precision)
             epochs, best_epoch = run.fit(distiller, distiller.student, inputs)
             fields = inputs.report_fields()
-        fields.update(temperature=distill.temperature, alpha=distill.alpha)
+        fields.update(
+            temperature=distill.temperature,
+            alpha=distill.alpha,
+            distillation_loss=distiller.term_settings(),
+            mixup_alpha=distill.mixup_alpha,
+        )
         return run.finish(distiller.student, inputs.splits, epochs, best_epoch, fields)

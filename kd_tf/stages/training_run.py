@@ -2,10 +2,11 @@
 
 `TrainingRun` owns what does not depend on the stage: the strategy, the
 export directory (checked before any work), the backup and the epoch it
-resumes after, the fit that restores the best epoch, the export measured
-through its reloaded copy with its report, and the backup's removal once the
-export is in place. A stage says only what differs: its data, its model and
-what it adds to the report.
+resumes after, the fit that restores the best epoch, the export (with the
+data's class names and preprocessing) measured through its reloaded copy
+with its report (per-class accuracy, confusion matrix and `confusion.png`),
+and the backup's removal once the export is in place. A stage says only
+what differs: its data, its model and what it adds to the report.
 
 Ctrl-C during a run says what is true: "no partial export was written"
 until the export is in place (`not_exported`), "the export is complete at
@@ -40,6 +41,7 @@ from kd_tf import (
     interrupts,
     pipelines,
     precision,
+    preprocessing,
     reporting,
     training,
 )
@@ -85,6 +87,24 @@ def export_dir_for(config, stage, strategy):
     )
 
 
+def record_test(report, logits, splits):
+    """Sets the test accuracy and loss of `report` (a `RunReport`) from the
+    test split's `logits`, its confusion matrix and each class's accuracy;
+    returns the matrix."""
+    labels = splits.test.labels
+    test = training.evaluate_logits(logits, labels)
+    report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+    matrix = reporting.confusion_matrix(logits.argmax(axis=1), labels, splits.num_classes)
+    report.confusion = matrix.tolist()
+    report.per_class = [
+        {"class": name, "examples": int(examples), "accuracy": accuracy}
+        for name, examples, accuracy in zip(
+            splits.class_names, matrix.sum(axis=1), reporting.class_accuracies(matrix)
+        )
+    ]
+    return matrix
+
+
 class TrainingRun:
     """One training stage's run (see the module doc).
 
@@ -123,7 +143,9 @@ class TrainingRun:
 
     def fit(self, trainer, model, inputs):
         """Trains `trainer` (whose weights are `model`'s) and restores the best
-        epoch; returns `(epoch_records, best_epoch)`."""
+        epoch; returns `(epoch_records, best_epoch)`. A backup resumes only a
+        run on the same data: its fields include `data_fingerprint`
+        (`DataSplits.fingerprint`)."""
         log_dir = os.path.join(
             self.config.runtime.log_dir,
             self.stage,
@@ -138,7 +160,7 @@ class TrainingRun:
             log_dir=distribution.worker_dir(self.strategy, log_dir),
             test_logits=self._test_monitor(model, inputs.splits.test),
             backup_dir=self.backup_dir,
-            run_fields=self.run_fields,
+            run_fields={**self.run_fields, "data_fingerprint": inputs.splits.fingerprint()},
         )
 
     def _test_monitor(self, model, test):
@@ -157,10 +179,12 @@ class TrainingRun:
     def finish(self, model, splits, epochs, best_epoch, distillation=None):
         """Exports `model` with its report, removes the backup; returns the
         report (as `report.json` holds it, plus `export_dir`)."""
+        recorded = preprocessing.Preprocessing.for_splits(splits)
         report = RunReport(
             stage=self.stage,
             flags=config_lib.fields(self.config),
             data=data_summary(splits, self.config.data),
+            preprocessing=recorded.as_json(),
             model=self.model_name,
             params=int(model.count_params()),
             epochs=epochs,
@@ -174,7 +198,7 @@ class TrainingRun:
             cpu=self.cpu,
             distillation=distillation or {},
         )
-        self._export(model, splits, report)
+        self._export(model, splits, report, recorded)
         with interrupts.outcome(f"the export is complete at {self.export_dir}"):
             backup.remove(self.backup_dir)
             logging.info(
@@ -187,27 +211,31 @@ class TrainingRun:
             )
         return {**report.as_json(), "export_dir": self.export_dir}
 
-    def _export(self, model, splits, report):
-        """Exports `model`, measures the test split through the reloaded
-        export, and writes the report and curves into it."""
+    def _export(self, model, splits, report, recorded):
+        """Exports `model` (its class names and preprocessing `recorded`),
+        measures the test split through the reloaded export, and writes the
+        report and curves into it."""
         eval_batch_size = self.config.optimization.eval_batch_size
 
         def finalize(staging_dir, served):
-            logits = splits.test.map_batches(served.logits, eval_batch_size)
-            test = training.evaluate_logits(logits, splits.test.labels)
-            report.test_accuracy, report.test_loss = test["accuracy"], test["loss"]
+            logits = splits.test.map_batches(
+                served.logits, eval_batch_size, f"{self.stage}: measuring the test split"
+            )
+            matrix = record_test(report, logits, splits)
             assets = export.assets_extra_dir(staging_dir)
             reporting.write_json(report.as_json(), os.path.join(assets, "report.json"))
-            reporting.plot_curves(
-                report.epochs,
-                os.path.join(assets, "curves.png"),
-                title=f"{self.stage}: {report.model}",
+            title = f"{self.stage}: {report.model}"
+            reporting.plot_curves(report.epochs, os.path.join(assets, "curves.png"), title=title)
+            reporting.plot_confusion(
+                {title: matrix}, splits.class_names, os.path.join(assets, "confusion.png")
             )
 
         export.export_model(
             precision.float32_copy(model),
             self.export_dir,
             check_images=splits.validation.head(CHECK_EXAMPLES),
+            class_names=splits.class_names,
+            recorded=recorded,
             finalize=finalize,
             overwrite=self.config.export.overwrite,
         )

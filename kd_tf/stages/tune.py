@@ -1,10 +1,12 @@
-"""`tune`: keras-tuner search over the student's temperature and alpha.
+"""`tune`: keras-tuner search over the student's temperature and alpha, and,
+if asked, its loss and the loss's settings.
 
 The teacher's logits and the datasets are prepared once for all trials (see
 `kd_tf.tuning`); the search report goes to `<tune_dir>/report.json`. Ctrl-C
 keeps the search state in `tune_dir`: the same command resumes it.
 """
 
+import dataclasses
 import time
 
 from kd_tf import config as config_lib
@@ -30,8 +32,9 @@ def _search(config):
     policy = precision.resolve_for_run(config.runtime.precision)
     with prepare_distillation(config, strategy, policy) as inputs:
 
-        def build(temperature, alpha):
-            return build_distiller(config, inputs, model_name, temperature, alpha, policy)
+        def build(values):
+            distill = trial_distillation(config, values)
+            return build_distiller(config, inputs, model_name, policy, distill)
 
         trials = tuning.search(
             config.tune,
@@ -57,3 +60,12 @@ def _search(config):
         "stage_seconds": round(time.perf_counter() - started, 1),
     }
     return tuning.write_results(trials, config.tune.tune_dir, report)
+
+
+def trial_distillation(config, values):
+    """The run's `config.DistillationConfig` with a trial's `values` (see
+    `tuning.DistillationHyperModel`): its temperature, alpha, loss and settings."""
+    values = dict(values)
+    if "distillation_loss" in values:
+        values["distillation_loss"] = ((values["distillation_loss"], 1.0),)
+    return dataclasses.replace(config.distillation, **values)
