@@ -62,7 +62,8 @@ def _per_seed(seed, out, extra):
     more = flag_sets.run_alternating(
         {
             "student_compact_cnn": [
-                "--flagfile=flags/student.cfg", "--model=compact_cnn", f"--teacher_dir={teacher_dir}"
+                "--flagfile=flags/student.cfg", "--model=compact_cnn",
+                f"--teacher_dir={teacher_dir}",
             ],
             "scratch_augmented": ["--flagfile=flags/scratch_augmented.cfg"],
         },

@@ -8,8 +8,9 @@ Each suite writes `RESULTS_DIR/<suite>.json`: its figures, the date, the commit,
 and Keras's versions, the CPU it ran on as kd_tf sees it (`kd_tf.cpu`: model, AVX2 /
 AVX-512 / AMX, cores, oneDNN, and the threads and precision chosen) and the load average
 before and after (what else was running), and prints its table. `--smoke` runs every suite
-on a few hundred images for one epoch and one seed: it checks the wiring, not the figures
-(tests/test_benchmarks.py), and its results are marked `"smoke": true`.
+on a few hundred images for one epoch and one seed (the script suites only import their
+scripts): it checks the wiring, not the figures (tests/test_benchmarks.py), and its results
+are marked `"smoke": true`.
 
 Suites (`SUITES`):
 
@@ -21,9 +22,9 @@ Suites (`SUITES`):
   logits pass included (`vs_keras.py`); `levers`: what each lever of its speed gives;
 - `demo`: `make demo`'s stages with per-stage seconds and the results table's rows, over
   seeds (`demo.py`);
-- `digits`, `image_folders`, `streaming_memory`, `precision`: the figures of their sections
-  of docs/benchmarks.md and docs/precision-and-speed.md, through their scripts
-  (`script_suites.py`; they take their own flags after `--`).
+- `digits`, `image_folders`, `streaming_memory`, `methods`, `precision`: the figures of their
+  sections of docs/, through their scripts (`script_suites.py`; the last script of a suite
+  takes the flags given after `--`; `methods` gets `--seeds`).
 
 A new suite is a function `suite(settings) -> dict` (with `"rows"`, a list of dicts, for
 its table) registered in `SUITES`; `flag_sets.run_alternating` runs named sets of kd_tf

@@ -88,8 +88,9 @@ def suite(settings):
 
 
 def _row(summary):
+    accuracy = f"{summary['test_accuracy_mean']:.2f} ± {summary['test_accuracy_sd']:.2f}"
     return {
-        "test accuracy %": f"{summary['test_accuracy_mean']:.2f} ± {summary['test_accuracy_sd']:.2f}",
+        "test accuracy %": accuracy,
         f"s to {100 * TARGET:.1f} %": summary["seconds_to_target_mean"],
         "vs default": summary["time_to_target_vs_default"],
         "stage s": summary["stage_seconds_mean"],

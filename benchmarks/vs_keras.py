@@ -233,7 +233,9 @@ def suite(settings):
 def _slices_pipeline(splits, train_logits, prefetch=True):
     """The classic in-memory pipeline: slices -> cache -> shuffle -> batch."""
     dataset = (
-        tf.data.Dataset.from_tensor_slices(((splits.train.images, train_logits), splits.train.labels))
+        tf.data.Dataset.from_tensor_slices(
+            ((splits.train.images, train_logits), splits.train.labels)
+        )
         .cache().shuffle(len(splits.train), seed=SEED).repeat().batch(BATCH)
     )
     return pipelines.prefetched(dataset) if prefetch else dataset
@@ -311,9 +313,15 @@ def levers(settings):
             started = time.perf_counter()
             teacher.predict_logits(splits.train.images, batch_size=batch)
             logit_seconds[batch].append(time.perf_counter() - started)
-    rows = [{"lever": name, "measure": "training seconds per epoch",
-             "seconds": round(statistics.median(times), 3)} for name, times in epoch_seconds.items()]
-    rows += [{"lever": f"teacher logits with batch {batch}",
-              "measure": "seconds for the training split",
-              "seconds": round(statistics.median(times), 2)} for batch, times in logit_seconds.items()]
+    rows = [
+        {"lever": name, "measure": "training seconds per epoch",
+         "seconds": round(statistics.median(times), 3)}
+        for name, times in epoch_seconds.items()
+    ]
+    rows += [
+        {"lever": f"teacher logits with batch {batch}",
+         "measure": "seconds for the training split",
+         "seconds": round(statistics.median(times), 2)}
+        for batch, times in logit_seconds.items()
+    ]
     return {"rows": rows}

@@ -64,7 +64,8 @@ class RegistryTest(tf.test.TestCase):
             self.assertEqual(models.MODELS[name].role, "teacher")
             for shape, count in counts.items():
                 with self.subTest(model=name, shape=shape):
-                    self.assertEqual(models.build_model(name, shape, NUM_CLASSES).count_params(), count)
+                    built = models.build_model(name, shape, NUM_CLASSES)
+                    self.assertEqual(built.count_params(), count)
         layers_of = {
             name: {layer.name: layer for layer in models.build_model(name, (28, 28, 1), 10).layers}
             for name in LENET_PARAMETERS
