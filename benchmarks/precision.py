@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from kd_tf import (
+    cpu,
     data,
     distillation,
     distillation_losses,
@@ -160,7 +161,7 @@ def main():
         if key.endswith("seconds")
     }
     result = {
-        "cpu_flags": sorted(precision.cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile"}),
+        "cpu": cpu.as_json(*cpu.setup()),
         "auto_resolves_to": precision.resolve("auto"),
         "rounds": runs,
         "medians": medians,

@@ -94,16 +94,19 @@ class LogitsTable:
         for logits and hint features) over each view of `split`
         (`pipelines.views_in_order`), view 0 being the images themselves,
         into memory or, with `path`, into a file there (see `allocated_file`).
+        The views are drawn on tf.data's threads while the teacher runs on
+        the batches drawn before.
 
         Raises:
             ConfigError: the file does not fit on its disk."""
         shape = (len(split), max(1, num_views), int(width))
         array = np.zeros(shape, np.float32) if path is None else allocated_file(path, shape)
         with progress.Progress("teacher logits", shape[0] * shape[1], "views") as shown:
-            for view in range(shape[1]):
-                for indices, images in pipelines.views_in_order(split, view, seed, batch_size):
-                    array[indices.numpy(), view] = outputs(images).numpy()
-                    shown.add(len(indices))
+            for views, indices, images in pipelines.views_in_order(
+                split, shape[1], seed, batch_size
+            ):
+                array[indices.numpy(), views.numpy()] = outputs(images).numpy()
+                shown.add(len(indices))
         if path is not None:
             array.flush()
         return cls(array)

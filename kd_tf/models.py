@@ -154,6 +154,13 @@ def lenet_bn(image_shape, num_classes):
     return _lenet_with_batch_norm("lenet_bn", image_shape, num_classes, (32, 64), 256, 0.4)
 
 
+def lenet_narrow(image_shape, num_classes):
+    """A teacher for CPUs: `lenet_bn`'s shape at half its channels,
+    conv5x5 16 -> pool -> conv5x5 32 -> pool -> dense 128 -> dropout 0.3
+    (81 k parameters on MNIST); an epoch costs half of `lenet_bn`'s on a CPU."""
+    return _lenet_with_batch_norm("lenet_narrow", image_shape, num_classes, (16, 32), 128, 0.3)
+
+
 def compact_cnn(image_shape, num_classes):
     """A small student: conv5x5 8 -> pool -> conv5x5 16 -> pool -> dense 32
     (12 k parameters on MNIST, under 5 % of `lenet_bn`)."""
@@ -182,6 +189,9 @@ MODELS = {
     # 16 = (2 + 4) x 2 + 4: 5x5 convolution, 2x2 pool, 5x5 convolution, 2x2 pool (of 2 pixels).
     "lenet_bn": ModelSpec(
         lenet_bn, "teacher", "LeNet-5 shape with batch norm, the default teacher", 16
+    ),
+    "lenet_narrow": ModelSpec(
+        lenet_narrow, "teacher", "lenet_bn's shape at half its channels, twice as fast on a CPU", 16
     ),
     # 6 = 2 + 2 + 2: two 3x3 convolutions, then a 2x2 pool (of 2 pixels).
     "seed_cnn": ModelSpec(

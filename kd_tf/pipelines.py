@@ -26,6 +26,10 @@ MAX_SCALE_CHANGE = 0.1
 MAX_SHIFT_FRACTION = 0.08
 # Batches each pipeline prepares ahead of the training or evaluation step.
 PREFETCH_BATCHES = 2
+# A fixed view's draws: the top bits of a 64-bit hash, exact in float32.
+DRAW_BITS = 24
+_SPLITMIX_INCREMENT = 0x9E3779B97F4A7C15
+_SPLITMIX_ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
 # Folded into a step's seed for its mixup ratio, apart from its distortions'.
 _MIXUP_STREAM = 1
 
@@ -109,21 +113,38 @@ def mixup(images, labels, num_classes, alpha, seed):
     )
 
 
-def view_draws(seed, views, indices, num_examples):
+def view_draws(seed, views, indices):
     """The draws (as `distort` takes them, `[batch, 4]`) of view `views[b]` of
-    example `indices[b]`: drawn from `(seed, view * num_examples + index)`
-    alone, so the teacher's cached logits and every training pass see the
-    same view; view 0 is the image itself."""
-    keys = tf.stack(
-        [tf.fill(tf.shape(indices), tf.constant(seed, tf.int64)), views * num_examples + indices],
-        axis=1,
+    example `indices[b]`: a function of `(seed, view, index)` alone, so the
+    teacher's cached logits and every training pass see the same view; view 0
+    is the image itself (zero draws).
+
+    Vectorised over the batch: each draw is a counter-based hash
+    (`_hashed`) of `(seed, view, index, draw)` in integer ops, the same on
+    every CPU, its top 24 bits read as a uniform number in [-1, 1).
+    """
+    key = _hashed(_hashed(_hashed(_as_uint64(seed)) + _as_uint64(views)) + _as_uint64(indices))
+    bits = tf.bitwise.right_shift(
+        _hashed(key[:, None] + _as_uint64(tf.range(1, 5, dtype=tf.int64))),
+        tf.constant(64 - DRAW_BITS, tf.uint64),
     )
-    draws = tf.map_fn(
-        lambda key: tf.random.stateless_uniform([4], key, -1.0, 1.0),
-        keys,
-        fn_output_signature=tf.float32,
-    )
+    draws = tf.cast(bits, tf.float32) * (2.0 / 2**DRAW_BITS) - 1.0
     return tf.where((views > 0)[:, None], draws, tf.zeros_like(draws))
+
+
+def _as_uint64(values):
+    return tf.bitcast(tf.cast(values, tf.int64), tf.uint64)
+
+
+def _hashed(values):
+    """splitmix64 of uint64 `values` (Steele, Lea and Flood 2014): the
+    golden-ratio increment, then a finaliser whose every output bit depends
+    on every input bit, element by element (uint64 arithmetic wraps)."""
+    z = values + tf.constant(_SPLITMIX_INCREMENT, tf.uint64)
+    for shift, multiplier in _SPLITMIX_ROUNDS:
+        z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(shift, tf.uint64)))
+        z = z * tf.constant(multiplier, tf.uint64)
+    return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(31, tf.uint64)))
 
 
 def view_of(index, num_views, pass_number):
@@ -134,18 +155,35 @@ def view_of(index, num_views, pass_number):
     return (pass_number + index) % num_views
 
 
-def views_in_order(split, view, seed, batch_size):
-    """View `view` of every example of `split`, in order, as batches of
-    `(indices, images)` (what the teacher's cached logits are computed on)."""
-    num_examples = len(split)
+def views_in_order(split, num_views, seed, batch_size):
+    """Views 0 to `num_views - 1` of every example of `split`, view after
+    view, each in index order, as batches of `(views, indices, images)`
+    (what the teacher's cached logits are computed on; a batch holds one
+    view). The views are drawn in parallel on tf.data's threads and
+    prefetched, so a consumer running the teacher on one batch overlaps the
+    drawing of the next ones.
 
-    def viewed(indices, images):
-        if not view:
-            return indices, images
-        views = tf.fill(tf.shape(indices), tf.constant(view, tf.int64))
-        return indices, distort(images, view_draws(seed, views, indices, num_examples))
+    Usage:
 
-    return split.in_order().batch(batch_size).map(viewed)
+    ```python
+    for views, indices, images in views_in_order(split, 4, seed=0, batch_size=1024):
+        logits = teacher(images)
+    ```
+    """
+    batches_per_view = steps_per_epoch(len(split), batch_size)
+
+    def viewed(step, batch):
+        indices, images = batch
+        views = tf.fill(tf.shape(indices), step // batches_per_view)
+        images = tf.cond(
+            views[0] > 0,
+            lambda: distort(images, view_draws(seed, views, indices)),
+            lambda: images,
+        )
+        return views, indices, images
+
+    dataset = split.batched_in_order(batch_size).repeat(max(1, num_views)).enumerate()
+    return prefetched(dataset.map(viewed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def augmentation(augment, augment_views):
@@ -193,12 +231,12 @@ def training_dataset(
     """
     if (augment or mixup_alpha) and logits is not None:
         raise ValueError("random augmentation and mixup need an online teacher, not cached logits")
-    labels, num_examples = tf.constant(split.labels), len(split)
+    labels = tf.constant(split.labels)
 
     def batch(passes, indices, images):
         shown = view_of(indices, views, passes)
         if views:
-            images = distort(images, view_draws(seed, shown, indices, num_examples))
+            images = distort(images, view_draws(seed, shown, indices))
         return _joined(indices, shown, images, labels, logits)
 
     dataset = split.batched_passes(seed, batch_size).map(
@@ -247,7 +285,7 @@ def evaluation_dataset(split, batch_size, *, logits=None):
         A `tf.data.Dataset` (cached when the split is in memory).
     """
     labels = tf.constant(split.labels)
-    dataset = split.in_order().batch(batch_size).map(
+    dataset = split.batched_in_order(batch_size).map(
         lambda indices, images: _joined(
             indices, tf.zeros_like(indices), images, labels, logits
         )

@@ -3,11 +3,10 @@
 `resolve("auto")` picks, from what the machine can run fast:
 
 - `mixed_bfloat16` on a GPU of compute capability 8.0 or more, or, without a
-  GPU, where oneDNN runs bfloat16 on AMX (`cpu_bfloat16`: `amx_bf16` in
-  `/proc/cpuinfo`, oneDNN on and not capped below AMX by
-  `ONEDNN_MAX_CPU_ISA`). A CPU with AVX-512 BF16 but no AMX keeps float32:
-  on such a CPU (an AMD EPYC) kd_tf's models trained no faster in bfloat16
-  (benchmarks/precision.py; docs/precision-and-speed.md);
+  GPU, where oneDNN runs bfloat16 on AMX (`cpu.Cpu.bfloat16_kernels`: the
+  `amx_bf16` flag, oneDNN on, no `ONEDNN_MAX_CPU_ISA` below AMX). A CPU with
+  AVX-512 BF16 but no AMX keeps float32: on such a CPU (an AMD EPYC) kd_tf's
+  models trained no faster in bfloat16 (docs/precision-and-speed.md);
 - `mixed_float16` on older GPUs (Keras's `compile` then wraps the optimiser
   in a `LossScaleOptimizer`, which scales the loss dynamically);
 - `float32` elsewhere.
@@ -31,21 +30,15 @@ with precision.policy(name):
 """
 
 import contextlib
-import os
 
 import keras
 import tensorflow as tf
 from absl import logging
 
+from kd_tf import cpu as cpu_lib
 from kd_tf.errors import ConfigError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-# CPU flags (Linux /proc/cpuinfo) under which oneDNN runs bfloat16 fast.
-BF16_CPU_FLAGS = ("amx_bf16",)
-# TensorFlow hands bfloat16 ops (and its bfloat16 graph rewrite) to oneDNN on a
-# CPU with this flag (IsBF16SupportedByOneDNNOnThisCPU: AVX-512F), and runs
-# them on its own kernels elsewhere.
-ONEDNN_BF16_CPU_FLAG = "avx512f"
 # GPUs from this compute capability (Ampere) on have fast bfloat16.
 BF16_GPU_CAPABILITY = (8, 0)
 # Grappler's auto mixed precision, which runs a float32 graph (a teacher's
@@ -54,16 +47,6 @@ _GRAPH_REWRITES = {
     "mixed_bfloat16": "auto_mixed_precision_onednn_bfloat16",
     "mixed_float16": "auto_mixed_precision",
 }
-
-
-def cpu_flags(path="/proc/cpuinfo"):
-    """The CPU's feature flags, from `path` (empty where there is no such file)."""
-    try:
-        with open(path) as f:
-            lines = [line for line in f if line.startswith("flags")]
-    except OSError:
-        return set()
-    return {flag for line in lines for flag in line.split(":", 1)[1].split()}
 
 
 def gpu_capabilities():
@@ -75,53 +58,20 @@ def gpu_capabilities():
     return capabilities
 
 
-def cpu_bfloat16(cpu=None, env=None):
-    """What runs bfloat16 ops on this CPU.
-
-    Args:
-        cpu: CPU flags; default: `cpu_flags()`.
-        env: the environment (`TF_ENABLE_ONEDNN_OPTS`, `ONEDNN_MAX_CPU_ISA`
-            or its older name `DNNL_MAX_CPU_ISA`); default: `os.environ`.
-
-    Returns:
-        "amx": oneDNN on AMX; "avx512": oneDNN on AVX-512 without AMX;
-        "tensorflow": TensorFlow's own kernels (no AVX-512F, or oneDNN off),
-        where its bfloat16 graph rewrite changes nothing; None: nothing, as
-        TensorFlow hands bfloat16 to oneDNN (the CPU has AVX-512F) but
-        `ONEDNN_MAX_CPU_ISA` caps oneDNN below AVX512_CORE, so that oneDNN
-        aborts the process.
-
-    Usage: `precision.cpu_bfloat16()  # e.g. "amx"`
-    """
-    cpu = cpu_flags() if cpu is None else cpu
-    env = os.environ if env is None else env
-    onednn_off = env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("0", "false")
-    if onednn_off or ONEDNN_BF16_CPU_FLAG not in cpu:
-        return "tensorflow"
-    # oneDNN's ISA names: SSE41, AVX, AVX2, AVX2_VNNI(_2) below AVX-512,
-    # AVX512_CORE..., AVX10_..., with AMX in the names of those that use AMX.
-    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    if cap not in ("ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
-        return None
-    amx = cap in ("ALL", "DEFAULT") or "AMX" in cap
-    return "amx" if amx and any(flag in cpu for flag in BF16_CPU_FLAGS) else "avx512"
-
-
-def resolve(requested, *, cpu=None, gpus=None, env=None):
+def resolve(requested, *, cpu=None, gpus=None):
     """The dtype policy name for `requested` (one of `PRECISIONS`).
 
     Args:
         requested: "auto" or a policy name, returned as it is.
-        cpu: CPU flags; default: `cpu_flags()`.
+        cpu: a `cpu.Cpu`; default: `cpu.describe()`.
         gpus: GPU compute capabilities; default: `gpu_capabilities()`.
-        env: the environment; default: `os.environ` (see `cpu_bfloat16`).
 
     Returns:
         "float32", "mixed_bfloat16" or "mixed_float16".
 
     Raises:
         ConfigError: "mixed_bfloat16" without a GPU where bfloat16 cannot
-            run (`cpu_bfloat16` is None).
+            run (`cpu.Cpu.bfloat16_kernels` is None).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
@@ -132,8 +82,8 @@ def resolve(requested, *, cpu=None, gpus=None, env=None):
         if all(capability >= BF16_GPU_CAPABILITY for capability in gpus):
             return "mixed_bfloat16"
         return "mixed_float16"
-    on_cpu = cpu_bfloat16(cpu, env)
-    if requested == "mixed_bfloat16" and on_cpu is None:
+    machine = cpu_lib.describe() if cpu is None else cpu
+    if requested == "mixed_bfloat16" and machine.bfloat16_kernels is None:
         raise ConfigError(
             ("precision",),
             "{0}=mixed_bfloat16 cannot run on this CPU while ONEDNN_MAX_CPU_ISA caps oneDNN "
@@ -142,7 +92,7 @@ def resolve(requested, *, cpu=None, gpus=None, env=None):
         )
     if requested != "auto":
         return requested
-    return "mixed_bfloat16" if on_cpu == "amx" else "float32"
+    return cpu_lib.choose(machine).precision
 
 
 def float32_copy(model):
@@ -176,10 +126,11 @@ def graph_rewrite(name):
     """Within the block, the float32 graphs TensorFlow runs for the first time
     (e.g. a loaded teacher's signature) are rewritten to compute in the 16-bit
     type of policy `name` (see `_GRAPH_REWRITES`); nothing changes for float32,
-    nor for bfloat16 where oneDNN does not run it (`cpu_bfloat16`; logged).
+    nor for bfloat16 where oneDNN does not run it (`cpu.Cpu.bfloat16_kernels`;
+    logged).
     The student stage computes its cached teacher logits so."""
     option = _GRAPH_REWRITES.get(name)
-    if name == "mixed_bfloat16" and cpu_bfloat16() not in ("amx", "avx512"):
+    if name == "mixed_bfloat16" and cpu_lib.describe().bfloat16_kernels not in ("amx", "avx512"):
         logging.info("teacher logits in float32: oneDNN runs no bfloat16 on this CPU")
         option = None
     if option is None:

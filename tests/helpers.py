@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import command_line, data, export, main, precision, reporting
+from kd_tf import command_line, cpu, data, export, main, reporting
 from kd_tf.export import writing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ FLOAT32 = "--precision=float32"
 # ONEDNN_MAX_CPU_ISA caps oneDNN below AVX512_CORE (a weaker CPU emulated),
 # a bfloat16 layer aborts the process: tests of bfloat16 skip there.
 NO_BFLOAT16 = "ONEDNN_MAX_CPU_ISA caps oneDNN below AVX512_CORE on this AVX-512 CPU"
-requires_bfloat16 = unittest.skipIf(precision.cpu_bfloat16() is None, NO_BFLOAT16)
+requires_bfloat16 = unittest.skipIf(cpu.describe().bfloat16_kernels is None, NO_BFLOAT16)
 
 # The session's teacher (tests/conftest.py, `mnist_teacher`): `seed_mlp`
 # through the teacher stage, 2 epochs on 2048 training images (about 80 %

@@ -23,6 +23,10 @@ PARAMETERS = {
     "resnet_small": {(28, 28, 1): 605_354, (32, 32, 3): 605_930},
     "mobilenet_small": {(28, 28, 1): 38_346, (32, 32, 3): 38_634},
 }
+LENET_PARAMETERS = {
+    "lenet_bn": {(28, 28, 1): 318_122, (32, 32, 3): 467_178},
+    "lenet_narrow": {(28, 28, 1): 80_730, (32, 32, 3): 118_394},
+}
 
 
 @pytest.mark.slow
@@ -54,6 +58,26 @@ class RegistryTest(tf.test.TestCase):
         self.assertEqual(models.MODELS["resnet_small"].role, "teacher")
         self.assertEqual(models.MODELS["mobilenet_small"].role, "student")
         self.assertEqual((models.DEFAULT_TEACHER, models.DEFAULT_STUDENT), ("lenet_bn", "seed_mlp"))
+
+    def test_lenet_narrow_is_lenet_bn_at_half_the_channels(self):
+        for name, counts in LENET_PARAMETERS.items():
+            self.assertEqual(models.MODELS[name].min_image_size, 16)
+            self.assertEqual(models.MODELS[name].role, "teacher")
+            for shape, count in counts.items():
+                with self.subTest(model=name, shape=shape):
+                    built = models.build_model(name, shape, NUM_CLASSES)
+                    self.assertEqual(built.count_params(), count)
+        layers_of = {
+            name: {layer.name: layer for layer in models.build_model(name, (28, 28, 1), 10).layers}
+            for name in LENET_PARAMETERS
+        }
+        for layer in ("block1_conv", "block2_conv", "fc1_dense"):
+            wide = layers_of["lenet_bn"][layer].get_config()
+            narrow = layers_of["lenet_narrow"][layer].get_config()
+            width = "units" if layer == "fc1_dense" else "filters"
+            self.assertEqual(narrow[width] * 2, wide[width])
+            self.assertEqual(narrow.get("kernel_size"), wide.get("kernel_size"))
+        self.assertEqual(layers_of["lenet_narrow"]["dropout"].rate, 0.3)
 
     @helpers.requires_bfloat16
     def test_the_colour_models_keep_float32_logits_under_mixed_precision(self):

@@ -14,6 +14,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from kd_tf import (
     command_line,
+    cpu,
     distillation,
     distillation_losses,
     export,
@@ -30,25 +31,31 @@ def _images(count, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
 
 
-AMX_CPU = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+AMX_CPU = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpu(*flags, onednn=True, onednn_max_isa=None):
+    return cpu.Cpu("a CPU", frozenset(flags), 2, onednn, onednn_max_isa)
 
 
 class ResolveTest(tf.test.TestCase):
     def test_auto(self):
         cases = {
-            ("avx512f", "amx_bf16", "amx_tile", "avx512_bf16"): "mixed_bfloat16",
-            ("avx512f", "amx_bf16"): "mixed_bfloat16",
+            _cpu(*AMX_CPU): "mixed_bfloat16",
+            _cpu("avx512f", "amx_bf16"): "mixed_bfloat16",
+            _cpu(*AMX_CPU, onednn_max_isa="AVX512_CORE_AMX"): "mixed_bfloat16",
+            # oneDNN without AMX (off, or capped below it) has no fast bfloat16.
+            _cpu(*AMX_CPU, onednn=False): "float32",
+            _cpu(*AMX_CPU, onednn_max_isa="AVX512_CORE_BF16"): "float32",
+            _cpu(*AMX_CPU, onednn_max_isa="AVX2"): "float32",
             # AVX-512 BF16 without AMX trained no faster (docs/precision-and-speed.md).
-            ("avx512f", "avx512_bf16"): "float32",
-            ("avx512f", "avx2"): "float32",
-            ("avx2",): "float32",
-            (): "float32",
+            _cpu("avx512f", "avx512_bf16"): "float32",
+            _cpu("avx512f", "avx2"): "float32",
+            _cpu(): "float32",
         }
-        for flags, expected in cases.items():
-            with self.subTest(cpu=flags):
-                self.assertEqual(
-                    precision.resolve("auto", cpu=set(flags), gpus=[], env={}), expected
-                )
+        for machine, expected in cases.items():
+            with self.subTest(cpu=machine):
+                self.assertEqual(precision.resolve("auto", cpu=machine, gpus=[]), expected)
         for gpus, expected in (
             ([(8, 0)], "mixed_bfloat16"),
             ([(9, 0), (8, 6)], "mixed_bfloat16"),
@@ -56,44 +63,33 @@ class ResolveTest(tf.test.TestCase):
             ([(8, 0), (7, 0)], "mixed_float16"),
         ):
             with self.subTest(gpus=gpus):
-                self.assertEqual(precision.resolve("auto", cpu={"avx512_bf16"}, gpus=gpus), expected)
+                resolved = precision.resolve("auto", cpu=_cpu("avx512_bf16"), gpus=gpus)
+                self.assertEqual(resolved, expected)
 
     def test_what_runs_bfloat16_follows_the_cpu_and_onednn_settings(self):
         cases = (
-            (AMX_CPU, {}, "amx"),
-            (AMX_CPU, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "amx"),
-            (AMX_CPU, {"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, "avx512"),
-            (AMX_CPU, {"DNNL_MAX_CPU_ISA": "AVX512_CORE"}, "avx512"),
-            (AMX_CPU, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, None),
-            (AMX_CPU, {"TF_ENABLE_ONEDNN_OPTS": "0"}, "tensorflow"),
-            ({"avx2", "fma"}, {}, "tensorflow"),
-            ({"avx2", "fma"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "tensorflow"),
+            (_cpu(*AMX_CPU), "amx"),
+            (_cpu(*AMX_CPU, onednn_max_isa="AVX512_CORE_AMX"), "amx"),
+            (_cpu(*AMX_CPU, onednn_max_isa="avx512_core_bf16"), "avx512"),
+            (_cpu(*AMX_CPU, onednn_max_isa="AVX2"), None),
+            (_cpu(*AMX_CPU, onednn=False), "tensorflow"),
+            (_cpu("avx2"), "tensorflow"),
+            (_cpu("avx2", onednn_max_isa="AVX2"), "tensorflow"),
         )
-        for cpu, env, expected in cases:
-            with self.subTest(cpu=sorted(cpu), env=env):
-                self.assertEqual(precision.cpu_bfloat16(cpu, env), expected)
-        # An AMX CPU that oneDNN may not use AMX on keeps float32 under auto.
-        for env in ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, {"TF_ENABLE_ONEDNN_OPTS": "false"}):
-            with self.subTest(env=env):
-                self.assertEqual(precision.resolve("auto", cpu=AMX_CPU, gpus=[], env=env), "float32")
-        capped = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
-        self.assertEqual(precision.resolve("auto", cpu=AMX_CPU, gpus=[], env=capped), "float32")
+        for machine, expected in cases:
+            with self.subTest(cpu=machine):
+                self.assertEqual(machine.bfloat16_kernels, expected)
+        environ = {"DNNL_MAX_CPU_ISA": "AVX512_CORE", "TF_ENABLE_ONEDNN_OPTS": "1"}
+        self.assertEqual(cpu.describe(environ=environ).onednn_max_isa, "AVX512_CORE")
+        capped = _cpu(*AMX_CPU, onednn_max_isa="AVX2")
         with self.assertRaisesRegex(ConfigError, "cannot run on this CPU while ONEDNN_MAX_CPU_ISA"):
-            precision.resolve("mixed_bfloat16", cpu=AMX_CPU, gpus=[], env=capped)
+            precision.resolve("mixed_bfloat16", cpu=capped, gpus=[])
 
     def test_explicit_choices_are_kept(self):
         for name in ("float32", "mixed_bfloat16", "mixed_float16"):
-            self.assertEqual(precision.resolve(name, cpu=set(), gpus=[(7, 0)]), name)
-            self.assertEqual(precision.resolve(name, cpu={"avx2"}, gpus=[], env={}), name)
+            self.assertEqual(precision.resolve(name, cpu=_cpu(), gpus=[(7, 0)]), name)
         with self.assertRaises(ValueError):
             precision.resolve("bfloat16")
-
-    def test_cpu_flags_are_read_from_cpuinfo(self):
-        path = os.path.join(tempfile.mkdtemp(), "cpuinfo")
-        with open(path, "w") as f:
-            f.write("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: fpu amx_bf16\n")
-        self.assertEqual(precision.cpu_flags(path), {"fpu", "avx512f", "avx512_bf16", "amx_bf16"})
-        self.assertEqual(precision.cpu_flags(path + ".missing"), set())
 
     def test_policy_is_restored(self):
         before = keras.config.dtype_policy().name
@@ -106,7 +102,7 @@ class ResolveTest(tf.test.TestCase):
 class GraphRewriteTest(tf.test.TestCase):
     def test_a_float32_graph_runs_in_bfloat16_within_the_block(self):
         """In bfloat16 where oneDNN runs it, in float32 elsewhere (docs/precision-and-speed.md)."""
-        runs_bfloat16 = precision.cpu_bfloat16()
+        runs_bfloat16 = cpu.describe().bfloat16_kernels
         if runs_bfloat16 is None:
             self.skipTest(helpers.NO_BFLOAT16)
         with precision.policy("float32"):
@@ -224,7 +220,7 @@ def _bfloat16_cannot_run():
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if (
         isa in _ISAS_WITHOUT_BFLOAT16
-        and "avx512f" in precision.cpu_flags()
+        and "avx512f" in cpu.read_cpuinfo()[1]
         and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
     ):
         return (

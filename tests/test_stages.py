@@ -8,7 +8,7 @@ import helpers
 import pytest
 import tensorflow as tf
 
-from kd_tf import data, export, reporting, stages, training
+from kd_tf import cpu, data, export, precision, reporting, stages, training
 
 REPORT_KEYS = {
     "stage",
@@ -20,6 +20,7 @@ REPORT_KEYS = {
     "best_epoch",
     "test_accuracy",
     "test_loss",
+    "cpu",
 }
 EPOCH_KEYS = {"train_seconds", "loss", "accuracy", "val_loss", "val_accuracy"}
 STUDENT_KEYS = {
@@ -58,6 +59,8 @@ class StagesTest(tf.test.TestCase):
         self.assertEqual(on_disk["data"]["train_examples"], train_examples)
         self.assertEqual(on_disk["data"]["test_examples"], 10000)
         self.assertEqual(on_disk["flags"]["stage"], stage)
+        self.assertEqual(on_disk["cpu"]["model"], cpu.describe().model)
+        self.assertEqual(on_disk["cpu"]["choices"]["precision"], precision.resolve("auto", gpus=[]))
         self.assertTrue(os.path.isfile(os.path.join(export_dir, "assets.extra", "curves.png")))
         self.assertTrue(glob.glob(f"{root}/logs/{stage}/*/train/events.out.tfevents.*"))
 

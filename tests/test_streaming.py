@@ -167,10 +167,9 @@ class StreamedSplitTest(tf.test.TestCase):
         super().setUp()
         if not hasattr(type(self), "views"):
             split = _load("directory", self.tree).train
+            batches = list(pipelines.views_in_order(split, VIEWS, 3, 128).as_numpy_iterator())
             type(self).views = [
-                np.concatenate(
-                    [images.numpy() for _, images in pipelines.views_in_order(split, view, 3, 128)]
-                )
+                np.concatenate([images for views, _, images in batches if views[0] == view])
                 for view in range(VIEWS)
             ]
             type(self).view_logits = [

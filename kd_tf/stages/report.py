@@ -49,6 +49,8 @@ class RunReport:
         stage_seconds: wall time up to the export.
         resumed_from_epoch: the backed-up epoch it resumed after (0: none).
         precision: the dtype policy it trained in (see `kd_tf.precision`).
+        cpu: the CPU and the threads and precision chosen for it
+            (`kd_tf.cpu.as_json`).
         distillation: the student's teacher and loss fields, the teacher
             check's among them (`teacher_check.TeacherCheck.report_fields`:
             `teacher_validation_accuracy`, the pixel range, class order);
@@ -74,6 +76,7 @@ class RunReport:
     stage_seconds: float
     resumed_from_epoch: int
     precision: str
+    cpu: dict
     distillation: dict = dataclasses.field(default_factory=dict)
     test_accuracy: float | None = None
     test_loss: float | None = None

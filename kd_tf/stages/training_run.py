@@ -41,6 +41,7 @@ from absl import logging
 
 from kd_tf import (
     backup,
+    cpu,
     data,
     distribution,
     export,
@@ -149,6 +150,7 @@ class TrainingRun:
 
     def __init__(self, config, stage, model_name):
         self.started = time.perf_counter()
+        self.cpu = cpu.for_run()
         self.config = config
         self.stage = stage
         self.model_name = model_name
@@ -276,6 +278,7 @@ class TrainingRun:
             stage_seconds=round(time.perf_counter() - self.started, 1),
             resumed_from_epoch=self.resumed_from_epoch,
             precision=self.precision,
+            cpu=self.cpu,
             distillation=distillation or {},
         )
         with self._reading(splits):

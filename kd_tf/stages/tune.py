@@ -10,7 +10,7 @@ import dataclasses
 import time
 
 from kd_tf import config as config_lib
-from kd_tf import distribution, interrupts, models, precision, tuning
+from kd_tf import cpu, distribution, interrupts, models, precision, tuning
 from kd_tf.stages.report import data_summary
 from kd_tf.stages.student import build_distiller, prepare_distillation
 
@@ -25,6 +25,7 @@ def run(config):
 
 def _search(config):
     started = time.perf_counter()
+    cpu_fields = cpu.for_run()
     model_name = config.model.model or models.DEFAULT_STUDENT
     tuning.check_tune_dir(config.tune.tune_dir)
     strategy = distribution.strategy_for(config.runtime, config.optimization.batch_size)
@@ -54,6 +55,7 @@ def _search(config):
         "tuner": config.tune.tuner,
         "objective": tuning.OBJECTIVE,
         "precision": policy,
+        "cpu": cpu_fields,
         **teacher_fields,
         "stage_seconds": round(time.perf_counter() - started, 1),
     }

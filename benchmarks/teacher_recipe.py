@@ -1,0 +1,98 @@
+"""The teacher recipe's time to accuracy: today's default against candidates, side by side.
+
+Each recipe is a flag file (`RECIPES`) run by `flag_sets.run_alternating` for every seed,
+the recipes alternating, with `--monitor_test` so that every epoch records the test
+accuracy of the weights it ended with. For each run:
+
+- time to `TARGET` test accuracy: the training and validation seconds of the epochs up to
+  the first one whose test accuracy reaches it (None if none does);
+- the final test accuracy (of the exported best epoch, through the reloaded export) and the
+  stage's seconds.
+
+Per recipe, the mean and standard deviation over seeds, and for the candidate the ratios of
+its mean time to target and stage seconds to the default's (< 0.4: the candidate may
+become the default, if its mean accuracy is >= 99.5 %).
+
+Usage (from `benchmarks/run.py`): `python -m benchmarks.run teacher_recipe --seeds=3`.
+"""
+
+import statistics
+
+from benchmarks import flag_sets
+
+TARGET = 0.995
+DEFAULT = "lenet_bn"
+# Recipe name -> kd_tf arguments. The first is the default the others are compared with.
+RECIPES = {
+    DEFAULT: ["--flagfile=flags/teacher.cfg"],
+    "lenet_narrow_12": ["--flagfile=flags/teacher_fast.cfg"],
+    "lenet_narrow_15": ["--flagfile=flags/teacher_fast.cfg", "--epochs=15"],
+}
+SMOKE_FLAGS = ["--train_examples=256", "--validation_examples=128", "--epochs=1"]
+
+
+def seconds_to_target(epochs, target=TARGET):
+    """Training plus validation seconds up to the first epoch whose
+    `test_accuracy` reaches `target`, or None."""
+    spent = 0.0
+    for epoch in epochs:
+        spent += epoch["train_seconds"] + epoch["validation_seconds"]
+        if epoch["test_accuracy"] >= target:
+            return round(spent, 1)
+    return None
+
+
+def _recipe_summary(runs):
+    reached = [seconds_to_target(run.report["epochs"]) for run in runs]
+    stage = [run.report["stage_seconds"] for run in runs]
+    return {
+        **flag_sets.accuracy_summary([run.report for run in runs]),
+        "seconds_to_target": reached,
+        "seconds_to_target_mean": (
+            round(statistics.fmean(reached), 1) if None not in reached else None
+        ),
+        "stage_seconds_mean": round(statistics.fmean(stage), 1),
+        "epoch_seconds_median": round(
+            statistics.median(e["train_seconds"] for run in runs for e in run.report["epochs"]), 2
+        ),
+        "epochs": runs[0].report["flags"]["epochs"],
+        "model": runs[0].report["model"],
+        "precision": runs[0].report["precision"],
+    }
+
+
+def _ratio(value, reference):
+    return round(value / reference, 3) if value is not None and reference else None
+
+
+def suite(settings):
+    """Runs the recipes over `settings.seeds`; returns the figures (see module doc)."""
+    extra = ["--monitor_test", *(SMOKE_FLAGS if settings.smoke else [])]
+    runs = flag_sets.run_alternating(
+        RECIPES, seeds=settings.seeds, out=f"{settings.out}/teacher_recipe", extra=extra
+    )
+    recipes = {name: _recipe_summary(recipe_runs) for name, recipe_runs in runs.items()}
+    default = recipes[DEFAULT]
+    for summary in recipes.values():
+        summary["time_to_target_vs_default"] = _ratio(
+            summary["seconds_to_target_mean"], default["seconds_to_target_mean"]
+        )
+        summary["stage_seconds_vs_default"] = _ratio(
+            summary["stage_seconds_mean"], default["stage_seconds_mean"]
+        )
+    return {
+        "target_test_accuracy": TARGET,
+        "recipes": {name: {"flags": RECIPES[name], **s} for name, s in recipes.items()},
+        "rows": [{"recipe": name, **_row(s)} for name, s in recipes.items()],
+    }
+
+
+def _row(summary):
+    accuracy = f"{summary['test_accuracy_mean']:.2f} ± {summary['test_accuracy_sd']:.2f}"
+    return {
+        "test accuracy %": accuracy,
+        f"s to {100 * TARGET:.1f} %": summary["seconds_to_target_mean"],
+        "vs default": summary["time_to_target_vs_default"],
+        "stage s": summary["stage_seconds_mean"],
+        "epoch s": summary["epoch_seconds_median"],
+    }

@@ -1,0 +1,69 @@
+"""The benchmarks' entry point is wired: `python -m benchmarks.run --smoke` runs every
+suite on a few hundred images for one epoch (the script suites only start their
+scripts) and writes each suite's JSON with the CPU it ran on and the load; it
+refuses unknown suites. Figures are not checked here: they are the benchmarks'.
+The time-to-accuracy rule of `teacher_recipe` is checked on made-up epochs."""
+
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from benchmarks import run, teacher_recipe
+from kd_tf import reporting
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _benchmarks(*argv):
+    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *argv],
+        cwd=REPO, env=environ, capture_output=True, text=True,
+    )
+
+
+class EntryPointTest(tf.test.TestCase):
+    def test_every_suite_runs_in_smoke_mode_and_writes_its_results(self):
+        out, results = self.get_temp_dir(), os.path.join(self.get_temp_dir(), "results")
+        finished = _benchmarks("--smoke", f"--out={out}", f"--results_dir={results}", *run.SUITES)
+        self.assertEqual(finished.returncode, 0, finished.stdout[-3000:] + finished.stderr[-3000:])
+        self.assertCountEqual(os.listdir(results), [f"{name}.json" for name in run.SUITES])
+        for name in run.SUITES:
+            with self.subTest(suite=name):
+                written = reporting.read_json(os.path.join(results, f"{name}.json"))
+                self.assertEqual((written["suite"], written["smoke"]), (name, True))
+                kinds = ("AMX", "AVX-512 BF16", "AVX-512", "AVX2", "older")
+                self.assertIn(written["machine"]["cpu"]["kind"], kinds)
+                self.assertLen(written["machine"]["load_average_before"], 3)
+        recipes = reporting.read_json(os.path.join(results, "teacher_recipe.json"))["recipes"]
+        self.assertCountEqual(recipes, teacher_recipe.RECIPES)
+        for recipe in recipes.values():
+            self.assertLen(recipe["test_accuracies"], 1)
+        passes = reporting.read_json(os.path.join(results, "logits_pass.json"))
+        self.assertEqual(passes["images"], 512)
+        self.assertGreater(passes["bare_images_per_second"], 0)
+        keras_rows = reporting.read_json(os.path.join(results, "vs_keras.json"))["rows"]
+        self.assertLen(keras_rows, 4)
+        demo = reporting.read_json(os.path.join(results, "demo.json"))
+        self.assertCountEqual(
+            [row["run"] for row in demo["rows"]],
+            ["teacher", "student", "scratch", "student (compact_cnn)", "scratch (augmented views)"],
+        )
+
+    def test_unknown_suites_are_refused(self):
+        finished = _benchmarks("--smoke", "no_such_suite")
+        self.assertEqual(finished.returncode, 2)
+        self.assertIn("unknown: no_such_suite", finished.stderr)
+
+
+class TimeToTargetTest(tf.test.TestCase):
+    def test_seconds_up_to_the_first_epoch_at_the_target(self):
+        epochs = [
+            {"train_seconds": 10.0, "validation_seconds": 1.0, "test_accuracy": 0.990},
+            {"train_seconds": 10.0, "validation_seconds": 1.0, "test_accuracy": 0.995},
+            {"train_seconds": 10.0, "validation_seconds": 1.0, "test_accuracy": 0.993},
+        ]
+        self.assertEqual(teacher_recipe.seconds_to_target(epochs), 22.0)
+        self.assertIsNone(teacher_recipe.seconds_to_target(epochs, target=0.996))
