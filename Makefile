@@ -1,10 +1,11 @@
 # `make demo`: set up, then teacher -> student -> scratch on MNIST with the default flag files.
 # `make test`: set up, then the test suite.
+# `make bench-smoke`: every benchmark suite on a few hundred images (wiring only, no figures).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test bench-smoke setup clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest tests -q -n 2
+
+bench-smoke: setup
+	$(BIN)/python -m benchmarks.run --smoke --out=/tmp/kd_tf_bench_smoke $$($(BIN)/python -m benchmarks.run --list)
 
 clean:
 	rm -rf $(VENV) *.egg-info
