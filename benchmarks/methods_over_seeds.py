@@ -14,7 +14,9 @@ Through kd_tf's command line only (`kd_tf_process`), for each data set of
    the papers' equal weighting), and, for `compact_cnn`, `kd_hint` (KD plus
    `--hint_layers=penultimate`).
 
-Each run's test accuracy is kd_tf's, measured on its reloaded export. The
+A run whose export is already in `<out>/saved_models/<name>` is not run again: its report is
+read (a teacher trained elsewhere can be put there as `mnist_teacher`). Each run's test accuracy
+is kd_tf's, measured on its reloaded export. The
 table gives, per data set, model and method, the mean ± sample standard
 deviation over the seeds, and the gap to the teacher.
 
@@ -22,6 +24,7 @@ Usage:
 
     python benchmarks/methods_over_seeds.py --out=/tmp/kd_tf_methods --seeds=0,1,2
     # a smoke run: --datasets=digits --seeds=0 --epochs=1 --train_examples=512
+    # one student model: --datasets=mnist --models=seed_mlp
 
 Writes `<out>/methods_over_seeds.json` and prints the Markdown table.
 """
@@ -36,6 +39,7 @@ from absl import app, flags
 _OUT = flags.DEFINE_string("out", "/tmp/kd_tf_methods", "Directory for exports, logs and results.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
 _DATASETS = flags.DEFINE_list("datasets", ["mnist", "digits"], "mnist and/or digits.")
+_MODELS = flags.DEFINE_list("models", None, "Only these student models (default: each plan's).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Override every run's epochs (smoke runs).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "Cap (smoke runs only).")
 
@@ -90,6 +94,8 @@ def _dataset_rows(dataset, out):
     teacher_dir, teacher = _run(out, f"{dataset}_teacher", [*teacher_flags, *data_flags, "--seed=0"])
     rows = []
     for model, methods in students.items():
+        if _MODELS.value and model not in _MODELS.value:
+            continue
         for method in methods:
             for seed in _SEEDS.value:
                 argv = [*METHODS[method], *data_flags, f"--model={model}", f"--seed={seed}"]
