@@ -170,6 +170,20 @@ def evaluate_logits(logits, labels):
     }
 
 
+def build_optimizer(trainer):
+    """Creates the optimiser's variables of the compiled `trainer` before `fit`.
+
+    Compiled outside a distribution strategy's scope, Keras creates them
+    while tracing the first training step, and `tf.function` then traces the
+    step a second time, one that may not create variables: built first, the
+    step is traced once. The variables and their values are the same.
+    """
+    optimizer = trainer.optimizer
+    if optimizer is not None and not optimizer.built:
+        with trainer.distribute_strategy.scope():
+            optimizer.build(trainer.trainable_variables)
+
+
 def fit_and_restore_best(
     trainer,
     train,
@@ -206,17 +220,17 @@ def fit_and_restore_best(
     Raises:
         UserError: Training diverged (`kd_tf.divergence`), or the backup is another run's.
     """
-    recorder = EpochRecorder(test_logits)
+    recorder, monitor = EpochRecorder(test_logits), divergence.DivergenceMonitor()
     best = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
     )
-    monitor = divergence.DivergenceMonitor()
     tensorboard = keras.callbacks.TensorBoard(log_dir)
     callbacks, saver = [interrupts.InterruptCheck(), monitor, recorder, best, tensorboard], None
     if backup_dir:  # after `recorder` and `best`, whose state it saves
         saver = backup.TrainingBackup(backup_dir, recorder, best, monitor, run_fields)
         callbacks.append(saver)
     resumed = saver.checkpoint.epoch if saver else 0
+    build_optimizer(trainer)
     logging.info("training: %d epochs of %d steps", epochs, steps_per_epoch)
     trainer.fit(
         distribution.distributable(train.skip(resumed * steps_per_epoch)),

@@ -103,6 +103,7 @@ class DistillationHyperModel(kt.HyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         logging.info("trial: %s", ", ".join(f"{k} {_shown(v)}" for k, v in hp.values.items()))
+        training.build_optimizer(model)
         return model.fit(*args, **kwargs)
 
 
