@@ -198,8 +198,16 @@ def strategy_for(runtime, batch_size):
     return strategy
 
 
-def steps_per_execution(requested):
-    """`requested`, or 1 inside the scope of a strategy of several replicas.
+def steps_per_execution(requested, steps_per_epoch):
+    """The training steps of one call of the compiled step: the largest
+    divisor of `steps_per_epoch` up to `requested`, or 1 inside the scope of
+    a strategy of several replicas.
+
+    Keras 3.15 runs `steps_per_execution` steps per call whatever is left of
+    the epoch, so a count that does not divide the epoch's steps runs into
+    the next epoch's batches: with 8 steps a call and epochs of 4 steps,
+    epoch 1 trained 8 steps and the last epoch none, and each epoch's record,
+    the best epoch and the backups described other steps than their epoch's.
 
     With TensorFlow 2.21 and Keras 3.15, `fit` with `steps_per_execution > 1`
     under `MirroredStrategy` fails in Keras's multi-step loop ("You must feed a
@@ -214,7 +222,15 @@ def steps_per_execution(requested):
             strategy_name(strategy),
         )
         return 1
-    return requested
+    steps = max(1, steps_per_epoch)
+    chosen = max(d for d in range(1, min(requested, steps) + 1) if steps % d == 0)
+    if chosen != requested:
+        logging.info(
+            "steps_per_execution=%d does not divide the %d steps of an epoch: training with %d "
+            "(a call must not run into the next epoch)",
+            requested, steps, chosen,
+        )
+    return chosen
 
 
 def strategy_name(strategy):

@@ -65,6 +65,9 @@ class EpochLogTest(tf.test.TestCase):
         ((status, stdout, stderr),) = helpers.run_kd_tf(
             [
                 "--flagfile=flags/teacher.cfg",
+                # The flag file's data, augmentation and determinism; a small
+                # model, as the 10,000 test images are measured every epoch.
+                f"--model={helpers.TEACHER_MODEL}",
                 "--train_examples=512",
                 "--validation_examples=256",
                 "--epochs=2",

@@ -3,6 +3,8 @@
 
 import os
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from kd_tf import command_line, distribution
@@ -56,6 +58,34 @@ class StrategyTest(tf.test.TestCase):
         finally:
             os.environ.clear()
             os.environ.update(environ)
+
+
+class StepsPerExecutionTest(tf.test.TestCase):
+    def test_the_largest_divisor_of_an_epoch_up_to_the_request(self):
+        cases = {(8, 430): 5, (8, 12): 6, (8, 7): 7, (8, 16): 8, (8, 1): 1, (1, 430): 1}
+        for (requested, steps), expected in cases.items():
+            with self.subTest(requested=requested, steps_per_epoch=steps):
+                self.assertEqual(distribution.steps_per_execution(requested, steps), expected)
+
+    def test_each_epoch_trains_its_own_steps(self):
+        """8 steps a call asked for, epochs of 4 steps: each epoch ends after
+        4 more optimiser steps (Keras alone would train 8 in epoch 1)."""
+        images = np.random.default_rng(0).random((16, 3), np.float32)
+        dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, np.int64)))
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            steps_per_execution=distribution.steps_per_execution(8, 4),
+        )
+        ends = []
+        record = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: ends.append(int(model.optimizer.iterations))
+        )
+        model.fit(
+            dataset.batch(4).repeat(), epochs=3, steps_per_epoch=4, callbacks=[record], verbose=0
+        )
+        self.assertEqual(ends, [4, 8, 12])
 
 
 if __name__ == "__main__":

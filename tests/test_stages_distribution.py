@@ -96,15 +96,13 @@ class ReplicaEquivalenceTest(_SameWeights):
         self._assert_stage("scratch", "--stage=scratch", "--steps_per_execution=4")
         # A teacher of 4 steps is near chance: the teacher check would refuse it.
         student = ("--stage=student", f"--teacher_dir={teacher}", "--min_teacher_accuracy=0")
-        for mode in ("cached", "online"):
-            with self.subTest(teacher_logits=mode):
-                self._assert_stage(
-                    f"student-{mode}",
-                    *student,
-                    f"--teacher_logits={mode}",
-                    "--steps_per_execution=4",
-                )
-        with self.subTest("streamed files, 2 views, logits on disk"):
+        with self.subTest(teacher_logits="online"):
+            self._assert_stage(
+                "student-online", *student, "--teacher_logits=online", "--steps_per_execution=4"
+            )
+        # Cached logits: the teacher's logits looked up per example, here from a
+        # file, on files streamed while training.
+        with self.subTest("streamed files, 2 views, logits cached on disk"):
             self._assert_stage(
                 "student-streamed",
                 *student,

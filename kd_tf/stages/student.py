@@ -148,7 +148,7 @@ def build_distiller(config, inputs, model_name, policy, distill=None):
             optimizer=training.optimizer_for(config.optimization, inputs.steps_per_epoch),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             steps_per_execution=distribution.steps_per_execution(
-                config.optimization.steps_per_execution
+                config.optimization.steps_per_execution, inputs.steps_per_epoch
             ),
         )
     return distiller

@@ -46,7 +46,7 @@ def train_supervised(config, stage, default_model):
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 steps_per_execution=distribution.steps_per_execution(
-                    config.optimization.steps_per_execution
+                    config.optimization.steps_per_execution, inputs.steps_per_epoch
                 ),
             )
         epochs, best_epoch = run.fit(model, model, inputs)
