@@ -11,8 +11,10 @@ Through kd_tf's command line only (`kd_tf_process`), for each data set of
    `seed_mlp`) and each seed of `--seeds` (the student's initialisation and
    data order): `scratch` (`flags/scratch.cfg`), `kd` (`flags/student.cfg`),
    `dkd` and `dist` (the same with `--distillation_loss` and `--alpha=0.5`,
-   the papers' equal weighting), and, for `compact_cnn`, `kd_hint` (KD plus
-   `--hint_layers=penultimate`).
+   the papers' equal weighting), for `compact_cnn`, `kd_hint` (KD plus
+   `--hint_layers=penultimate`), and for `seed_mlp`, `kd_ensemble` (KD from
+   the mean softened distribution of two teachers: the teacher of step 1
+   and the same teacher flags with `--seed=1`, trained when first needed).
 
 A run whose export is already in `<out>/saved_models/<name>` is not run again: its report is
 read (a teacher trained elsewhere can be put there as `mnist_teacher`). Each run's test accuracy
@@ -25,6 +27,7 @@ Usage:
     python benchmarks/methods_over_seeds.py --out=/tmp/kd_tf_methods --seeds=0,1,2
     # a smoke run: --datasets=digits --seeds=0 --epochs=1 --train_examples=512
     # one student model: --datasets=mnist --models=seed_mlp
+    # some methods: --methods=kd,kd_ensemble
 
 Writes `<out>/methods_over_seeds.json` and prints the Markdown table.
 """
@@ -40,6 +43,7 @@ _OUT = flags.DEFINE_string("out", "/tmp/kd_tf_methods", "Directory for exports, 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
 _DATASETS = flags.DEFINE_list("datasets", ["mnist", "digits"], "mnist and/or digits.")
 _MODELS = flags.DEFINE_list("models", None, "Only these student models (default: each plan's).")
+_METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: each model's).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Override every run's epochs (smoke runs).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "Cap (smoke runs only).")
 
@@ -49,16 +53,22 @@ METHODS = {
     "dkd": ("--flagfile=flags/student.cfg", "--distillation_loss=dkd", "--alpha=0.5"),
     "dist": ("--flagfile=flags/student.cfg", "--distillation_loss=dist", "--alpha=0.5"),
     "kd_hint": ("--flagfile=flags/student.cfg", "--hint_layers=penultimate"),
+    "kd_ensemble": ("--flagfile=flags/student.cfg",),
 }
+# The methods that distil from both teachers of the data set.
+ENSEMBLE_METHODS = ("kd_ensemble",)
 # data set -> (teacher flags, student models, the methods each model runs).
 PLANS = {
     "mnist": (
         ("--flagfile=flags/teacher.cfg",),
-        {"seed_mlp": ("scratch", "kd", "dkd", "dist"), "compact_cnn": tuple(METHODS)},
+        {
+            "seed_mlp": ("scratch", "kd", "dkd", "dist", "kd_ensemble"),
+            "compact_cnn": ("scratch", "kd", "dkd", "dist", "kd_hint"),
+        },
     ),
     "digits": (
         ("--flagfile=flags/teacher.cfg", "--model=seed_cnn"),
-        {"seed_mlp": ("scratch", "kd", "dkd", "dist")},
+        {"seed_mlp": ("scratch", "kd", "dkd", "dist", "kd_ensemble")},
     ),
 }
 
@@ -88,25 +98,39 @@ def _run(out, name, argv):
     return export_dir, kd_tf_process.read_report(export_dir)
 
 
-def _dataset_rows(dataset, out):
+def _dataset_rows(dataset, out, teachers):
+    """The rows of `dataset`'s students; sets `teachers[name]` to each
+    teacher's test accuracy (and the ensemble's, when a student had two)."""
     teacher_flags, students = PLANS[dataset]
     data_flags = _data_flags(dataset, out)
     teacher_dir, teacher = _run(out, f"{dataset}_teacher", [*teacher_flags, *data_flags, "--seed=0"])
+    teachers[dataset] = teacher["test_accuracy"]
     rows = []
     for model, methods in students.items():
         if _MODELS.value and model not in _MODELS.value:
             continue
         for method in methods:
+            if _METHODS.value and method not in _METHODS.value:
+                continue
+            teacher_dirs = teacher_dir
+            if method in ENSEMBLE_METHODS:
+                second_dir, second = _run(
+                    out, f"{dataset}_teacher_seed1", [*teacher_flags, *data_flags, "--seed=1"]
+                )
+                teachers[f"{dataset}_seed1"] = second["test_accuracy"]
+                teacher_dirs = f"{teacher_dir},{second_dir}"
             for seed in _SEEDS.value:
                 argv = [*METHODS[method], *data_flags, f"--model={model}", f"--seed={seed}"]
                 if method != "scratch":
-                    argv.append(f"--teacher_dir={teacher_dir}")
+                    argv.append(f"--teacher_dir={teacher_dirs}")
                 _, report = _run(out, f"{dataset}_{model}_{method}_{seed}", argv)
+                if "ensemble_test_accuracy" in report:
+                    teachers[f"{dataset}_ensemble"] = report["ensemble_test_accuracy"]
                 rows.append(
                     {"dataset": dataset, "model": model, "method": method, "seed": int(seed),
                      "test_accuracy": report["test_accuracy"]}
                 )
-    return teacher["test_accuracy"], rows
+    return rows
 
 
 def summary(teachers, rows):
@@ -148,8 +172,7 @@ def main(_):
     os.makedirs(out, exist_ok=True)
     teachers, rows = {}, []
     for dataset in _DATASETS.value:
-        teachers[dataset], dataset_rows = _dataset_rows(dataset, out)
-        rows += dataset_rows
+        rows += _dataset_rows(dataset, out, teachers)
     cpu = kd_tf_process.cpu_name()
     results = {
         "commit": kd_tf_process.checkout_commit(),
