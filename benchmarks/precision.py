@@ -2,8 +2,9 @@
 
 One process, real MNIST (the packaged copy), kd_tf's own models, pipelines and
 `Distiller`, the default flag files' settings (teacher: `lenet_bn`, batch 128,
-random augmentation, `steps_per_execution=8`; student: `seed_mlp` on cached
-logits, batch 128). The precisions alternate, float32 then bfloat16, for
+random augmentation, `steps_per_execution=8` as kd_tf applies it, the largest
+divisor of an epoch's steps up to 8; student: `seed_mlp` on cached logits,
+batch 128). The precisions alternate, float32 then bfloat16, for
 `--rounds` rounds; each measure is a median over rounds, and the ratio is
 float32 / bfloat16 of those medians.
 
@@ -38,6 +39,7 @@ from kd_tf import (
     data,
     distillation,
     distillation_losses,
+    distribution,
     logits_cache,
     models,
     pipelines,
@@ -73,7 +75,7 @@ def _teacher(splits, policy, epochs):
             ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=8,
+            steps_per_execution=distribution.steps_per_execution(8, steps),
         )
     train = pipelines.training_dataset(
         splits.train, BATCH, seed=0, augment=True
@@ -94,7 +96,7 @@ def _student_epoch(splits, policy, logits, epochs):
                 "adam", 2e-3, "cosine", steps_per_epoch=steps, epochs=epochs
             ),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=8,
+            steps_per_execution=distribution.steps_per_execution(8, steps),
         )
     train = pipelines.training_dataset(
         splits.train, BATCH, seed=0, logits=logits_cache.LogitsTable(logits[:, None])

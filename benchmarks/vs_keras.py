@@ -38,6 +38,7 @@ from kd_tf import (
     data,
     distillation,
     distillation_losses,
+    distribution,
     export,
     logits_cache,
     models,
@@ -115,12 +116,16 @@ def _hard_labels():
 
 def _fit(setup, model, splits, optimizer, epochs, compile_args):
     """`model` compiled with kd_tf's `steps_per_execution`, fitted on kd_tf's pipelines."""
-    model.compile(optimizer=optimizer, steps_per_execution=setup.steps_per_execution,
-                  **compile_args)
+    steps = pipelines.steps_per_epoch(len(splits.train), BATCH)
+    model.compile(
+        optimizer=optimizer,
+        steps_per_execution=distribution.steps_per_execution(setup.steps_per_execution, steps),
+        **compile_args,
+    )
     recorder = training.EpochRecorder()
     model.fit(
         pipelines.training_dataset(splits.train, BATCH, seed=SEED), epochs=epochs,
-        steps_per_epoch=pipelines.steps_per_epoch(len(splits.train), BATCH),
+        steps_per_epoch=steps,
         validation_data=pipelines.evaluation_dataset(splits.validation, 1024),
         callbacks=[recorder], verbose=0,
     )
