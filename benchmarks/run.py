@@ -22,9 +22,9 @@ Suites (`SUITES`):
   logits pass included (`vs_keras.py`); `levers`: what each lever of its speed gives;
 - `demo`: `make demo`'s stages with per-stage seconds and the results table's rows, over
   seeds (`demo.py`);
-- `digits`, `image_folders`, `streaming_memory`, `methods`, `precision`: the figures of their
-  sections of docs/, through their scripts (`script_suites.py`; the last script of a suite
-  takes the flags given after `--`; `methods` gets `--seeds`).
+- `digits`, `image_folders`, `streaming_memory`, `methods`, `precision`, `losses`: the
+  figures of their sections of docs/, through their scripts (`script_suites.py`; the last
+  script of a suite takes the flags given after `--`; `methods` gets `--seeds`).
 
 A new suite is a function `suite(settings) -> dict` (with `"rows"`, a list of dicts, for
 its table) registered in `SUITES`; `flag_sets.run_alternating` runs named sets of kd_tf

@@ -14,7 +14,9 @@ they build and the runs they make take minutes to hours.
   then a student stage's peak memory on it (`streaming_memory.py`);
 - `methods`: scratch, KD, DKD, DIST and KD with a hint over the seeds of `--seeds`
   (`methods_over_seeds.py`);
-- `precision`: float32 against mixed bfloat16 (`precision.py`).
+- `precision`: float32 against mixed bfloat16 (`precision.py`);
+- `losses`: the epoch time of DKD and DIST against KD, and the peak memory of cached hint
+  features (`distillation_losses.py`).
 """
 
 import functools
@@ -50,6 +52,10 @@ def _plan(name, out, seeds):
             f"{out}/memory/streaming_memory.json",
         ),
         "precision": ([_script("precision", f"--out={out}")], f"{out}/precision.json"),
+        "losses": (
+            [_script("distillation_losses", f"--out={out}")],
+            f"{out}/distillation_losses.json",
+        ),
     }
     return plans[name]
 
@@ -83,5 +89,5 @@ def _module(command):
 
 SUITES = {
     name: functools.partial(run_scripts, name)
-    for name in ("digits", "image_folders", "streaming_memory", "methods", "precision")
+    for name in ("digits", "image_folders", "streaming_memory", "methods", "precision", "losses")
 }

@@ -12,9 +12,9 @@ Usage (the commit before a change against the one after it):
 
 ```
 git worktree add /tmp/before <commit-before>
-.venv/bin/python benchmarks/behaviour_snapshot.py --repo=/tmp/before --out=/tmp/snap_before
-.venv/bin/python benchmarks/behaviour_snapshot.py --repo=. --out=/tmp/snap_after_
-.venv/bin/python benchmarks/behaviour_snapshot.py --compare /tmp/snap_before/snapshot.json \
+.venv/bin/python tools/behaviour_snapshot.py --repo=/tmp/before --out=/tmp/snap_before
+.venv/bin/python tools/behaviour_snapshot.py --repo=. --out=/tmp/snap_after_
+.venv/bin/python tools/behaviour_snapshot.py --compare /tmp/snap_before/snapshot.json \
     /tmp/snap_after_/snapshot.json
 ```
 """
