@@ -175,11 +175,12 @@ def views_in_order(split, num_views, seed, batch_size):
     def viewed(step, batch):
         indices, images = batch
         views = tf.fill(tf.shape(indices), step // batches_per_view)
-        images = tf.cond(
-            views[0] > 0,
-            lambda: distort(images, view_draws(seed, views, indices)),
-            lambda: images,
-        )
+        if num_views > 1:  # else only view 0, the images as they are: nothing to trace
+            images = tf.cond(
+                views[0] > 0,
+                lambda: distort(images, view_draws(seed, views, indices)),
+                lambda: images,
+            )
         return views, indices, images
 
     dataset = split.batched_in_order(batch_size).repeat(max(1, num_views)).enumerate()

@@ -26,6 +26,7 @@ train, test = assemble(scans, readers, image_size=None)
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -102,18 +103,16 @@ def scan_split(
     """
 
     keep = stored_bytes is None or stored_bytes <= memory_mb * MEBIBYTE
-
-    def decoded(raw):
-        image = decode(raw)
-        if image_size is not None:
-            image = images_lib.resized(image, image_size)
-        return image if keep else tf.zeros([0], tf.uint8), images_lib.image_facts(image)
-
     found = SplitScan(images=[] if keep else None)
     try:
         expected = None if image_size is not None else _first_size(examples)
+        size_key = None if image_size is None else tuple(image_size)
+        scanned = _scan_function(decode, size_key, keep, expected is not None)
+        header = tf.constant(expected or (-1, -1), tf.int64)
         mapped = examples.map(
-            _scanned(decoded, expected), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            lambda raw, label, part: scanned(raw, label, part, header),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
         with progress.Progress(what, total) as shown:
             for image, fact, label, part in mapped.prefetch(4).as_numpy_iterator():
@@ -124,14 +123,28 @@ def scan_split(
     return found
 
 
-def _scanned(decoded, expected):
-    """The scan's map, `(raw, label, part)` -> `(image, facts, label, part)`,
-    with `decoded(raw)` giving `(image, facts)`. With `expected`, a header
-    size, an image whose header gives another size is not decoded: it
-    yields no image and `images.size_facts` of that size."""
+@functools.cache
+def _scan_function(decode, image_size, keep, by_header):
+    """The scan's map, `(raw, label, part, expected)` -> `(image, facts,
+    label, part)`, as a `tf.function` made once per process for its
+    arguments: each scan's map then calls the graph the first one traced
+    instead of tracing it again (0.4 s a split on the 2-core AVX2 EPYC).
 
-    def scanned(raw, label, part):
-        if expected is None:
+    `decode(raw)` gives the image, resized to `image_size` unless None, kept
+    when `keep` (else an empty one) beside its `images.image_facts`. With
+    `by_header`, an image whose header size differs from `expected` (int64
+    `[2]`) is not decoded: it yields no image and `images.size_facts` of
+    its size."""
+
+    def decoded(raw):
+        image = decode(raw)
+        if image_size is not None:
+            image = images_lib.resized(image, image_size)
+        return image if keep else tf.zeros([0], tf.uint8), images_lib.image_facts(image)
+
+    @tf.function(reduce_retracing=True)
+    def scanned(raw, label, part, expected):
+        if not by_header:
             return (*decoded(raw), label, part)
         size = tf.numpy_function(_header_size, [raw], tf.int64, stateful=False)
         other = tf.reduce_all(size >= 0) & tf.reduce_any(size != expected)
