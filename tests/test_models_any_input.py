@@ -43,7 +43,7 @@ class RegistryTest(tf.test.TestCase):
                     keras.utils.set_random_seed(0)
                     model = models.build_model(name, shape, NUM_CLASSES)
                     batch = images.integers(0, 256, (2, *shape), dtype=np.uint8)
-                    logits = model.predict_on_batch(batch)
+                    logits = np.asarray(model(batch, training=False))
                     self.assertEqual(logits.shape, (2, NUM_CLASSES))
                     self.assertEqual(logits.dtype, np.float32)
                     self.assertTrue(np.all(np.isfinite(logits)))
