@@ -69,8 +69,15 @@ class ViewsInOrderTest(tf.test.TestCase):
     def test_every_view_of_every_example_once_as_training_draws_it(self):
         rng = np.random.default_rng(1)
         split = data.Split(rng.integers(0, 256, (70, 28, 28, 1), np.uint8), np.zeros(70, np.int64))
-        batches = list(pipelines.views_in_order(split, 3, 5, 32).as_numpy_iterator())
-        self.assertEqual([len(views) for views, _, _ in batches], [32, 32, 6] * 3)
+        # No views (the images alone), the fewest that distort (2), and more.
+        for num_views in (0, 2, 3):
+            with self.subTest(num_views=num_views):
+                self._assert_views(split, num_views)
+
+    def _assert_views(self, split, num_views):
+        passes = max(1, num_views)
+        batches = list(pipelines.views_in_order(split, num_views, 5, 32).as_numpy_iterator())
+        self.assertEqual([len(views) for views, _, _ in batches], [32, 32, 6] * passes)
         for views, indices, images in batches:
             self.assertLen(set(views), 1)
             # Drawn in a tf.data map, as a training batch is: eagerly, Grappler
@@ -83,6 +90,6 @@ class ViewsInOrderTest(tf.test.TestCase):
             self.assertAllEqual(images, drawn.get_single_element())
         views = np.concatenate([views for views, _, _ in batches])
         indices = np.concatenate([indices for _, indices, _ in batches])
-        self.assertAllEqual(views, np.repeat([0, 1, 2], 70))
-        self.assertAllEqual(indices, np.tile(np.arange(70), 3))
+        self.assertAllEqual(views, np.repeat(np.arange(passes), 70))
+        self.assertAllEqual(indices, np.tile(np.arange(70), passes))
         self.assertAllEqual(np.concatenate([b[2] for b in batches[:3]]), split.images)
