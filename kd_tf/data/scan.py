@@ -128,7 +128,8 @@ def _scan_function(decode, image_size, keep, by_header):
     """The scan's map, `(raw, label, part, expected)` -> `(image, facts,
     label, part)`, as a `tf.function` made once per process for its
     arguments: each scan's map then calls the graph the first one traced
-    instead of tracing it again (0.4 s a split on the 2-core AVX2 EPYC).
+    instead of tracing it again (a split of 20 PNGs: 0.68 s traced, 0.30 s
+    reused, on the 2-core AVX2 EPYC).
 
     `decode(raw)` gives the image, resized to `image_size` unless None, kept
     when `keep` (else an empty one) beside its `images.image_facts`. With
