@@ -332,13 +332,16 @@ class CommandTestCase(tf.test.TestCase):
     writes under `self.root`, and checks the one-line contract of
     `python -m kd_tf.main` (use with the `class_root` fixture)."""
 
+    def command_argv(self, *argv):
+        """The whole argument list `run_command(*argv)` runs (a process can
+        run it too)."""
+        return slice_argv(self.root, "--epochs=1", "--train_examples=256", *argv)
+
     def run_command(self, *argv):
         """Returns `(status, kd_tf lines on stderr)`."""
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
-            status = main.run_command(
-                slice_argv(self.root, "--epochs=1", "--train_examples=256", *argv)
-            )
+            status = main.run_command(self.command_argv(*argv))
         lines = kd_tf_lines(stderr.getvalue())
         self.assertNotIn("Traceback", stderr.getvalue())
         return status, lines

@@ -46,10 +46,7 @@ class SameSeedTest(helpers.CommandTestCase):
         exports = [os.path.join(self.root, name, f"here{n}") for n in range(1, runs_here + 1)]
         with open(os.path.join(self.root, f"{name}.log"), "w+") as log:
             process = helpers.start_kd_tf(
-                helpers.slice_argv(
-                    self.root, "--epochs=1", "--train_examples=256", *argv, f"--export_dir={fresh}"
-                ),
-                stderr=log,
+                self.command_argv(*argv, f"--export_dir={fresh}"), stderr=log
             )
             try:
                 for export_dir in exports:
