@@ -5,6 +5,10 @@ arrives; inside a destructor or another callback made from C code (TensorFlow
 makes many during training) the exception is printed as "Exception ignored"
 and dropped, and training goes on. Within `catching_interrupts()` the signal
 is also remembered, and `InterruptCheck` raises it again at the next batch.
+Code that fails while the `KeyboardInterrupt` unwinds it (TensorFlow's
+tracing, stopped half-way, fails its own assertions) replaces it with
+another exception: once the signal was received, any exception leaving a
+block below is taken for the Ctrl-C it is.
 
 What is true of a run's outputs when Ctrl-C stops it depends on where it
 stopped: the code that knows says so with `outcome(message)`, and a
@@ -54,6 +58,10 @@ def outcome(message):
         raise
     except KeyboardInterrupt as error:
         raise Interrupted(message) from error
+    except Exception as error:
+        if not _received.is_set():
+            raise
+        raise Interrupted(message) from error
 
 
 def outcome_of(error, default):
@@ -77,6 +85,10 @@ def catching_interrupts():
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
         yield
+    except Exception as error:
+        if not _received.is_set():
+            raise
+        raise KeyboardInterrupt from error
     finally:
         signal.signal(signal.SIGINT, previous)
         _received.clear()

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import tempfile
 from unittest import mock
 
@@ -89,6 +90,21 @@ class EpochLogTest(tf.test.TestCase):
                 "accuracy [0-9.]+, val_loss [0-9.]+, val_accuracy [0-9.]+, "
                 "test_loss [0-9.]+, test_accuracy [0-9.]+$",
             )
+
+
+class InterruptedCleanUpTest(tf.test.TestCase):
+    def test_an_error_raised_while_ctrl_c_unwinds_is_the_ctrl_c(self):
+        # As TensorFlow's tracing did when Ctrl-C came in the middle of it:
+        # its clean-up failed an assertion, which replaced the interrupt.
+        with self.assertRaises(interrupts.Interrupted) as caught:
+            with interrupts.catching_interrupts(), interrupts.outcome("nothing written"):
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:
+                    raise AssertionError  # the clean-up's own failure
+        self.assertEqual(caught.exception.outcome, "nothing written")
+        with self.assertRaises(AssertionError), interrupts.catching_interrupts():
+            raise AssertionError  # without Ctrl-C, an error stays what it is
 
 
 @pytest.mark.slow
