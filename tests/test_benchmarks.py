@@ -1,5 +1,5 @@
-"""The benchmarks' entry point is wired: `python -m benchmarks.run --smoke` runs
-suites on a few hundred images for one epoch (the script suites only start their
+"""The benchmarks' entry point is wired: `python -m benchmarks.run --smoke`
+(`run.main`, in process) runs suites on a few hundred images for one epoch (the script suites only start their
 scripts) and writes each suite's JSON with the CPU it ran on and the load; it
 refuses unknown suites. Every suite is smoke-run by `make bench-smoke`. Figures are not checked here: they are the benchmarks'.
 The time-to-accuracy rule of `teacher_recipe` is checked on made-up epochs."""
@@ -7,23 +7,11 @@ The time-to-accuracy rule of `teacher_recipe` is checked on made-up epochs."""
 import contextlib
 import io
 import os
-import subprocess
-import sys
 
 import tensorflow as tf
 
 from benchmarks import run, teacher_recipe
 from kd_tf import reporting
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _benchmarks(*argv):
-    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *argv],
-        cwd=REPO, env=environ, capture_output=True, text=True,
-    )
 
 
 # Suites cheap enough for the test suite (about 10 s together): the entry
@@ -35,8 +23,10 @@ SMOKED = ("logits_pass", "digits", "methods")
 class EntryPointTest(tf.test.TestCase):
     def test_suites_run_in_smoke_mode_and_write_their_results(self):
         out, results = self.get_temp_dir(), os.path.join(self.get_temp_dir(), "results")
-        finished = _benchmarks("--smoke", f"--out={out}", f"--results_dir={results}", *SMOKED)
-        self.assertEqual(finished.returncode, 0, finished.stdout[-3000:] + finished.stderr[-3000:])
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            status = run.main(["--smoke", f"--out={out}", f"--results_dir={results}", *SMOKED])
+        self.assertEqual(status, 0, printed.getvalue()[-3000:])
         self.assertCountEqual(os.listdir(results), [f"{name}.json" for name in SMOKED])
         for name in SMOKED:
             with self.subTest(suite=name):
