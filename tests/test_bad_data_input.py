@@ -9,14 +9,15 @@ to fix, no traceback on stdout or stderr, the earlier export it was asked to
 sizes with `--image_size=H,W`, and 1-bit BMPs, must train and export instead.
 
 Each class writes its data and runs all its cases in `setUpClass`; the tests
-check their outcomes. The case in `PROCESSES`, a refusal, is a
+check their outcomes. One case of `DirectorySourceTest`, a refusal, is a
 `python -m kd_tf.main` process (`helpers.start_kd_tf`), which checks the
 command line itself: the exit status, the last line of stderr, the `TMPDIR`
-of the environment. The others run `kd_tf.main.run_command`, the same code
-after flag parsing, in this process (a process each would start TensorFlow
-27 times), with `TMPDIR` set around it; the runs in `TRAINING` train and
-export, and in the others training is replaced by a failure, so that a
-refusal after training began fails the case.
+of the environment (the same code for every source). The others run
+`kd_tf.main.run_command`, the same code after flag parsing, in this process
+(a process each would start TensorFlow once per case), with `TMPDIR` set
+around it; the runs in `TRAINING` train and export, and in the others
+training is replaced by a failure, so that a refusal after training began
+fails the case.
 Library-level refusals are in tests/test_data_directory.py; teachers breaking
 the serving contract on MNIST in tests/test_main.py.
 """
@@ -41,9 +42,6 @@ import tensorflow as tf
 from kd_tf import export, main, training
 from kd_tf.data import tfrecord
 
-# The case of each class run as a `python -m kd_tf.main` process (meanwhile,
-# the others run in process): a refusal.
-PROCESSES = ("mixed_sizes",)
 # The cases that must train and export (in process).
 TRAINING = ("mixed_sizes_resized", "one_bit_bmp")
 AUTOGRAPH_FILE = "__autograph_generated_file"
@@ -188,7 +186,11 @@ def _run_in_process(argv, case_dir, trains=False):
 
 
 class _BadDataCase(tf.test.TestCase):
-    """Subclasses set `cases(cls)`: `{name: argv}`, written under `cls.root`."""
+    """Subclasses set `cases(cls)`: `{name: argv}`, written under `cls.root`,
+    and `processes`: the cases run as `python -m kd_tf.main` processes
+    (meanwhile, the others run in process)."""
+
+    processes = ()
 
     @classmethod
     def setUpClass(cls):
@@ -204,7 +206,7 @@ class _BadDataCase(tf.test.TestCase):
             shutil.copytree(cls.earlier, earlier)
             os.makedirs(os.path.join(case_dir, "tmp"))
             runs[name] = (_argv(argv, case_dir, earlier), case_dir)
-        processes = {name: _start(*runs[name]) for name in PROCESSES if name in runs}
+        processes = {name: _start(*runs[name]) for name in cls.processes}
         # Meanwhile, the other cases in this process.
         cls.outcomes = {
             name: _run_in_process(*run, trains=name in TRAINING)
@@ -261,6 +263,8 @@ class _BadDataCase(tf.test.TestCase):
 @pytest.mark.slow
 class DirectorySourceTest(_BadDataCase):
     """`--data_source=directory`: image folders, one per class."""
+
+    processes = ("mixed_sizes",)  # a refusal
 
     @classmethod
     def cases(cls):
