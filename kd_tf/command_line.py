@@ -22,7 +22,7 @@ import typing
 from absl import flags
 
 from kd_tf import config as config_lib
-from kd_tf import lite, loss_flags, models
+from kd_tf import choices, loss_flags
 from kd_tf.errors import ConfigError, UserError
 
 _DEFAULTS = {
@@ -43,10 +43,10 @@ _HELP = (
         f"Architecture to train: a registered model or the path of a .keras file (loaded "
         f"with safe_mode=True; training starts from its weights; it must take uint8 or "
         f"float images of the data set's shape and output [batch, classes] logits); "
-        f"default: {models.DEFAULT_TEACHER} for the teacher stage, {models.DEFAULT_STUDENT} "
+        f"default: {choices.DEFAULT_TEACHER} for the teacher stage, {choices.DEFAULT_STUDENT} "
         f"for student and scratch; for colour photos resnet_small and mobilenet_small. "
         f"Registered models:\n"
-        + models.describe_models(),
+        + choices.describe_models(),
     ),
     ("epochs", "Passes over the training split."),
     (
@@ -213,7 +213,7 @@ _HELP = (
     (
         "quantize",
         "--stage=tflite: none (float32), dynamic (int8 weights) or int8 (int8 weights and "
-        f"activations, calibrated on {lite.REPRESENTATIVE_EXAMPLES} training images).",
+        f"activations, calibrated on {choices.REPRESENTATIVE_EXAMPLES} training images).",
     ),
     (
         "strategy",

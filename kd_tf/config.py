@@ -19,18 +19,7 @@ stages.run(config)
 
 import dataclasses
 
-from kd_tf import (
-    data,
-    distillation,
-    distribution,
-    lite,
-    logits_cache,
-    loss_flags,
-    models,
-    precision,
-    teacher_adapter,
-    tuning,
-)
+from kd_tf import choices, loss_flags
 from kd_tf.errors import ConfigError
 
 STAGES = ("teacher", "student", "scratch", "compare", "tune", "predict", "tflite")
@@ -55,7 +44,7 @@ class DataConfig:
     test_fraction: float = 0.2
     # The largest split (decoded images, MiB) held in memory; larger ones are
     # read from their files while training (see `kd_tf.data.streaming`).
-    data_memory_mb: int = data.scan.DEFAULT_MEMORY_MB
+    data_memory_mb: int = choices.DEFAULT_MEMORY_MB
     # None: 5000, or a twelfth of the training split when that is smaller
     # (see `kd_tf.data.splits.default_validation_examples`).
     validation_examples: int | None = None
@@ -311,23 +300,23 @@ _RULES = {
     "temperature_min": (lambda v: v > 0, "{0} must be > 0 (e.g. 1)"),
     "alpha_min": _IN_UNIT_INTERVAL,
     "alpha_max": _IN_UNIT_INTERVAL,
-    "model": (models.is_model, models.MODEL_PROBLEM),
+    "model": (choices.is_model, choices.MODEL_PROBLEM),
     **loss_flags.RULES,
 }
 CHOICES = {
     "stage": STAGES,
     "optimizer": OPTIMIZERS,
     "lr_schedule": SCHEDULES,
-    "teacher_logits": distillation.TEACHER_LOGITS_MODES,
-    "teacher_pixel_range": teacher_adapter.TEACHER_PIXEL_RANGES,
-    "teacher_output": teacher_adapter.TEACHER_OUTPUTS,
-    "logits_cache": logits_cache.LOGITS_CACHES,
-    "data_source": data.DATA_SOURCES,
-    "quantize": lite.QUANTIZATIONS,
+    "teacher_logits": choices.TEACHER_LOGITS_MODES,
+    "teacher_pixel_range": choices.TEACHER_PIXEL_RANGES,
+    "teacher_output": choices.TEACHER_OUTPUTS,
+    "logits_cache": choices.LOGITS_CACHES,
+    "data_source": choices.DATA_SOURCES,
+    "quantize": choices.QUANTIZATIONS,
     "print_format": PRINT_FORMATS,
-    "strategy": distribution.STRATEGIES,
-    "precision": precision.PRECISIONS,
-    "tuner": tuning.TUNERS,
+    "strategy": choices.STRATEGIES,
+    "precision": choices.PRECISIONS,
+    "tuner": choices.TUNERS,
 }
 # (fields, check on their values in order, problem).
 _COMBINATION_RULES = (

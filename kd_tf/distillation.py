@@ -29,10 +29,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kd_tf import choices
 from kd_tf import hints as hints_lib
 from kd_tf.distillation_losses import DKD, Hint
 
-TEACHER_LOGITS_MODES = ("auto", "cached", "online")
+TEACHER_LOGITS_MODES = choices.TEACHER_LOGITS_MODES
 
 
 class Distiller(keras.Model):

@@ -28,7 +28,9 @@ terms = logit_terms(config.distillation)   # from --distillation_loss and its se
 import keras
 from keras import ops
 
-LOGIT_LOSSES = ("kd", "dkd", "dist")
+from kd_tf import choices
+
+LOGIT_LOSSES = choices.LOGIT_LOSSES
 # Added to the logits of a class to leave it out of a softmax: exp of it is 0
 # in float32, and it stays finite, so no NaN reaches a gradient.
 _LEFT_OUT = -1e4

@@ -35,9 +35,10 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from kd_tf import choices
 from kd_tf.errors import ConfigError, UserError
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+STRATEGIES = choices.STRATEGIES
 # In-memory data sets cannot be sharded by file: every worker builds the same
 # seeded pipeline and keeps its part of each global batch (the DATA policy),
 # so N workers see exactly the batches one worker would.

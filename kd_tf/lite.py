@@ -37,14 +37,14 @@ import tensorflow as tf
 from absl import logging
 from ai_edge_litert.interpreter import Interpreter
 
-from kd_tf import atomic, export, interrupts, progress, reporting, training
+from kd_tf import atomic, choices, export, interrupts, progress, reporting, training
 from kd_tf.errors import ConfigError
 
-QUANTIZATIONS = ("none", "dynamic", "int8")
+QUANTIZATIONS = choices.QUANTIZATIONS
 _DESCRIPTIONS = {"none": "float32", "dynamic": "dynamic-range int8", "int8": "int8"}
 # Largest accuracy drop, in points, that each conversion is meant to stay within.
 PARITY_POINTS = {"none": 0.1, "dynamic": 0.5, "int8": 0.5}
-REPRESENTATIVE_EXAMPLES = 500
+REPRESENTATIVE_EXAMPLES = choices.REPRESENTATIVE_EXAMPLES
 _EXTRA_ASSETS = "assets.extra"
 
 

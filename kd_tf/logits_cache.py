@@ -37,10 +37,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kd_tf import atomic, locks, pipelines, progress
+from kd_tf import atomic, choices, locks, pipelines, progress
 from kd_tf.errors import ConfigError
 
-LOGITS_CACHES = ("auto", "memory", "disk")
+LOGITS_CACHES = choices.LOGITS_CACHES
 
 SHARD_DIR_PREFIX = "kd_tf_logits_"
 _SHARD_DIR = re.compile(rf"^{SHARD_DIR_PREFIX}(\d+)_")

@@ -22,7 +22,7 @@ format_value("distillation_loss", (("dkd", 1.0),))                # "dkd"
 ```
 """
 
-from kd_tf.distillation_losses import LOGIT_LOSSES
+from kd_tf.choices import LOGIT_LOSSES
 from kd_tf.errors import ConfigError
 
 # Loss settings `--tune_ranges` may search.

@@ -77,7 +77,7 @@ logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 from absl import app, flags
 
-from kd_tf import command_line, interrupts, stages
+from kd_tf import command_line
 from kd_tf.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
@@ -95,6 +95,10 @@ def execute(config):
         0 on success; `EXIT_USER_ERROR` after a `UserError` and
         `EXIT_INTERRUPTED` after Ctrl-C, each reported as one line on stderr.
     """
+    # Here, not at the top: `--help`, `--helpfull` and flag errors are
+    # answered without importing TensorFlow (see `kd_tf.choices`).
+    from kd_tf import interrupts, stages
+
     cpu.setup()
     try:
         with interrupts.catching_interrupts():

@@ -22,13 +22,7 @@ import keras
 from kd_tf.errors import ConfigError
 from kd_tf.export.contract import FLOAT_INPUT_DTYPES, short_reason
 
-SUFFIX = ".keras"
 _INPUT_DTYPES = ("uint8", *FLOAT_INPUT_DTYPES)
-
-
-def is_model_file(model):
-    """Whether `--model` names a `.keras` file rather than a registry entry."""
-    return model.endswith(SUFFIX)
 
 
 def _refuse(path, problem):

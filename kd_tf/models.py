@@ -23,7 +23,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from kd_tf import model_file
+from kd_tf import choices, model_file
 from kd_tf.errors import ConfigError
 
 
@@ -169,58 +169,34 @@ def compact_cnn(image_shape, num_classes):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry.
+    """A registry entry: how to build the model, and its `choices.ModelCard`.
 
     Args:
         build: `build(image_shape, num_classes) -> keras.Model`.
-        role: "teacher" or "student": what the model is meant for.
-        description: one line for `--helpfull` and docs/models.md.
-        min_image_size: the smallest height and width it takes (its
-            unpadded convolutions and poolings shrink the image).
+        card: its role, description and smallest image size.
     """
 
     build: Callable[[tuple, int], keras.Model]
-    role: str
-    description: str
-    min_image_size: int = 1
+    card: choices.ModelCard
+
+    @property
+    def min_image_size(self):
+        """The smallest height and width the model takes."""
+        return self.card.min_image_size
 
 
-MODELS = {
-    # 16 = (2 + 4) x 2 + 4: 5x5 convolution, 2x2 pool, 5x5 convolution, 2x2 pool (of 2 pixels).
-    "lenet_bn": ModelSpec(
-        lenet_bn, "teacher", "LeNet-5 shape with batch norm, the default teacher", 16
-    ),
-    "lenet_narrow": ModelSpec(
-        lenet_narrow, "teacher", "lenet_bn's shape at half its channels, twice as fast on a CPU", 16
-    ),
-    # 6 = 2 + 2 + 2: two 3x3 convolutions, then a 2x2 pool (of 2 pixels).
-    "seed_cnn": ModelSpec(
-        seed_cnn, "teacher", "the reference teacher (conv 32, conv 64, dense 128)", 6
-    ),
-    "seed_mlp": ModelSpec(
-        seed_mlp, "student", "the reference student (MLP 128, 64), the default student"
-    ),
-    "compact_cnn": ModelSpec(compact_cnn, "student", "small CNN (conv 8, conv 16, dense 32)", 16),
-    "resnet_small": ModelSpec(
-        resnet_small, "teacher", "small ResNet with batch norm, the teacher for colour photos"
-    ),
-    "mobilenet_small": ModelSpec(
-        mobilenet_small,
-        "student",
-        "depthwise-separable convolutions, the student for colour photos",
-    ),
+_BUILDERS = {
+    "lenet_bn": lenet_bn,
+    "lenet_narrow": lenet_narrow,
+    "seed_cnn": seed_cnn,
+    "seed_mlp": seed_mlp,
+    "compact_cnn": compact_cnn,
+    "resnet_small": resnet_small,
+    "mobilenet_small": mobilenet_small,
 }
-DEFAULT_TEACHER = "lenet_bn"
-DEFAULT_STUDENT = "seed_mlp"
-MODEL_PROBLEM = (
-    "{0} must be a registered model (" + ", ".join(MODELS) + ") or the path of a .keras file"
-)
-
-
-def is_model(value):
-    """Whether `value` is something `--model` takes: a registry name or a
-    path ending in `.keras`."""
-    return value in MODELS or model_file.is_model_file(value)
+MODELS = {name: ModelSpec(_BUILDERS[name], card) for name, card in choices.MODEL_CARDS.items()}
+DEFAULT_TEACHER = choices.DEFAULT_TEACHER
+DEFAULT_STUDENT = choices.DEFAULT_STUDENT
 
 
 def build_model(name, image_shape, num_classes):
@@ -240,10 +216,10 @@ def build_model(name, image_shape, num_classes):
             (`ModelSpec.min_image_size`), or the `.keras` file does not fit
             the data.
     """
-    if model_file.is_model_file(name):
+    if choices.is_model_file(name):
         return model_file.load_architecture(name, tuple(image_shape), int(num_classes))
     if name not in MODELS:
-        raise ValueError(MODEL_PROBLEM.format(repr(name)))
+        raise ValueError(choices.MODEL_PROBLEM.format(repr(name)))
     height, width = image_shape[:2]
     needed = MODELS[name].min_image_size
     if min(height, width) < needed:
@@ -258,7 +234,3 @@ def build_model(name, image_shape, num_classes):
         )
     return MODELS[name].build(tuple(image_shape), int(num_classes))
 
-
-def describe_models():
-    """One line per registered model, for `--helpfull` and docs/models.md."""
-    return "\n".join(f"  {name} ({spec.role}): {spec.description}" for name, spec in MODELS.items())

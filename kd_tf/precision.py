@@ -35,10 +35,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from kd_tf import choices
 from kd_tf import cpu as cpu_lib
 from kd_tf.errors import ConfigError
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = choices.PRECISIONS
 # GPUs from this compute capability (Ampere) on have fast bfloat16.
 BF16_GPU_CAPABILITY = (8, 0)
 # Grappler's auto mixed precision, which runs a float32 graph (a teacher's

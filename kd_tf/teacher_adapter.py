@@ -38,13 +38,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from kd_tf import choices
 from kd_tf.errors import ConfigError
 from kd_tf.export.contract import batched_outputs
 
-PIXEL_RANGES = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
-# `auto`: the range is picked from the data (see `kd_tf.teacher_check`).
-TEACHER_PIXEL_RANGES = ("auto", *PIXEL_RANGES)
-TEACHER_OUTPUTS = ("auto", "logits", "probabilities")
+PIXEL_RANGES = choices.PIXEL_RANGES
+TEACHER_PIXEL_RANGES = choices.TEACHER_PIXEL_RANGES
+TEACHER_OUTPUTS = choices.TEACHER_OUTPUTS
 # `auto` reads the outputs as probabilities when every row of the probe batch
 # lies in [0, 1] and sums to 1 within this tolerance. bfloat16 keeps 8
 # significant bits, so every rounding moves a value near 1 by up to 2^-9; a

@@ -36,11 +36,11 @@ import keras
 import keras_tuner as kt
 from absl import logging
 
-from kd_tf import interrupts, reporting, training
+from kd_tf import choices, interrupts, reporting, training
 from kd_tf.distillation_losses import LOGIT_LOSSES
 from kd_tf.errors import ConfigError, UserError
 
-TUNERS = ("bayesian", "random", "hyperband")
+TUNERS = choices.TUNERS
 PROJECT_NAME = "search"
 OBJECTIVE = "val_accuracy"
 HYPERBAND_FACTOR = 3

@@ -58,6 +58,22 @@ class HelpTest(tf.test.TestCase):
                     self.assertRegex(usage, f"{flag}\\b")
         self.assertIn("--helpfull", usage)
 
+    def test_help_and_flag_errors_do_not_import_tensorflow(self):
+        # Answered in a fraction of a second: importing TensorFlow alone takes
+        # 7 to 8 s of CPU time on a 2-core AVX2 machine (`kd_tf.choices`).
+        for argv in (["--help"], ["--helpfull"], ["--stage=student", "--temperature=0"]):
+            with self.subTest(argv=argv):
+                process = helpers.start_kd_tf(argv, env={"PYTHONPROFILEIMPORTTIME": "1"})
+                _, stderr = process.communicate(timeout=helpers.PROCESS_TIMEOUT)
+                self.assertEqual(process.returncode, 1, stderr[-3000:])
+                imported = {
+                    line.rsplit("|", 1)[-1].strip()
+                    for line in stderr.splitlines()
+                    if line.startswith("import time:")
+                }
+                self.assertIn("kd_tf.command_line", imported)
+                self.assertEmpty(imported & {"tensorflow", "keras"})
+
 
 @pytest.mark.slow
 class EpochLogTest(tf.test.TestCase):

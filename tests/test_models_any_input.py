@@ -55,14 +55,14 @@ class RegistryTest(tf.test.TestCase):
             for shape, count in counts.items():
                 with self.subTest(model=name, shape=shape):
                     self.assertEqual(models.build_model(name, shape, NUM_CLASSES).count_params(), count)
-        self.assertEqual(models.MODELS["resnet_small"].role, "teacher")
-        self.assertEqual(models.MODELS["mobilenet_small"].role, "student")
+        self.assertEqual(models.MODELS["resnet_small"].card.role, "teacher")
+        self.assertEqual(models.MODELS["mobilenet_small"].card.role, "student")
         self.assertEqual((models.DEFAULT_TEACHER, models.DEFAULT_STUDENT), ("lenet_bn", "seed_mlp"))
 
     def test_lenet_narrow_is_lenet_bn_at_half_the_channels(self):
         for name, counts in LENET_PARAMETERS.items():
             self.assertEqual(models.MODELS[name].min_image_size, 16)
-            self.assertEqual(models.MODELS[name].role, "teacher")
+            self.assertEqual(models.MODELS[name].card.role, "teacher")
             for shape, count in counts.items():
                 with self.subTest(model=name, shape=shape):
                     built = models.build_model(name, shape, NUM_CLASSES)

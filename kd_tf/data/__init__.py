@@ -27,6 +27,7 @@ files while training (a `StreamedSplit`, see `kd_tf.data.streaming`);
 
 from absl import logging
 
+from kd_tf import choices
 from kd_tf.data.idx import read_idx_dir
 from kd_tf.data.packaged import PACKAGED_MNIST_SHA256, read_packaged_mnist
 from kd_tf.data.sources import SOURCES, SourceOptions, source_for
@@ -44,7 +45,7 @@ __all__ = [
     "read_packaged_mnist",
 ]
 
-DATA_SOURCES = tuple(SOURCES)
+DATA_SOURCES = choices.DATA_SOURCES
 
 
 def load_splits(

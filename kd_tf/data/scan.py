@@ -32,7 +32,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kd_tf import progress
+from kd_tf import choices, progress
 from kd_tf.data import images as images_lib
 from kd_tf.data.splits import Split
 from kd_tf.data.streaming import StreamedSplit
@@ -40,7 +40,7 @@ from kd_tf.errors import ConfigError
 
 MEBIBYTE = 2**20
 # The largest split, decoded, held in memory (MiB); larger ones are streamed.
-DEFAULT_MEMORY_MB = 256
+DEFAULT_MEMORY_MB = choices.DEFAULT_MEMORY_MB
 
 
 @dataclasses.dataclass
