@@ -37,7 +37,6 @@ import keras_tuner as kt
 from absl import logging
 
 from kd_tf import choices, interrupts, reporting, training
-from kd_tf.distillation_losses import LOGIT_LOSSES
 from kd_tf.errors import ConfigError, UserError
 
 TUNERS = choices.TUNERS
@@ -89,7 +88,7 @@ class DistillationHyperModel(kt.HyperModel):
             hp.Choice("distillation_loss", list(self.losses))
         for name, low, high in self.ranges:
             owner = name.split("_")[0]
-            conditional = self.losses and owner in LOGIT_LOSSES
+            conditional = self.losses and owner in choices.LOGIT_LOSSES
             with hp.conditional_scope("distillation_loss", [owner]) if conditional else _nothing():
                 hp.Float(name, low, high, sampling="log" if low > 0 else "linear")
 

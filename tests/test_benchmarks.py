@@ -1,8 +1,10 @@
 """The benchmarks' entry point is wired: `python -m benchmarks.run --smoke`
-(`run.main`, in process) runs suites on a few hundred images for one epoch (the script suites only start their
-scripts) and writes each suite's JSON with the CPU it ran on and the load; it
-refuses unknown suites. Every suite is smoke-run by `make bench-smoke`. Figures are not checked here: they are the benchmarks'.
-The time-to-accuracy rule of `teacher_recipe` is checked on made-up epochs."""
+(`run.main`, in process) runs suites on a few hundred images for one epoch
+(the script suites only start their scripts) and writes each suite's JSON with
+the CPU it ran on and the load; it refuses unknown suites. Every suite is
+smoke-run by `make bench-smoke`. Figures are not checked here: they are the
+benchmarks'. The time-to-accuracy rule of `teacher_recipe` is checked on
+made-up epochs."""
 
 import contextlib
 import io
