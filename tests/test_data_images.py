@@ -2,7 +2,8 @@
 huge image (`kd_tf.data.scan`): an image of another size is refused without
 being decoded, and an image that is decoded is never cast whole to float64
 (one 62 KB 8000x8000 PNG among 16x16 images took the scan's peak memory to
-2.5 GB, a 16384x16384 one to 8.6 GB)."""
+2.5 GB, a 16384x16384 one to 8.6 GB); the scan keeps every image as decoded,
+in order, through its batches."""
 
 import io
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from kd_tf.data import directory, images
+from kd_tf.data import directory, images, scan
 from kd_tf.errors import ConfigError
 
 
@@ -93,3 +94,28 @@ class HugeImageTest(tf.test.TestCase):
         self.assertAllClose(
             found["frame_sum"] / float(found["frame_count"]), images.frame_mean(image)
         )
+
+
+class ScanBatchTest(tf.test.TestCase):
+    def test_images_of_several_sizes_come_back_in_order(self):
+        """Decoded images (as TFDS gives them) of 3 sizes, across 2 of the
+        scan's batches: each is kept as it was, with its label and facts."""
+        rng = np.random.default_rng(0)
+        shapes = [(5, 4, 3), (3, 6, 3), (5, 4, 3), (2, 2, 3)] * (scan.SCAN_BATCH // 2)
+        originals = [rng.integers(0, 256, shape, np.uint8) for shape in shapes]
+        examples = tf.data.Dataset.from_generator(
+            lambda: ((image, label, label % 3) for label, image in enumerate(originals)),
+            output_signature=(
+                tf.TensorSpec([None, None, 3], tf.uint8),
+                tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([], tf.int64),
+            ),
+        )
+        found = scan.scan_split(examples, images.as_rgb, None, 1, ConfigError)
+        self.assertLen(found.images, len(originals))
+        for kept, original in zip(found.images, originals):
+            self.assertAllEqual(kept, original)
+        self.assertEqual(found.labels, list(range(len(originals))))
+        self.assertEqual(found.parts, [label % 3 for label in range(len(originals))])
+        self.assertEqual(found.sizes, {(5, 4), (3, 6), (2, 2)})
+        self.assertTrue(found.colour)

@@ -41,6 +41,9 @@ from kd_tf.errors import ConfigError
 MEBIBYTE = 2**20
 # The largest split, decoded, held in memory (MiB); larger ones are streamed.
 DEFAULT_MEMORY_MB = choices.DEFAULT_MEMORY_MB
+# Examples the scan hands to Python at once: one at a time, iterating took
+# about 1 ms an image on the 2-core AVX2 EPYC, more than decoding a small PNG.
+SCAN_BATCH = 64
 
 
 @dataclasses.dataclass
@@ -110,14 +113,15 @@ def scan_split(
         scanned = _scan_function(decode, size_key, keep, expected is not None)
         header = tf.constant(expected or (-1, -1), tf.int64)
         mapped = examples.map(
-            lambda raw, label, part: scanned(raw, label, part, header),
+            lambda raw, label, part: _flat(*scanned(raw, label, part, header)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
         with progress.Progress(what, total) as shown:
-            for image, fact, label, part in mapped.prefetch(4).as_numpy_iterator():
-                _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
-                shown.add()
+            for batch in mapped.ragged_batch(SCAN_BATCH).prefetch(2).as_numpy_iterator():
+                for image, fact, label, part in _unbatched(*batch):
+                    _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
+                shown.add(len(batch[2]))
     except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
         raise on_error(error) from None
     return found
@@ -157,6 +161,21 @@ def _scan_function(decode, image_size, keep, by_header):
         return image, facts, label, part
 
     return scanned
+
+
+def _flat(image, facts, label, part):
+    """A scanned example with its image as a vector beside its shape, so that
+    examples of any size batch (`ragged_batch`)."""
+    return tf.reshape(image, [-1]), tf.shape(image, out_type=tf.int64), facts, label, part
+
+
+def _unbatched(pixels, shapes, facts, labels, parts):
+    """The `(image, facts, label, part)` of each example of a batch of
+    `_flat` examples, in NumPy (`as_numpy_iterator` gives a ragged batch's
+    vectors as an object array, a batch of one length as a 2-D array)."""
+    for index, (image, shape) in enumerate(zip(pixels, shapes)):
+        fact = {key: value[index] for key, value in facts.items()}
+        yield image.reshape(shape), fact, labels[index], parts[index]
 
 
 def _first_size(examples):
