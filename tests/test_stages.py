@@ -81,28 +81,23 @@ class StagesTest(tf.test.TestCase):
         self.assertEqual(report["model"], helpers.TEACHER_MODEL)
         self.assertGreater(report["test_accuracy"], 0.5)
 
-    def test_student_cached_and_online(self):
-        for extra, mode in (
-            (("--augment", "--augment_views=2"), "cached"),
-            (("--augment",), "online"),
-        ):
-            report = stages.run(
-                self.settings("--stage=student", f"--teacher_dir={self.teacher.export_dir}", *extra)
-            )
-            on_disk = self._check_export(report, "student")
-            self.assertTrue(STUDENT_KEYS <= set(on_disk))
-            self.assertEqual(on_disk["teacher_logits"], mode)
-            self.assertEqual(on_disk["teacher_dir"], self.teacher.export_dir)
-            self.assertEqual(on_disk["model"], "seed_mlp")
-            # The teacher measured its best epoch on the same validation split,
-            # before its export, in its training precision: a near tie may flip.
-            teacher = self.teacher.report
-            self.assertAllClose(
-                on_disk["teacher_validation_accuracy"],
-                teacher["epochs"][teacher["best_epoch"] - 1]["val_accuracy"], atol=2 / 256, rtol=0,
-            )
-            if mode == "cached":
-                self.assertGreater(on_disk["teacher_logits_seconds"], 0.0)
+    def _check_student_export(self, report, mode):
+        """`_check_export` and a student's own fields, its logits `mode`
+        (cached, online)."""
+        on_disk = self._check_export(report, "student")
+        self.assertTrue(STUDENT_KEYS <= set(on_disk))
+        self.assertEqual(on_disk["teacher_logits"], mode)
+        self.assertEqual(on_disk["teacher_dir"], self.teacher.export_dir)
+        self.assertEqual(on_disk["model"], "seed_mlp")
+        # The teacher measured its best epoch on the same validation split,
+        # before its export, in its training precision: a near tie may flip.
+        teacher = self.teacher.report
+        self.assertAllClose(
+            on_disk["teacher_validation_accuracy"],
+            teacher["epochs"][teacher["best_epoch"] - 1]["val_accuracy"], atol=2 / 256, rtol=0,
+        )
+        if mode == "cached":
+            self.assertGreater(on_disk["teacher_logits_seconds"], 0.0)
 
     def test_student_logits_in_memory_on_disk_and_online(self):
         cache_dir = os.path.join(self.root, "logits")
@@ -124,6 +119,8 @@ class StagesTest(tf.test.TestCase):
             "--teacher_logits=cached", "--logits_cache=disk", f"--logits_cache_dir={cache_dir}"
         )
         online = student("--teacher_logits=online")
+        for report, mode in ((memory, "cached"), (disk, "cached"), (online, "online")):
+            self._check_student_export(report, mode)
         self.assertEqual(memory["logits_cache"], "memory")
         self.assertEqual(disk["logits_cache"], "disk")
         self.assertIsNone(online["logits_cache"])
