@@ -1,8 +1,10 @@
 """User mistakes about paths and image sizes: one line, exit status 2, no
 traceback (defect 4); a `.tflite` never overwrites a file (defect 7).
 
-The cases run in-process through `kd_tf.main.run_command`; the images-too-small
-case also through a real `python -m kd_tf.main`. A `--backup_dir` holding a
+The cases run in-process through `kd_tf.main.run_command`, the same code as
+`python -m kd_tf.main` after flag parsing (whose one-line refusals as a process
+are checked in tests/test_main.py and tests/test_bad_data_input.py). A
+`--backup_dir` holding a
 backup of another model is in tests/test_backup.py (`RunFieldsTest`).
 """
 
@@ -248,31 +250,19 @@ class ImagesTooSmallTest(_Command):
             f"--saved_models_dir={self.root}/saved_models",
         )
 
-    def test_lenet_bn_on_8x8_images(self):
-        line = self.refused(*self.teacher(_idx_dir(self.root, 8), "lenet_bn"))
-        self.assertEqual(
-            line,
-            "kd_tf: error: --model=lenet_bn needs images of at least 16x16 pixels, the data "
-            "set's are 8x8: pick another --model (seed_cnn, seed_mlp, resnet_small, "
-            "mobilenet_small take them)",
-        )
-        self.assertFalse(os.path.exists(os.path.join(self.root, "saved_models")))
-        self.succeeds(*self.teacher(_idx_dir(self.root, 8), "seed_mlp"))
-
-    def test_through_the_command_line(self):
-        ((status, _, stderr),) = helpers.run_kd_tf(self.teacher(_idx_dir(self.root, 8), "compact_cnn"))
-        self.assertEqual(status, 2, stderr[-2000:])
-        self.assertNotIn("Traceback", stderr)
-        self.assertEqual(
-            helpers.kd_tf_lines(stderr),
-            [
-                (
-                    "kd_tf: error: --model=compact_cnn needs images of at least 16x16 pixels, "
-                    "the data set's are 8x8: pick another --model (seed_cnn, seed_mlp, "
-                    "resnet_small, mobilenet_small take them)"
+    def test_models_for_larger_images_on_8x8_images(self):
+        idx_dir = _idx_dir(self.root, 8)
+        for model in ("lenet_bn", "compact_cnn"):
+            with self.subTest(model=model):
+                line = self.refused(*self.teacher(idx_dir, model))
+                self.assertEqual(
+                    line,
+                    f"kd_tf: error: --model={model} needs images of at least 16x16 pixels, the "
+                    "data set's are 8x8: pick another --model (seed_cnn, seed_mlp, "
+                    "resnet_small, mobilenet_small take them)",
                 )
-            ],
-        )
+                self.assertFalse(os.path.exists(os.path.join(self.root, "saved_models")))
+        self.succeeds(*self.teacher(idx_dir, "seed_mlp"))
 
     def test_each_model_builds_at_its_stated_minimum_and_not_below(self):
         for name, spec in models.MODELS.items():
