@@ -1,6 +1,6 @@
 """The teacher is checked on the data before anything is distilled from it
 (kd_tf/teacher_check.py, through `student.prepare_distillation` and the
-command line), on a real-MNIST slice.
+command line in process, `kd_tf.main.run_command`), on a real-MNIST slice.
 
 Teachers: the session's `mnist_teacher` (a kd_tf export taking uint8 images);
 the same teacher with its first two outputs swapped; an MLP taking float32
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import command_line, distribution, teacher_check
+from kd_tf import command_line, distribution, main, teacher_check
 from kd_tf.stages import student
 
 CLASSES = 10
@@ -123,17 +123,13 @@ class TeacherCheckTest(helpers.CommandTestCase):
 
 
 @pytest.mark.usefixtures("class_root")
-class RandomTeacherTest(tf.test.TestCase):
+class RandomTeacherTest(helpers.CommandTestCase):
     def test_a_random_teacher_is_refused_before_training(self):
         root = self.root
         teacher = helpers.tiny_export(os.path.join(root, "random"))
-        argv = helpers.slice_argv(root, "--stage=student", f"--teacher_dir={teacher}")
-        ((status, _, stderr),) = helpers.run_kd_tf(argv)
-        self.assertEqual(status, 2, stderr[-2000:])
-        self.assertNotIn("Traceback", stderr)
-        (line,) = helpers.kd_tf_lines(stderr)
-        self.assertRegex(
-            line,
+        self.assert_refused(
+            ("--stage=student", f"--teacher_dir={teacher}"),
+            main.EXIT_USER_ERROR,
             rf"^kd_tf: error: teacher {teacher} scores \d\.\d % on 256 validation images, below "
             r"the 20\.0 % it needs to teach \(--min_teacher_accuracy\); likely causes: its class "
             r"order, --teacher_class_order; a teacher trained on other data: fix them, or pass "
