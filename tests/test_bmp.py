@@ -105,6 +105,8 @@ class PaletteBmpTest(tf.test.TestCase):
             "compressed": _written_bmp(indices, palette, 4, compression=2),
             "index beyond the palette": _written_bmp(indices, palette[:2], 4),
             "header only": whole[:54],
+            "negative width": whole[:18] + struct.pack("<i", -5) + whole[22:],
+            "zero height": whole[:22] + struct.pack("<i", 0) + whole[26:],
         }
         for name, encoded in broken.items():
             with self.subTest(name), self.assertRaises(images.UNREADABLE):

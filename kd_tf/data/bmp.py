@@ -67,18 +67,21 @@ def decode(encoded):
     data = tf.io.decode_raw(encoded, tf.uint8)
     bits = _field(data, 28, 2)
     width, height = _signed(_field(data, 18, 4)), _signed(_field(data, 22, 4))
-    checks = [
-        tf.debugging.assert_equal(_is_palette_depth(bits), True, message="BMP bits a pixel"),
-        tf.debugging.assert_equal(_field(data, 30, 4), tf.constant(_BI_RGB, tf.int64),
-                                  message="compressed BMP"),
-        tf.debugging.assert_positive(width, message="BMP width"),
-        tf.debugging.assert_positive(tf.abs(height), message="BMP height"),
-    ]
-    with tf.control_dependencies(checks):
+    # One Assert op of a string: the decoding graph stays small (each
+    # `tf.debugging.assert_*` adds a conditional of its own).
+    readable = tf.debugging.Assert(
+        _is_palette_depth(bits)
+        & tf.equal(_field(data, 30, 4), _BI_RGB)
+        & (width > 0)
+        & tf.not_equal(height, 0),
+        ["a palette BMP that is compressed, or of another depth or size"],
+    )
+    with tf.control_dependencies([readable]):
         rows = _rows(data, bits, width, tf.abs(height))
-    image = tf.gather(_palette(data, bits), _indices(rows, bits, width))
     # Rows are stored bottom first unless the height is negative.
-    return tf.cond(height > 0, lambda: tf.reverse(image, [0]), lambda: image)
+    stored = tf.range(tf.shape(rows, out_type=tf.int64)[0])
+    rows = tf.gather(rows, tf.where(height > 0, stored[::-1], stored))
+    return tf.gather(_palette(data, bits), _indices(rows, bits, width))
 
 
 def _palette(data, bits):
