@@ -7,6 +7,7 @@ in order, through its batches."""
 
 import io
 import os
+from unittest import mock
 
 import numpy as np
 import PIL.Image
@@ -97,9 +98,38 @@ class HugeImageTest(tf.test.TestCase):
 
 
 class ScanBatchTest(tf.test.TestCase):
+    def test_large_kept_images_come_a_few_at_a_time(self):
+        self.assertEqual(scan.batch_size(True, (28, 28)), scan.SCAN_BATCH)
+        self.assertEqual(scan.batch_size(True, (512, 512)), 16 * 2**20 // (3 * 512 * 512))
+        self.assertEqual(scan.batch_size(True, (8000, 8000)), 1)
+        self.assertEqual(scan.batch_size(True, None), 1)
+        self.assertEqual(scan.batch_size(False, (8000, 8000)), scan.SCAN_BATCH)
+        # The size a TFDS data set of one size declares; none for files.
+        labels = tf.data.Dataset.range(2)
+        for images_spec, size in (
+            (tf.zeros([2, 28, 28, 1], tf.uint8), (28, 28)),
+            (tf.constant(["a", "b"]), None),
+        ):
+            examples = tf.data.Dataset.zip(
+                tf.data.Dataset.from_tensor_slices(images_spec), labels, labels
+            )
+            self.assertEqual(scan._static_size(examples), size)
+
+    def test_a_scan_batches_by_the_size_of_its_first_image(self):
+        tree = os.path.join(self.get_temp_dir(), "tree")
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(tree, name))
+            for i in range(3):
+                with open(os.path.join(tree, name, f"{i}.png"), "wb") as f:
+                    f.write(_encoded(np.zeros((600, 400, 3), np.uint8), "PNG"))
+        with mock.patch.object(scan, "batch_size", wraps=scan.batch_size) as batch_size:
+            directory.read_directory(tree, test_fraction=0.5)
+        self.assertEqual(batch_size.call_args_list, [mock.call(True, (600, 400))] * 2)
+
     def test_images_of_several_sizes_come_back_in_order(self):
         """Decoded images (as TFDS gives them) of 3 sizes, across 2 of the
-        scan's batches: each is kept as it was, with its label and facts."""
+        scan's batches (ragged ones, as images of another size than the
+        first's make them): each is kept as it was, with its label and facts."""
         rng = np.random.default_rng(0)
         shapes = [(5, 4, 3), (3, 6, 3), (5, 4, 3), (2, 2, 3)] * (scan.SCAN_BATCH // 2)
         originals = [rng.integers(0, 256, shape, np.uint8) for shape in shapes]
@@ -111,7 +141,8 @@ class ScanBatchTest(tf.test.TestCase):
                 tf.TensorSpec([], tf.int64),
             ),
         )
-        found = scan.scan_split(examples, images.as_rgb, None, 1, ConfigError)
+        with mock.patch.object(scan, "batch_size", return_value=scan.SCAN_BATCH):
+            found = scan.scan_split(examples, images.as_rgb, None, 1, ConfigError)
         self.assertLen(found.images, len(originals))
         for kept, original in zip(found.images, originals):
             self.assertAllEqual(kept, original)

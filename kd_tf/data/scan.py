@@ -43,7 +43,10 @@ MEBIBYTE = 2**20
 DEFAULT_MEMORY_MB = choices.DEFAULT_MEMORY_MB
 # Examples the scan hands to Python at once: one at a time, iterating took
 # about 1 ms an image on the 2-core AVX2 EPYC, more than decoding a small PNG.
+# Fewer when the images it keeps are large: a batch holds at most
+# SCAN_BATCH_BYTES of decoded pixels, or one image.
 SCAN_BATCH = 64
+SCAN_BATCH_BYTES = 16 * MEBIBYTE
 # Without tf.data's default graph rewrites and autotuning, the scan's pipeline
 # starts faster and runs as fast (on the 2-core AVX2 EPYC, 20 PNGs: about
 # 25 % less time a load; 12,000 PNGs: 5.2 to 5.8 s a load instead of 6.3 to 7.0 s).
@@ -124,7 +127,9 @@ def scan_split(
             deterministic=True,
         )
         with progress.Progress(what, total) as shown:
-            batches = mapped.ragged_batch(SCAN_BATCH).prefetch(2).with_options(_SCAN_OPTIONS)
+            size = image_size or expected or _static_size(examples)
+            batches = mapped.ragged_batch(batch_size(keep, size))
+            batches = batches.prefetch(2).with_options(_SCAN_OPTIONS)
             for batch in batches.as_numpy_iterator():
                 for image, fact, label, part in _unbatched(*batch):
                     _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
@@ -168,6 +173,24 @@ def _scan_function(decode, image_size, keep, by_header):
         return image, facts, label, part
 
     return scanned
+
+
+def batch_size(keep, size):
+    """Examples in a scan's batch: `SCAN_BATCH`, or as many kept images of
+    `size` `(H, W)` as `SCAN_BATCH_BYTES` holds in RGB (at least one; one when
+    the size is not known before decoding)."""
+    if not keep:
+        return SCAN_BATCH
+    if size is None:
+        return 1
+    return max(1, min(SCAN_BATCH, SCAN_BATCH_BYTES // (3 * size[0] * size[1])))
+
+
+def _static_size(examples):
+    """The `(H, W)` every decoded image of `examples` has (a TFDS data set of
+    one size), or None."""
+    shape = examples.element_spec[0].shape
+    return tuple(shape[:2]) if shape.rank == 3 and shape[:2].is_fully_defined() else None
 
 
 def _flat(image, facts, label, part):
