@@ -233,4 +233,3 @@ def build_model(name, image_shape, num_classes):
             (name,),
         )
     return MODELS[name].build(tuple(image_shape), int(num_classes))
-

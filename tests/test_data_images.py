@@ -141,8 +141,13 @@ class ScanBatchTest(tf.test.TestCase):
                 tf.TensorSpec([], tf.int64),
             ),
         )
-        with mock.patch.object(scan, "batch_size", return_value=scan.SCAN_BATCH):
+        with (
+            mock.patch.object(scan, "batch_size", return_value=scan.SCAN_BATCH),
+            mock.patch.object(scan.progress.Progress, "add", autospec=True) as shown,
+        ):
             found = scan.scan_split(examples, images.as_rgb, None, 1, ConfigError)
+        # The progress counts every image once.
+        self.assertEqual(sum(call.args[1] for call in shown.call_args_list), len(originals))
         self.assertLen(found.images, len(originals))
         for kept, original in zip(found.images, originals):
             self.assertAllEqual(kept, original)

@@ -130,10 +130,10 @@ def scan_split(
             size = image_size or expected or _static_size(examples)
             batches = mapped.ragged_batch(batch_size(keep, size))
             batches = batches.prefetch(2).with_options(_SCAN_OPTIONS)
-            for batch in batches.as_numpy_iterator():
-                for image, fact, label, part in _unbatched(*batch):
+            for pixels, shapes, facts, labels, parts in batches.as_numpy_iterator():
+                for image, fact, label, part in _unbatched(pixels, shapes, facts, labels, parts):
                     _add(found, image, label, part, fact, memory_mb * MEBIBYTE)
-                shown.add(len(batch[2]))
+                shown.add(len(labels))
     except (tf.errors.DataLossError, *images_lib.UNREADABLE) as error:
         raise on_error(error) from None
     return found
