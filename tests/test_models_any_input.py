@@ -47,7 +47,6 @@ class RegistryTest(tf.test.TestCase):
                     self.assertEqual(logits.shape, (2, NUM_CLASSES))
                     self.assertEqual(logits.dtype, np.float32)
                     self.assertTrue(np.all(np.isfinite(logits)))
-                    keras.backend.clear_session()
 
     def test_the_colour_models_take_every_size_and_fit_their_roles(self):
         for name, counts in PARAMETERS.items():
