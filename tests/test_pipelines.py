@@ -65,11 +65,11 @@ class ViewDrawsTest(tf.test.TestCase):
             self.assertAllEqual(_draws(seed, [view], [index])[0], np.float32(expected))
 
 
-def _drawn_again(split, batches):
+def _drawn_again(split, seed, batches):
     """The images of each `(views, indices, _)` batch distorted again from the
-    split, in one tf.data map traced once, as a training batch is drawn:
-    eagerly, Grappler does not rewrite the arithmetic and a pixel may round
-    the other way."""
+    split with `seed`, in one tf.data map traced once, as a training batch is
+    drawn (eagerly, Grappler does not rewrite the arithmetic and a pixel may
+    round the other way)."""
     batch = tf.TensorSpec((None,), tf.int64)
     requests = tf.data.Dataset.from_generator(
         lambda: ((views, indices) for views, indices, _ in batches),
@@ -77,7 +77,7 @@ def _drawn_again(split, batches):
     )
     return requests.map(
         lambda views, indices: pipelines.distort(
-            tf.gather(split.images, indices), pipelines.view_draws(5, views, indices)
+            tf.gather(split.images, indices), pipelines.view_draws(seed, views, indices)
         )
     ).as_numpy_iterator()
 
@@ -92,10 +92,11 @@ class ViewsInOrderTest(tf.test.TestCase):
                 self._assert_views(split, num_views)
 
     def _assert_views(self, split, num_views):
-        passes = max(1, num_views)
-        batches = list(pipelines.views_in_order(split, num_views, 5, 32).as_numpy_iterator())
+        passes, seed = max(1, num_views), 5
+        batches = list(pipelines.views_in_order(split, num_views, seed, 32).as_numpy_iterator())
         self.assertEqual([len(views) for views, _, _ in batches], [32, 32, 6] * passes)
-        for (views, _, images), drawn in zip(batches, _drawn_again(split, batches), strict=True):
+        drawn_again = _drawn_again(split, seed, batches)
+        for (views, _, images), drawn in zip(batches, drawn_again, strict=True):
             self.assertLen(set(views), 1)
             self.assertAllEqual(images, drawn)
         views = np.concatenate([views for views, _, _ in batches])
