@@ -28,6 +28,7 @@ Usage:
     # a smoke run: --datasets=digits --seeds=0 --epochs=1 --train_examples=512
     # one student model: --datasets=mnist --models=seed_mlp
     # some methods: --methods=kd,kd_ensemble
+    # teachers trained longer than their flag file says: --teacher_epochs=100
 
 Writes `<out>/methods_over_seeds.json` and prints the Markdown table.
 """
@@ -46,6 +47,9 @@ _MODELS = flags.DEFINE_list("models", None, "Only these student models (default:
 _METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: each model's).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Override every run's epochs (smoke runs).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "Cap (smoke runs only).")
+_TEACHER_EPOCHS = flags.DEFINE_integer(
+    "teacher_epochs", None, "The teachers' epochs instead of their flag file's (a fresh --out)."
+)
 
 METHODS = {
     "scratch": ("--flagfile=flags/scratch.cfg",),
@@ -102,6 +106,8 @@ def _dataset_rows(dataset, out, teachers):
     """The rows of `dataset`'s students; sets `teachers[name]` to each
     teacher's test accuracy (and the ensemble's, when a student had two)."""
     teacher_flags, students = PLANS[dataset]
+    if _TEACHER_EPOCHS.value:
+        teacher_flags = (*teacher_flags, f"--epochs={_TEACHER_EPOCHS.value}")
     data_flags = _data_flags(dataset, out)
     teacher_dir, teacher = _run(out, f"{dataset}_teacher", [*teacher_flags, *data_flags, "--seed=0"])
     teachers[dataset] = teacher["test_accuracy"]
