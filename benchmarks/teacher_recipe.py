@@ -13,7 +13,8 @@ Per recipe, the mean and standard deviation over seeds, and for the candidate th
 its mean time to target and stage seconds to the default's (< 0.4: the candidate may
 become the default, if its mean accuracy is >= 99.5 %).
 
-Usage (from `benchmarks/run.py`): `python -m benchmarks.run teacher_recipe --seeds=3`.
+Usage (from `benchmarks/run.py`): `python -m benchmarks.run teacher_recipe --seeds=3`, or
+`... --seeds=3 -- lenet_bn_13` for the default and the recipes named after `--` only.
 """
 
 import statistics
@@ -27,6 +28,7 @@ RECIPES = {
     DEFAULT: ["--flagfile=flags/teacher.cfg"],
     "lenet_narrow_12": ["--flagfile=flags/teacher_fast.cfg"],
     "lenet_narrow_15": ["--flagfile=flags/teacher_fast.cfg", "--epochs=15"],
+    "lenet_bn_13": ["--flagfile=flags/teacher.cfg", "--epochs=13"],
 }
 SMOKE_FLAGS = ["--train_examples=256", "--validation_examples=128", "--epochs=1"]
 
@@ -65,11 +67,25 @@ def _ratio(value, reference):
     return round(value / reference, 3) if value is not None and reference else None
 
 
+def selected(names):
+    """The recipes of `names` (every one of `RECIPES` when empty), the default
+    always first; an unknown name ends the run with one line."""
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"teacher_recipe: unknown recipes {unknown}; known: {sorted(RECIPES)}")
+    return {name: flags for name, flags in RECIPES.items() if name == DEFAULT or not names
+            or name in names}
+
+
 def suite(settings):
-    """Runs the recipes over `settings.seeds`; returns the figures (see module doc)."""
+    """Runs the recipes named after `--` (all by default) over `settings.seeds`;
+    returns the figures (see module doc)."""
     extra = ["--monitor_test", *(SMOKE_FLAGS if settings.smoke else [])]
     runs = flag_sets.run_alternating(
-        RECIPES, seeds=settings.seeds, out=f"{settings.out}/teacher_recipe", extra=extra
+        selected(settings.script_args),
+        seeds=settings.seeds,
+        out=f"{settings.out}/teacher_recipe",
+        extra=extra,
     )
     recipes = {name: _recipe_summary(recipe_runs) for name, recipe_runs in runs.items()}
     default = recipes[DEFAULT]
