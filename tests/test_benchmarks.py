@@ -4,7 +4,7 @@
 the CPU it ran on and the load; it refuses unknown suites. Every suite is
 smoke-run by `make bench-smoke`. Figures are not checked here: they are the
 benchmarks'. The time-to-accuracy rule of `teacher_recipe` is checked on
-made-up epochs."""
+made-up epochs, and its choice of recipes by name."""
 
 import contextlib
 import io
@@ -59,3 +59,14 @@ class TimeToTargetTest(tf.test.TestCase):
         ]
         self.assertEqual(teacher_recipe.seconds_to_target(epochs), 22.0)
         self.assertIsNone(teacher_recipe.seconds_to_target(epochs, target=0.996))
+
+
+class RecipeSelectionTest(tf.test.TestCase):
+    def test_the_named_recipes_run_beside_the_default(self):
+        self.assertEqual(list(teacher_recipe.selected(())), list(teacher_recipe.RECIPES))
+        self.assertEqual(
+            list(teacher_recipe.selected(("lenet_bn_13",))),
+            [teacher_recipe.DEFAULT, "lenet_bn_13"],
+        )
+        with self.assertRaisesRegex(SystemExit, r"unknown recipes \['lenet_bn_99'\]"):
+            teacher_recipe.selected(("lenet_bn_99",))
