@@ -73,8 +73,8 @@ def selected(names):
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         raise SystemExit(f"teacher_recipe: unknown recipes {unknown}; known: {sorted(RECIPES)}")
-    return {name: flags for name, flags in RECIPES.items() if name == DEFAULT or not names
-            or name in names}
+    wanted = {DEFAULT, *(names or RECIPES)}
+    return {name: flags for name, flags in RECIPES.items() if name in wanted}
 
 
 def suite(settings):
