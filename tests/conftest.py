@@ -19,12 +19,25 @@ A class that runs stages or processes end to end is marked `slow`
 (pytest.ini), so that it runs before the quick ones.
 """
 
+import atexit
 import contextlib
 import os
 import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Every temporary file and directory of a test process (tempfile's,
+# TensorFlow's, tensorflow-datasets' empty `tmp*tfds` ones, and those of the
+# kd_tf processes it starts, through TMPDIR) goes into one directory of its
+# own, removed when the process exits: a run of the suite leaves nothing in
+# the system's temporary directory. xdist's workers inherit the TMPDIR of the
+# main process and make theirs inside it. Registered before TensorFlow's own
+# exit handlers, it runs after them (atexit runs the last registered first),
+# so TensorFlow still finds the directories it removes.
+SESSION_TMPDIR = tempfile.mkdtemp(prefix="kd_tf_tests-")
+os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMPDIR
+atexit.register(shutil.rmtree, SESSION_TMPDIR, ignore_errors=True)
 
 from kd_tf import cpu
 
