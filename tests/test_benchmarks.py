@@ -65,8 +65,8 @@ class RecipeSelectionTest(tf.test.TestCase):
     def test_the_named_recipes_run_beside_the_default(self):
         self.assertEqual(list(teacher_recipe.selected(())), list(teacher_recipe.RECIPES))
         self.assertEqual(
-            list(teacher_recipe.selected(("lenet_bn_13",))),
-            [teacher_recipe.DEFAULT, "lenet_bn_13"],
+            list(teacher_recipe.selected(("lenet_bn_18",))),
+            [teacher_recipe.DEFAULT, "lenet_bn_18"],
         )
         with self.assertRaisesRegex(SystemExit, r"unknown recipes \['lenet_bn_99'\]"):
             teacher_recipe.selected(("lenet_bn_99",))
