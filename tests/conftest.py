@@ -39,6 +39,25 @@ SESSION_TMPDIR = tempfile.mkdtemp(prefix="kd_tf_tests-")
 os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMPDIR
 atexit.register(shutil.rmtree, SESSION_TMPDIR, ignore_errors=True)
 
+
+def _share_the_cores():
+    """Gives each xdist worker its own share of this process's cores (of 2
+    cores and 2 workers, one each), which the kd_tf processes it starts
+    inherit. kd_tf sizes TensorFlow's thread pools by the cores it may use
+    (kd_tf.cpu), so two workers do not run twice as many threads as there
+    are cores (docs/precision-and-speed.md, Testing on another CPU), and a
+    test's process and the processes it compares itself with run the same
+    threads."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker and workers > 1 and len(cores) > 1:
+        share = cores[int(worker[2:]) % len(cores) :: workers]
+        os.sched_setaffinity(0, share)
+
+
+_share_the_cores()
+
 from kd_tf import cpu
 
 # As `python -m kd_tf.main` does before TensorFlow loads: the tests run in
