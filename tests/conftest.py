@@ -28,7 +28,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Every temporary file and directory of a test process (tempfile's,
-# TensorFlow's, tensorflow-datasets' empty `tmp*tfds` ones, and those of the
+# TensorFlow's, tensorflow-datasets' where a test calls it, and those of the
 # kd_tf processes it starts, through TMPDIR) goes into one directory of its
 # own, removed when the process exits: a run of the suite leaves nothing in
 # the system's temporary directory. xdist's workers inherit the TMPDIR of the

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from kd_tf import command_line, data
-from kd_tf.data import download_probe
+from kd_tf.data import download_probe, tfds_source
 from kd_tf.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -441,6 +441,16 @@ class TfdsTest(tf.test.TestCase):
             self.assertEqual(split.labels.dtype, np.int64)
             self.assertAllInRange(split.labels, 0, 9)
         self.reachable.assert_called_once()
+
+    def test_creating_a_builder_leaves_nothing_in_the_temporary_directory(self):
+        # TFDS's DatasetInfo.initialize_from_bucket makes a tmp*tfds directory
+        # with tempfile.mkdtemp and leaves it.
+        tmp = tempfile.mkdtemp(dir=self.get_temp_dir())
+        with mock.patch.object(tempfile, "tempdir", tmp):
+            builder = tfds_source.tfds_builder("mnist", self.tfds_dir)
+            self.assertEqual(builder.info.name, "mnist")
+            self.assertEqual(os.listdir(tmp), [])
+            self.assertEqual(tempfile.gettempdir(), tmp)
 
     def test_tfds_source_refuses_download_when_offline(self):
         self.reachable.return_value = False

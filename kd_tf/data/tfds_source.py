@@ -1,6 +1,8 @@
 """The TFDS source: TensorFlow Datasets, prepared in a data directory or downloaded."""
 
+import contextlib
 import functools
+import tempfile
 
 import numpy as np
 
@@ -25,7 +27,10 @@ def tfds_builder(dataset, tfds_data_dir):
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.builder(dataset, data_dir=tfds_data_dir)
+        with _scratch_temporary_directory():
+            builder = tfds.builder(dataset, data_dir=tfds_data_dir)
+            _ = builder.info  # cached: TFDS initializes it here, in the scratch directory
+        return builder
     except tfds.core.DatasetNotFoundError:
         raise UserError(
             f"TFDS has no data set named {dataset!r}: list the names with "
@@ -33,6 +38,21 @@ def tfds_builder(dataset, tfds_data_dir):
             "print(tfds.list_builders())'` or see "
             "https://www.tensorflow.org/datasets/catalog/overview"
         ) from None
+
+
+@contextlib.contextmanager
+def _scratch_temporary_directory():
+    """Points `tempfile` at a directory of its own, removed on exit: TFDS's
+    `DatasetInfo.initialize_from_bucket` makes a `tmp*tfds` directory with
+    `tempfile.mkdtemp` for each builder's info and never removes it, so
+    every run would leave one in the system's temporary directory."""
+    saved = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="kd_tf-tfds-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
 
 
 def read_tfds(builder, image_size=None, memory_mb=scan.DEFAULT_MEMORY_MB):
