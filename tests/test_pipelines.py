@@ -5,7 +5,10 @@
   is drawn in; view 0 draws nothing; the values of published views are pinned;
 - `views_in_order` yields every view of every example once, in order, one
   view per batch, view 0 the images themselves, each view drawn as a training
-  batch draws it.
+  batch draws it;
+- `distort` warps as `ImageProjectiveTransformV3` does, bilinearly (a pixel
+  shifted by a fraction spreads over its two neighbours by distance), zero
+  draws leave an image as it is, and grey and colour images alike.
 """
 
 import numpy as np
@@ -65,11 +68,54 @@ class ViewDrawsTest(tf.test.TestCase):
             self.assertAllEqual(_draws(seed, [view], [index])[0], np.float32(expected))
 
 
+def _projective_transform(images, maps):
+    """TensorFlow's own bilinear warp of `images` by `maps`
+    (`pipelines.inverse_maps`' rows), rounded to uint8 as `distort` does."""
+    transforms = tf.concat([maps, tf.zeros([len(images), 2])], axis=1)
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms,
+        output_shape=images.shape[1:3], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8).numpy()
+
+
+class DistortTest(tf.test.TestCase):
+    def test_warps_as_the_projective_transform_op_does(self):
+        rng = np.random.default_rng(2)
+        for shape in ((256, 28, 28, 1), (64, 32, 24, 3)):
+            with self.subTest(shape=shape):
+                images = rng.integers(0, 256, shape, np.uint8)
+                draws = rng.uniform(-1.0, 1.0, (shape[0], 4)).astype(np.float32)
+                expected = _projective_transform(
+                    images, pipelines.inverse_maps(draws, shape[1], shape[2])
+                )
+                differences = np.abs(
+                    pipelines.distort(images, draws).numpy().astype(int) - expected
+                )
+                # Only where float rounding falls differently at a .5.
+                self.assertLessEqual(differences.max(), 1)
+                self.assertLess(np.count_nonzero(differences), 1e-4 * differences.size)
+
+    def test_a_shift_spreads_a_pixel_over_its_neighbours_by_distance(self):
+        image = np.zeros((1, 28, 28, 1), np.uint8)
+        image[0, 14, 10] = 255
+        # The largest shift right: 8 % of 28 pixels, 2.24. Output pixel 12
+        # reads input position 9.76, 13 reads 10.76.
+        shifted = pipelines.distort(image, np.array([[0.0, 0.0, 1.0, 0.0]], np.float32))
+        expected = np.zeros_like(image)
+        expected[0, 14, 12], expected[0, 14, 13] = round(0.76 * 255), round(0.24 * 255)
+        self.assertAllEqual(shifted, expected)
+
+    def test_zero_draws_leave_the_images_unchanged(self):
+        images = np.random.default_rng(3).integers(0, 256, (8, 28, 28, 3), np.uint8)
+        self.assertAllEqual(pipelines.distort(images, np.zeros((8, 4), np.float32)), images)
+
+
 def _drawn_again(split, seed, batches):
     """The images of each `(views, indices, _)` batch distorted again from the
     split with `seed`, in one tf.data map traced once, as a training batch is
-    drawn (eagerly, Grappler does not rewrite the arithmetic and a pixel may
-    round the other way)."""
+    drawn."""
     batch = tf.TensorSpec((None,), tf.int64)
     requests = tf.data.Dataset.from_generator(
         lambda: ((views, indices) for views, indices, _ in batches),
