@@ -24,11 +24,12 @@ report = kd_tf_process.read_report("/tmp/t")
 import dataclasses
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
+
+from kd_tf import cpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GNU_TIME = "/usr/bin/time"
@@ -126,15 +127,10 @@ def read_report(export_dir):
 
 
 def cpu_name():
-    """The CPU's model name (/proc/cpuinfo) and core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        name = names[0] if names else name
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    """The CPU's model name, its strongest feature for kd_tf (`kd_tf.cpu`: AMX,
+    AVX-512 BF16, AVX-512, AVX2) and the cores this process may run on."""
+    machine = cpu.describe()
+    return f"{machine.model} with {machine.kind}, {machine.cores} cores"
 
 
 def checkout_commit(repo=REPO):

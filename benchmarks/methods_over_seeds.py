@@ -13,9 +13,10 @@ Through kd_tf's command line only (`kd_tf_process`), for each data set of
    `dkd` and `dist` (the same with `--distillation_loss` and `--alpha=0.5`,
    the papers' equal weighting), on digits `dist_alpha_0.9` (DIST at the flag
    file's `--alpha=0.9`), for `compact_cnn`, `kd_hint` (KD plus
-   `--hint_layers=penultimate`), and for `seed_mlp`, `kd_ensemble` (KD from
-   the mean softened distribution of two teachers: the teacher of step 1
-   and the same teacher flags with `--seed=1`, trained when first needed).
+   `--hint_layers=penultimate`) and `dist_ensemble` (`dist` from two
+   teachers), and for `seed_mlp`, `kd_ensemble` (KD from the mean softened
+   distribution of two teachers: the teacher of step 1 and the same teacher
+   flags with `--seed=1`, trained when first needed).
 
 A run whose export is already in `<out>/saved_models/<name>` is not run again: its report is
 read (a teacher trained elsewhere can be put there as `mnist_teacher`). Each run's test accuracy
@@ -60,16 +61,17 @@ METHODS = {
     "dist_alpha_0.9": ("--flagfile=flags/student.cfg", "--distillation_loss=dist"),
     "kd_hint": ("--flagfile=flags/student.cfg", "--hint_layers=penultimate"),
     "kd_ensemble": ("--flagfile=flags/student.cfg",),
+    "dist_ensemble": ("--flagfile=flags/student.cfg", "--distillation_loss=dist", "--alpha=0.5"),
 }
 # The methods that distil from both teachers of the data set.
-ENSEMBLE_METHODS = ("kd_ensemble",)
+ENSEMBLE_METHODS = ("kd_ensemble", "dist_ensemble")
 # data set -> (teacher flags, student models, the methods each model runs).
 PLANS = {
     "mnist": (
         ("--flagfile=flags/teacher.cfg",),
         {
             "seed_mlp": ("scratch", "kd", "dkd", "dist", "kd_ensemble"),
-            "compact_cnn": ("scratch", "kd", "dkd", "dist", "kd_hint"),
+            "compact_cnn": ("scratch", "kd", "dkd", "dist", "kd_hint", "dist_ensemble"),
         },
     ),
     "digits": (
