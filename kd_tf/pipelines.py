@@ -56,7 +56,7 @@ def distort(images, draws):
     each image's map from output pixel to input position; the four input
     pixels around that position are weighted by distance, those outside
     the image read as 0), but written as gathers that XLA compiles into one
-    loop (`_warped`): on a 2-core AVX-512 EPYC a 28x28 image costs 3.3
+    loop (`_warped`): on a 2-core AVX-512 EPYC a 28x28 image costs 3.7
     core-microseconds against the op's 9, whose per-pixel index arithmetic
     dominates even with nearest-neighbour sampling. The two agree but for
     about 1 pixel in 100,000, by 1, where the float rounding falls
