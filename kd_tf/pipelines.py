@@ -117,7 +117,12 @@ def _warped(images, draws):
     upper = to_left * read(top, left) + to_right * read(top, right)
     lower = to_left * read(bottom, left) + to_right * read(bottom, right)
     warped = (bottom - source_y)[..., None] * upper + (source_y - top)[..., None] * lower
-    return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8)
+    return as_pixels(warped)
+
+
+def as_pixels(values):
+    """float32 pixel values as uint8 images: rounded, then clipped to [0, 255]."""
+    return tf.cast(tf.clip_by_value(tf.round(values), 0.0, 255.0), tf.uint8)
 
 
 def mixup(images, labels, num_classes, alpha, seed):
@@ -143,7 +148,7 @@ def mixup(images, labels, num_classes, alpha, seed):
     blended = ratio * pixels + (1.0 - ratio) * tf.roll(pixels, 1, axis=0)
     one_hot = tf.one_hot(labels, num_classes)
     return (
-        tf.cast(tf.clip_by_value(tf.round(blended), 0.0, 255.0), tf.uint8),
+        as_pixels(blended),
         ratio * one_hot + (1.0 - ratio) * tf.roll(one_hot, 1, axis=0),
     )
 

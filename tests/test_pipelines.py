@@ -77,7 +77,7 @@ def _projective_transform(images, maps):
         output_shape=images.shape[1:3], fill_value=0.0, interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    return tf.cast(tf.clip_by_value(tf.round(warped), 0.0, 255.0), tf.uint8).numpy()
+    return pipelines.as_pixels(warped).numpy()
 
 
 class DistortTest(tf.test.TestCase):
