@@ -26,11 +26,12 @@ from benchmarks import kd_tf_process
 
 @dataclasses.dataclass
 class Run:
-    """One finished run of a flag set: its seed, report and wall seconds."""
+    """One finished run of a flag set: its seed, report, wall seconds and export."""
 
     seed: int
     report: dict
     process_seconds: float
+    export_dir: str
 
 
 def run_alternating(flag_sets, *, seeds, out, extra=()):
@@ -68,7 +69,7 @@ def run_alternating(flag_sets, *, seeds, out, extra=()):
             if finished.exit_status != 0:
                 raise RuntimeError(f"{name}, seed {seed} failed: see {where}/kd_tf.log")
             report = kd_tf_process.read_report(export_dir)
-            runs[name].append(Run(seed, report, finished.seconds))
+            runs[name].append(Run(seed, report, finished.seconds, export_dir))
     return runs
 
 

@@ -7,7 +7,10 @@ accuracy of the weights it ended with. For each run:
 - time to `TARGET` test accuracy: the training and validation seconds of the epochs up to
   the first one whose test accuracy reaches it (None if none does);
 - the final test accuracy (of the exported best epoch, through the reloaded export) and the
-  stage's seconds.
+  stage's seconds;
+- the test accuracy of the student `flags/student.cfg` distils from that teacher (same seed;
+  the recipes alternating again), since a faster teacher is only worth having if its
+  students hold up.
 
 Per recipe, the mean and standard deviation over seeds, and for the candidate the ratios of
 its mean time to target and stage seconds to the default's (< 0.4: the candidate may
@@ -39,6 +42,8 @@ RECIPES = {
     "lenet_bn_18": ["--flagfile=flags/teacher.cfg", "--epochs=18"],
 }
 SMOKE_FLAGS = ["--train_examples=256", "--validation_examples=128", "--epochs=1"]
+# What each recipe's teachers are judged by besides their own accuracy: the student they give.
+STUDENT = ["--flagfile=flags/student.cfg"]
 
 
 def seconds_to_target(epochs, target=TARGET):
@@ -71,6 +76,31 @@ def _recipe_summary(runs):
     }
 
 
+def distil_students(runs, *, seeds, out, extra=()):
+    """Distils `STUDENT` from every recipe's teacher of every seed, the recipes
+    alternating within a seed, each student with its teacher's seed.
+
+    Args:
+        runs: recipe name -> the recipe's teacher runs (`flag_sets.Run`), in `seeds` order.
+        seeds: the seeds of those runs.
+        out: directory for the students' exports and logs.
+        extra: arguments given to every student run.
+
+    Returns:
+        recipe name -> the student runs, in seed order.
+    """
+    students = {name: [] for name in runs}
+    for index, seed in enumerate(seeds):
+        teachers = {
+            name: [*STUDENT, f"--teacher_dir={recipe_runs[index].export_dir}"]
+            for name, recipe_runs in runs.items()
+        }
+        finished = flag_sets.run_alternating(teachers, seeds=[seed], out=out, extra=extra)
+        for name, student_runs in finished.items():
+            students[name].extend(student_runs)
+    return students
+
+
 def _ratio(value, reference):
     return round(value / reference, 3) if value is not None and reference else None
 
@@ -95,7 +125,15 @@ def suite(settings):
         out=f"{settings.out}/teacher_recipe",
         extra=extra,
     )
+    students = distil_students(
+        runs,
+        seeds=settings.seeds,
+        out=f"{settings.out}/teacher_recipe_students",
+        extra=SMOKE_FLAGS if settings.smoke else (),
+    )
     recipes = {name: _recipe_summary(recipe_runs) for name, recipe_runs in runs.items()}
+    for name, student_runs in students.items():
+        recipes[name]["student"] = flag_sets.accuracy_summary([r.report for r in student_runs])
     default = recipes[DEFAULT]
     for summary in recipes.values():
         summary["time_to_target_vs_default"] = _ratio(
@@ -112,11 +150,16 @@ def suite(settings):
 
 
 def _row(summary):
-    accuracy = f"{summary['test_accuracy_mean']:.2f} ± {summary['test_accuracy_sd']:.2f}"
+    student = summary["student"]
     return {
-        "test accuracy %": accuracy,
+        "test accuracy %": _mean_and_sd(summary),
+        "student test accuracy %": _mean_and_sd(student),
         f"s to {100 * TARGET:.1f} %": summary["seconds_to_target_mean"],
         "vs default": summary["time_to_target_vs_default"],
         "stage s": summary["stage_seconds_mean"],
         "epoch s": summary["epoch_seconds_median"],
     }
+
+
+def _mean_and_sd(summary):
+    return f"{summary['test_accuracy_mean']:.2f} ± {summary['test_accuracy_sd']:.2f}"
