@@ -9,10 +9,11 @@ made-up epochs, and its choice of recipes by name."""
 import contextlib
 import io
 import os
+from unittest import mock
 
 import tensorflow as tf
 
-from benchmarks import run, teacher_recipe
+from benchmarks import flag_sets, run, teacher_recipe
 from kd_tf import reporting
 
 
@@ -70,3 +71,28 @@ class RecipeSelectionTest(tf.test.TestCase):
         )
         with self.assertRaisesRegex(SystemExit, r"unknown recipes \['lenet_bn_99'\]"):
             teacher_recipe.selected(("lenet_bn_99",))
+
+
+class RecipeStudentsTest(tf.test.TestCase):
+    def test_each_student_learns_from_its_recipes_teacher_of_its_own_seed(self):
+        teachers = {
+            name: [flag_sets.Run(seed, {}, 1.0, f"/runs/{name}/{seed}") for seed in (3, 5)]
+            for name in ("old", "new")
+        }
+        calls = []
+
+        def run_alternating(sets, *, seeds, out, extra):
+            calls.append(seeds)
+            return {name: [flag_sets.Run(seeds[0], {"argv": a}, 1.0, out)] for name, a in sets.items()}
+
+        with mock.patch.object(flag_sets, "run_alternating", run_alternating):
+            students = teacher_recipe.distil_students(teachers, seeds=[3, 5], out="/students")
+        self.assertEqual(calls, [[3], [5]])
+        for name in ("old", "new"):
+            self.assertEqual(
+                [(run.seed, run.report["argv"]) for run in students[name]],
+                [
+                    (seed, [*teacher_recipe.STUDENT, f"--teacher_dir=/runs/{name}/{seed}"])
+                    for seed in (3, 5)
+                ],
+            )
