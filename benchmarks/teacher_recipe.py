@@ -76,13 +76,13 @@ def _recipe_summary(runs):
     }
 
 
-def distil_students(runs, *, seeds, out, extra=()):
+def distil_students(runs, *, out, extra=()):
     """Distils `STUDENT` from every recipe's teacher of every seed, the recipes
     alternating within a seed, each student with its teacher's seed.
 
     Args:
-        runs: recipe name -> the recipe's teacher runs (`flag_sets.Run`), in `seeds` order.
-        seeds: the seeds of those runs.
+        runs: recipe name -> the recipe's teacher runs (`flag_sets.Run`), every
+            recipe's in the same seed order (as `flag_sets.run_alternating` returns them).
         out: directory for the students' exports and logs.
         extra: arguments given to every student run.
 
@@ -90,12 +90,13 @@ def distil_students(runs, *, seeds, out, extra=()):
         recipe name -> the student runs, in seed order.
     """
     students = {name: [] for name in runs}
-    for index, seed in enumerate(seeds):
-        teachers = {
-            name: [*STUDENT, f"--teacher_dir={recipe_runs[index].export_dir}"]
-            for name, recipe_runs in runs.items()
+    for teachers in zip(*runs.values()):
+        argv = {
+            name: [*STUDENT, f"--teacher_dir={teacher.export_dir}"]
+            for name, teacher in zip(runs, teachers)
         }
-        finished = flag_sets.run_alternating(teachers, seeds=[seed], out=out, extra=extra)
+        seed = teachers[0].seed
+        finished = flag_sets.run_alternating(argv, seeds=[seed], out=out, extra=extra)
         for name, student_runs in finished.items():
             students[name].extend(student_runs)
     return students
@@ -127,7 +128,6 @@ def suite(settings):
     )
     students = distil_students(
         runs,
-        seeds=settings.seeds,
         out=f"{settings.out}/teacher_recipe_students",
         extra=SMOKE_FLAGS if settings.smoke else (),
     )
@@ -150,10 +150,9 @@ def suite(settings):
 
 
 def _row(summary):
-    student = summary["student"]
     return {
         "test accuracy %": _mean_and_sd(summary),
-        "student test accuracy %": _mean_and_sd(student),
+        "student test accuracy %": _mean_and_sd(summary["student"]),
         f"s to {100 * TARGET:.1f} %": summary["seconds_to_target_mean"],
         "vs default": summary["time_to_target_vs_default"],
         "stage s": summary["stage_seconds_mean"],

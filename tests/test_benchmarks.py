@@ -86,7 +86,7 @@ class RecipeStudentsTest(tf.test.TestCase):
             return {name: [flag_sets.Run(seeds[0], {"argv": a}, 1.0, out)] for name, a in sets.items()}
 
         with mock.patch.object(flag_sets, "run_alternating", run_alternating):
-            students = teacher_recipe.distil_students(teachers, seeds=[3, 5], out="/students")
+            students = teacher_recipe.distil_students(teachers, out="/students")
         self.assertEqual(calls, [[3], [5]])
         for name in ("old", "new"):
             self.assertEqual(
